@@ -1,0 +1,84 @@
+"""pynnx: Flax NNX's API on frozen-pytree Modules — ``import pynnx as nnx``.
+
+Tree mode (Modules as plain JAX pytrees) is the default; graph mode (shared references,
+DiffState, StateAxes, StateSharding) is opt-in with ``graph=True`` or ``nnx.set_graph_mode``.
+"""
+
+from ._core import filters as filterlib
+from ._core.config import set_graph_mode as set_graph_mode
+from ._core.config import set_graph_updates as set_graph_updates
+from ._core.errors import AxisSpecError as AxisSpecError
+from ._core.errors import ConfigError as ConfigError
+from ._core.errors import FilterError as FilterError
+from ._core.errors import FrozenModuleError as FrozenModuleError
+from ._core.errors import GraphModeRequiredError as GraphModeRequiredError
+from ._core.errors import LeakedTracerError as LeakedTracerError
+from ._core.errors import NotAVariableError as NotAVariableError
+from ._core.errors import PynnxError as PynnxError
+from ._core.errors import RngError as RngError
+from ._core.errors import ShapeError as ShapeError
+from ._core.errors import SharedReferenceError as SharedReferenceError
+from ._core.errors import StateMismatchError as StateMismatchError
+from ._core.errors import StaticAttributeError as StaticAttributeError
+from ._core.errors import StructureChangeError as StructureChangeError
+from ._core.errors import TraceContextError as TraceContextError
+from ._core.filters import All as All
+from ._core.filters import Any_ as Any
+from ._core.filters import Everything as Everything
+from ._core.filters import Not as Not
+from ._core.filters import Nothing as Nothing
+from ._core.filters import OfType as OfType
+from ._core.filters import PathContains as PathContains
+from ._core.filters import WithTag as WithTag
+from ._core.module import Module as Module
+from ._core.module import Sequential as Sequential
+from ._core.module import display as display
+from ._core.module import view as view
+from ._core.module import with_attributes as with_attributes
+from ._core.pytree import Dict as Dict
+from ._core.pytree import List as List
+from ._core.pytree import Pytree as Pytree
+from ._core.pytree import data as data
+from ._core.pytree import static as static
+from ._core.rngs import RngStream as RngStream
+from ._core.rngs import Rngs as Rngs
+from ._core.rngs import fork_rngs as fork_rngs
+from ._core.rngs import reseed as reseed
+from ._core.rngs import split_rngs as split_rngs
+from ._core.rngs import with_rngs as with_rngs
+from ._core.state import FlatState as FlatState
+from ._core.state import State as State
+from ._core.state import map_state as map_state
+from ._core.tree import TreeGraphDef as TreeGraphDef
+from ._core.variables import BatchStat as BatchStat
+from ._core.variables import Cache as Cache
+from ._core.variables import Intermediate as Intermediate
+from ._core.variables import OptArray as OptArray
+from ._core.variables import OptState as OptState
+from ._core.variables import OptVariable as OptVariable
+from ._core.variables import Param as Param
+from ._core.variables import Perturbation as Perturbation
+from ._core.variables import RngCount as RngCount
+from ._core.variables import RngKey as RngKey
+from ._core.variables import RngState as RngState
+from ._core.variables import Variable as Variable
+from ._core.variables import register_variable_name as register_variable_name
+from ._core.variables import variable_name_from_type as variable_name_from_type
+from ._core.variables import variable_type_from_name as variable_type_from_name
+from ._functional import as_abstract as as_abstract
+from ._functional import clone as clone
+from ._functional import flatten as flatten
+from ._functional import graphdef as graphdef
+from ._functional import iter_graph as iter_graph
+from ._functional import merge as merge
+from ._functional import pop as pop
+from ._functional import split as split
+from ._functional import state as state
+from ._functional import unflatten as unflatten
+from ._functional import update as update
+from ._transforms import *  # noqa: F403  (each transform module defines __all__)
+from .nn import *  # noqa: F403
+from .nn import initializers as initializers
+from .training import *  # noqa: F403
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The pure pytree world: Variables, Pytree/Module, State, filters, Rngs, tree split/merge."""

@@ -1,0 +1,68 @@
+"""The pynnx error hierarchy.
+
+Every error pynnx raises on bad user input is a :class:`PynnxError`. Each subclass also
+derives from the builtin a Python user would expect (``ValueError``, ``TypeError``,
+``AttributeError``...), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class PynnxError(Exception):
+  """Base class of every error pynnx raises on bad input."""
+
+
+class FrozenModuleError(PynnxError, AttributeError):
+  """An attribute of a built (frozen) Module or Pytree was assigned or deleted."""
+
+
+class SharedReferenceError(PynnxError, ValueError):
+  """A Variable (or Module) is reachable twice while in tree mode."""
+
+
+class FilterError(PynnxError, ValueError):
+  """A filter is malformed, or filters leave Variables unmatched."""
+
+
+class StateMismatchError(PynnxError, ValueError):
+  """A State does not fit the GraphDef / Module it is merged into or updates."""
+
+
+class NotAVariableError(PynnxError, TypeError):
+  """A non-Variable value was given where a Variable is expected."""
+
+
+class StaticAttributeError(PynnxError, TypeError):
+  """A static attribute is not hashable (static attributes are compile-time keys)."""
+
+
+class GraphModeRequiredError(PynnxError, ValueError):
+  """A graph-only feature (DiffState, StateAxes, StateSharding...) was used with graph=False."""
+
+
+class TraceContextError(PynnxError, ValueError):
+  """A Variable was mutated from inside a transform it was not passed into."""
+
+
+class LeakedTracerError(PynnxError, RuntimeError):
+  """A Variable holds a traced value that escaped the transform that produced it."""
+
+
+class AxisSpecError(PynnxError, ValueError):
+  """An in_axes / out_axes / spec prefix does not fit the arguments."""
+
+
+class StructureChangeError(PynnxError, ValueError):
+  """The Variable structure changed where it must stay fixed (scan carry, cond branches...)."""
+
+
+class ShapeError(PynnxError, ValueError):
+  """An input's shape does not fit a layer."""
+
+
+class RngError(PynnxError, ValueError):
+  """A random stream is missing or misused."""
+
+
+class ConfigError(PynnxError, TypeError):
+  """A setting was given a value of the wrong kind."""

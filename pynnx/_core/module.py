@@ -1,0 +1,248 @@
+"""Module: the base class of layers and models.
+
+A Module is a :class:`~pynnx.Pytree` (a registered, frozen-once-built JAX pytree) with the
+conveniences of Flax NNX: ``sow``, ``perturb``, ``train()`` / ``eval()``,
+``set_attributes``, ``iter_modules`` and ``iter_children``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable, Iterator
+
+import jax.numpy as jnp
+
+from . import filters as filterlib
+from .errors import PynnxError
+from .pytree import Dict, List, Pytree, _BUILD
+from .reprs import block
+from .variables import Intermediate, Perturbation, Variable
+
+Path = tuple[Hashable, ...]
+
+
+
+def _append(prev: tuple, value: Any) -> tuple:
+  return (*prev, value)
+
+
+def _init_tuple() -> tuple:
+  return ()
+
+
+class Module(Pytree):
+  """Base class for all layers and models.
+
+  Example:
+    >>> import jax.numpy as jnp, pynnx as nnx
+    >>> class MLP(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.layers = [nnx.Linear(2, 4, rngs=rngs), nnx.Linear(4, 1, rngs=rngs)]
+    ...   def __call__(self, x):
+    ...     for layer in self.layers:
+    ...       x = layer(x)
+    ...     return x
+    >>> MLP(nnx.Rngs(0))(jnp.ones((3, 2))).shape
+    (3, 1)
+  """
+
+  # -- sow / perturb ---------------------------------------------------------------------
+  def sow(
+    self,
+    variable_type: type[Variable] | str,
+    name: str,
+    value: Any,
+    reduce_fn: Callable[[Any, Any], Any] = _append,
+    init_fn: Callable[[], Any] = _init_tuple,
+  ) -> None:
+    """Records ``value`` in a Variable attribute ``name`` (a tuple of values by default)."""
+    if isinstance(variable_type, str):
+      from .variables import variable_type_from_name
+
+      variable_type = variable_type_from_name(variable_type, allow_register=True)
+    current = self.__dict__.get(name)
+    if isinstance(current, Variable):
+      if not isinstance(current, variable_type):
+        raise PynnxError(
+          f"{type(self).__name__}.sow: attribute {name!r} already holds a "
+          f"{type(current).__name__}, not a {variable_type.__name__}."
+        )
+      current[...] = reduce_fn(current[...], value)
+    elif current is not None:
+      raise PynnxError(
+        f"{type(self).__name__}.sow: attribute {name!r} already holds a "
+        f"{type(current).__name__}; choose another name."
+      )
+    else:
+      self._pynnx_setattr(name, variable_type(reduce_fn(init_fn(), value)))
+
+  def perturb(self, name: str, value: Any, variable_type: type[Variable] = Perturbation) -> Any:
+    """Adds a zero Perturbation ``name`` to ``value``; its gradient is d(loss)/d(value)."""
+    current = self.__dict__.get(name)
+    if current is None:
+      current = variable_type(jnp.zeros_like(value))
+      self._pynnx_setattr(name, current)
+    return value + current[...]
+
+  # -- static attribute updates ------------------------------------------------------------
+  def set_attributes(
+    self, *filters: Any, raise_if_not_found: bool = True, **attributes: Any
+  ) -> None:
+    """Sets static attributes on this Module and its submodules that have them.
+
+    ``filters`` restrict which submodules are touched (default: all).
+    """
+    preds = [filterlib.to_predicate(f) for f in filters] or [filterlib.to_predicate(...)]
+    found = set()
+    for path, module in self.iter_modules():
+      if not any(p(path, module) for p in preds):
+        continue
+      for name, value in attributes.items():
+        if name in module.__dict__:
+          module._pynnx_setattr(name, value)
+          found.add(name)
+    missing = set(attributes) - found
+    if missing and raise_if_not_found:
+      raise PynnxError(
+        f"set_attributes: no submodule of {type(self).__name__} has the attribute(s) "
+        f"{sorted(missing)}; pass raise_if_not_found=False to ignore them."
+      )
+
+  def train(self, **attributes: Any) -> None:
+    """Training mode: ``deterministic=False``, ``use_running_average=False`` where present."""
+    self.set_attributes(
+      deterministic=False, use_running_average=False, **attributes, raise_if_not_found=False
+    )
+
+  def eval(self, **attributes: Any) -> None:
+    """Evaluation mode: ``deterministic=True``, ``use_running_average=True`` where present."""
+    self.set_attributes(
+      deterministic=True, use_running_average=True, **attributes, raise_if_not_found=False
+    )
+
+  # -- traversal ---------------------------------------------------------------------------
+  def iter_modules(self) -> Iterator[tuple[Path, Module]]:
+    """Yields ``(path, module)`` for this Module (path ``()``) and every submodule."""
+    yield from _iter_modules(self, ())
+
+  def iter_children(self) -> Iterator[tuple[Hashable, Module]]:
+    """Yields ``(name, module)`` for the direct submodules."""
+    for key, value in _data_items(self):
+      if isinstance(value, Module):
+        yield key, value
+
+  def __repr__(self) -> str:
+    return module_repr(self)
+
+
+def _data_items(node: Pytree) -> list[tuple[Hashable, Any]]:
+  meta = node._pynnx_get_meta()
+  return [(k, node.__dict__[k]) for k in meta.data_keys]
+
+
+def _iter_modules(node: Any, path: Path, seen: set | None = None) -> Iterator[tuple[Path, Any]]:
+  seen = set() if seen is None else seen
+  if id(node) in seen:
+    return
+  if isinstance(node, Module):
+    seen.add(id(node))
+    yield path, node
+  if isinstance(node, Pytree):
+    for key, value in _data_items(node):
+      yield from _iter_modules(value, (*path, key), seen)
+  elif isinstance(node, (list, tuple)):
+    for i, value in enumerate(node):
+      yield from _iter_modules(value, (*path, i), seen)
+  elif isinstance(node, dict):
+    for key, value in node.items():
+      yield from _iter_modules(value, (*path, key), seen)
+
+
+def module_repr(module: Pytree) -> str:
+  items = sorted(
+    ((k, v) for k, v in module._pynnx_items() if not (isinstance(k, str) and k.startswith("_"))),
+    key=lambda kv: str(kv[0]),
+  )
+  return block(f"{type(module).__name__}(", [f"{k}={v!r}" for k, v in items], ")")
+
+
+class Sequential(Module):
+  """Applies its layers in order: ``Sequential(f, g)(x) == g(f(x))``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, pynnx as nnx
+    >>> model = nnx.Sequential(nnx.Linear(2, 8, rngs=nnx.Rngs(0)), jax.nn.relu,
+    ...                        nnx.Linear(8, 1, rngs=nnx.Rngs(1)))
+    >>> model(jnp.ones((4, 2))).shape
+    (4, 1)
+  """
+
+  def __init__(self, *fns: Callable[..., Any]):
+    self.layers = List(fns)
+
+  def __call__(self, *args: Any, rngs: Any = None, **kwargs: Any) -> Any:
+    output: Any = args
+    for i, f in enumerate(self.layers):
+      if not callable(f):
+        raise TypeError(f"Sequential.layers[{i}] is not callable: {f!r}")
+      output = f(*output, **kwargs) if i == 0 and isinstance(output, tuple) else f(output)
+    return output
+
+
+def view(node: Any, /, **attributes: Any) -> Any:
+  """A shallow functional copy of ``node`` with static attributes replaced where present.
+
+  The copy shares every Variable with ``node`` (updates through either are seen by both);
+  only Module objects are copied. This is the functional form of ``set_attributes``.
+
+  Example:
+    >>> import pynnx as nnx
+    >>> model = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+    >>> nnx.view(model, deterministic=True).deterministic, model.deterministic
+    (True, False)
+  """
+  copies: dict[int, Any] = {}
+  found: set[str] = set()
+
+  def copy(x: Any) -> Any:
+    if isinstance(x, Pytree):
+      if id(x) in copies:
+        return copies[id(x)]
+      new = object.__new__(type(x))
+      copies[id(x)] = new
+      nd = new.__dict__
+      for k, v in x.__dict__.items():
+        nd[k] = v if k == "_pynnx_plan" else copy(v) if not (isinstance(k, str) and k.startswith("_pynnx_")) else v
+      nd.pop("_pynnx_plan", None)
+      nd["_pynnx_forced"] = dict(x.__dict__.get("_pynnx_forced", {}))
+      if isinstance(new, Module):
+        for name, value in attributes.items():
+          if name in nd:
+            nd[name] = value
+            found.add(name)
+      nd["_pynnx_meta"] = new._pynnx_compute_meta()
+      return new
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+      return type(x)(copy(v) for v in x)
+    if isinstance(x, dict):
+      return {k: copy(v) for k, v in x.items()}
+    return x
+
+  out = copy(node)
+  missing = set(attributes) - found
+  if missing:
+    raise PynnxError(
+      f"nnx.view: no Module in {type(node).__name__} has the attribute(s) {sorted(missing)}."
+    )
+  return out
+
+
+with_attributes = view
+
+
+def display(*args: Any) -> None:
+  """Prints pynnx objects in their readable layout."""
+  for x in args:
+    print(x)
+
+
+__all__ = ["Module", "Sequential", "view", "with_attributes", "display", "List", "Dict", "_BUILD"]

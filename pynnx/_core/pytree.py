@@ -1,0 +1,427 @@
+"""Pytree: objects that register themselves as JAX pytrees and freeze once built.
+
+Attributes holding Variables, Pytrees, arrays or containers of them are *data* (pytree
+children); everything else is *static* (part of the treedef, so it must be hashable).
+``nnx.data(...)`` / ``nnx.static(...)`` override the choice for one attribute.
+
+An object is frozen when the outermost constructor running returns: a parent's
+``__init__`` may still tie weights into children it just built. After that, assignment or
+deletion raises :class:`~pynnx.FrozenModuleError`; sanctioned APIs use ``_pynnx_setattr``,
+which bumps the global structure epoch so cached flatten plans stay correct.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Hashable, Iterator
+
+import jax
+import numpy as np
+
+from .errors import FrozenModuleError, StaticAttributeError
+from .reprs import block, mapping_repr
+from .variables import Variable, bump_structure
+
+_INTERNAL = "_pynnx_"
+
+
+class _Build:
+  depth = 0
+  pending: list = []
+
+
+_BUILD = _Build()
+
+
+# --- data / static markers --------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Marker:
+  value: Any
+  kind: str  # "data" | "static"
+
+
+def data(value: Any) -> Any:
+  """Marks an attribute value as data (a pytree child), whatever it holds.
+
+  Example:
+    >>> import pynnx as nnx
+    >>> class Scale(nnx.Module):
+    ...   def __init__(self):
+    ...     self.factor = nnx.data(2.0)   # a traced leaf, not a compile-time constant
+    >>> import jax; jax.tree.leaves(Scale())
+    [2.0]
+  """
+  return _Marker(value, "data")
+
+
+def static(value: Any) -> Any:
+  """Marks an attribute value as static (part of the treedef; must be hashable)."""
+  return _Marker(value, "static")
+
+
+def _is_array(x: Any) -> bool:
+  return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
+
+
+def is_data_value(value: Any) -> bool:
+  """True if ``value`` is, or contains, a Variable, Pytree or array."""
+  if isinstance(value, (Variable, Pytree)) or _is_array(value):
+    return True
+  if isinstance(value, (list, tuple, dict)):
+    items = value.values() if isinstance(value, dict) else value
+    return any(is_data_value(v) for v in items)
+  return False
+
+
+# --- flatten metadata -------------------------------------------------------------------
+
+
+class _Meta:
+  """The static half of a Pytree's flattening: data keys and static items (hashable)."""
+
+  __slots__ = ("data_keys", "key_objs", "statics", "_hash")
+
+  def __init__(self, data_keys: tuple, key_objs: tuple, statics: tuple):
+    self.data_keys = data_keys
+    self.key_objs = key_objs
+    self.statics = statics
+    self._hash = None
+
+  def __hash__(self) -> int:
+    if self._hash is None:
+      self._hash = hash((self.data_keys, self.statics))
+    return self._hash
+
+  def __eq__(self, other: object) -> bool:
+    if self is other:
+      return True
+    return (
+      isinstance(other, _Meta)
+      and self.data_keys == other.data_keys
+      and self.statics == other.statics
+    )
+
+  def __repr__(self) -> str:
+    return f"Meta(data={self.data_keys}, static={dict(self.statics)})"
+
+
+def _sort_key(k: Any) -> tuple:
+  return (0, k, "") if isinstance(k, int) else (1, 0, str(k))
+
+
+class _PytreeMeta(type):
+  def __call__(cls, *args: Any, **kwargs: Any):
+    _BUILD.depth += 1
+    ok = False
+    try:
+      obj = super().__call__(*args, **kwargs)
+      ok = True
+    finally:
+      _BUILD.depth -= 1
+      if _BUILD.depth == 0:
+        pending, _BUILD.pending = _BUILD.pending, []
+        if ok:
+          for o in pending:
+            if not o.__dict__.get("_pynnx_frozen", False):
+              o._pynnx_freeze()
+    return obj
+
+
+class Pytree(metaclass=_PytreeMeta):
+  """Base class of pynnx objects that are JAX pytrees with a frozen structure."""
+
+  _pynnx_auto_containers = True
+
+  def __init_subclass__(cls, **kwargs: Any):
+    super().__init_subclass__(**kwargs)
+    _register(cls)
+
+  def __new__(cls, *args: Any, **kwargs: Any):
+    obj = object.__new__(cls)
+    d = obj.__dict__
+    d["_pynnx_frozen"] = False
+    d["_pynnx_forced"] = {}
+    _BUILD.pending.append(obj)
+    return obj
+
+  # -- attribute protocol ------------------------------------------------------------------
+  def __setattr__(self, name: str, value: Any) -> None:
+    d = self.__dict__
+    if d.get("_pynnx_frozen", False) and not name.startswith(_INTERNAL):
+      raise FrozenModuleError(
+        f"Cannot set attribute {name!r} of {type(self).__name__}: pynnx Modules are frozen "
+        f"once built (the outermost constructor has returned). State changes go through "
+        f"Variables (`{type(self).__name__.lower()}.{name}[...] = new_value` if it holds a "
+        f"Variable). To change static attributes use `module.set_attributes({name}=...)` or the "
+        f"functional `nnx.view(module, {name}=...)`; to rebuild, construct a new Module."
+      )
+    self._pynnx_store(name, value)
+
+  def __delattr__(self, name: str) -> None:
+    if self.__dict__.get("_pynnx_frozen", False):
+      raise FrozenModuleError(
+        f"Cannot delete attribute {name!r} of {type(self).__name__}: pynnx Modules are frozen "
+        f"once built. Use `nnx.pop(module, filter)` to remove Variables such as sown "
+        f"intermediates, or `nnx.view(...)` for a modified copy."
+      )
+    del self.__dict__[name]
+    self.__dict__["_pynnx_forced"].pop(name, None)
+
+  def _pynnx_store(self, name: str, value: Any) -> None:
+    d = self.__dict__
+    if isinstance(value, _Marker):
+      d["_pynnx_forced"][name] = value.kind
+      value = value.value
+    elif name in d.get("_pynnx_forced", {}):
+      del d["_pynnx_forced"][name]
+    if type(self)._pynnx_auto_containers and d.get("_pynnx_forced", {}).get(name) != "static":
+      value = _wrap_container(value)
+    d[name] = value
+    if d.get("_pynnx_frozen", False):
+      d["_pynnx_meta"] = self._pynnx_compute_meta()
+
+  def _pynnx_setattr(self, name: str, value: Any) -> None:
+    """Sanctioned structural change on a built object (bumps the structure epoch)."""
+    self._pynnx_store(name, value)
+    bump_structure()
+
+  def _pynnx_delattr(self, name: str) -> None:
+    d = self.__dict__
+    del d[name]
+    d["_pynnx_forced"].pop(name, None)
+    if d.get("_pynnx_frozen", False):
+      d["_pynnx_meta"] = self._pynnx_compute_meta()
+    bump_structure()
+
+  # -- classification ------------------------------------------------------------------
+  def _pynnx_items(self) -> Iterator[tuple[Hashable, Any]]:
+    for k, v in self.__dict__.items():
+      if not (isinstance(k, str) and k.startswith(_INTERNAL)):
+        yield k, v
+
+  def _pynnx_key_obj(self, key: Hashable) -> Any:
+    return jax.tree_util.GetAttrKey(key) if isinstance(key, str) else jax.tree_util.SequenceKey(key)
+
+  def _pynnx_compute_meta(self) -> _Meta:
+    forced = self.__dict__.get("_pynnx_forced", {})
+    data_keys, statics = [], []
+    for k, v in self._pynnx_items():
+      kind = forced.get(k)
+      if kind is None:
+        kind = "data" if is_data_value(v) else "static"
+      if kind == "data":
+        data_keys.append(k)
+      else:
+        statics.append((k, v))
+    data_keys.sort(key=_sort_key)
+    statics.sort(key=lambda kv: _sort_key(kv[0]))
+    for k, v in statics:
+      try:
+        hash(v)
+      except TypeError:
+        raise StaticAttributeError(
+          f"{type(self).__name__}.{k} is a static attribute (it holds no arrays, Variables or "
+          f"Modules) but its value of type {type(v).__name__} is not hashable. Static "
+          f"attributes are part of the compile cache key. Use a hashable value (a tuple "
+          f"instead of a list, a frozenset instead of a set), or mark it "
+          f"`self.{k} = nnx.data(...)` if it should be traced."
+        ) from None
+    return _Meta(tuple(data_keys), tuple(self._pynnx_key_obj(k) for k in data_keys), tuple(statics))
+
+  def _pynnx_freeze(self) -> None:
+    d = self.__dict__
+    d["_pynnx_meta"] = self._pynnx_compute_meta()
+    d["_pynnx_frozen"] = True
+
+  def _pynnx_get_meta(self) -> _Meta:
+    meta = self.__dict__.get("_pynnx_meta")
+    if meta is None or not self.__dict__.get("_pynnx_frozen", False):
+      meta = self._pynnx_compute_meta()
+    return meta
+
+  # -- copying / pickling --------------------------------------------------------------
+  def __getstate__(self) -> dict:
+    return {k: v for k, v in self.__dict__.items() if k != "_pynnx_plan"}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+
+
+def _register(cls: type) -> None:
+  def flatten_with_keys(obj: Any):
+    meta = obj._pynnx_get_meta()
+    d = obj.__dict__
+    return [(ko, d[k]) for ko, k in zip(meta.key_objs, meta.data_keys)], meta
+
+  def flatten(obj: Any):
+    meta = obj._pynnx_get_meta()
+    d = obj.__dict__
+    return [d[k] for k in meta.data_keys], meta
+
+  def unflatten(meta: _Meta, children: Any) -> Any:
+    obj = object.__new__(cls)
+    d = obj.__dict__
+    d["_pynnx_forced"] = {}
+    d.update(meta.statics)
+    d.update(zip(meta.data_keys, children))
+    d["_pynnx_meta"] = meta
+    d["_pynnx_frozen"] = True
+    return obj
+
+  jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+
+
+def is_pytree_node(x: Any) -> bool:
+  return isinstance(x, Pytree)
+
+
+# --- containers ---------------------------------------------------------------------------
+
+
+class List(Pytree):
+  """A list of Modules/Variables/arrays; item operations are sanctioned structure changes.
+
+  Example:
+    >>> import pynnx as nnx
+    >>> layers = nnx.List([nnx.Param(1.0), nnx.Param(2.0)])
+    >>> layers.append(nnx.Param(3.0)); len(layers)
+    3
+  """
+
+  _pynnx_auto_containers = False
+
+  def __init__(self, items: Any = ()):
+    for i, item in enumerate(items):
+      self.__dict__[i] = _wrap_container(item)
+
+  def _pynnx_key_obj(self, key: Hashable) -> Any:
+    return jax.tree_util.SequenceKey(key)
+
+  def _pynnx_compute_meta(self) -> _Meta:
+    keys = tuple(range(len(self)))
+    return _Meta(keys, tuple(jax.tree_util.SequenceKey(k) for k in keys), ())
+
+  def __len__(self) -> int:
+    return sum(1 for k in self.__dict__ if isinstance(k, int))
+
+  def _items_list(self) -> list:
+    return [self.__dict__[i] for i in range(len(self))]
+
+  def _set_items(self, items: list) -> None:
+    d = self.__dict__
+    for k in [k for k in d if isinstance(k, int)]:
+      del d[k]
+    for i, item in enumerate(items):
+      d[i] = _wrap_container(item)
+    if d.get("_pynnx_frozen", False):
+      d["_pynnx_meta"] = self._pynnx_compute_meta()
+    bump_structure()
+
+  def __getitem__(self, i: Any) -> Any:
+    items = self._items_list()
+    return items[i]
+
+  def __setitem__(self, i: Any, value: Any) -> None:
+    items = self._items_list()
+    items[i] = value
+    self._set_items(items)
+
+  def __delitem__(self, i: Any) -> None:
+    items = self._items_list()
+    del items[i]
+    self._set_items(items)
+
+  def __iter__(self) -> Iterator[Any]:
+    return iter(self._items_list())
+
+  def append(self, value: Any) -> None:
+    self._set_items(self._items_list() + [value])
+
+  def extend(self, values: Any) -> None:
+    self._set_items(self._items_list() + list(values))
+
+  def insert(self, i: int, value: Any) -> None:
+    items = self._items_list()
+    items.insert(i, value)
+    self._set_items(items)
+
+  def pop(self, i: int = -1) -> Any:
+    items = self._items_list()
+    out = items.pop(i)
+    self._set_items(items)
+    return out
+
+  def __repr__(self) -> str:
+    return block("List([", [repr(x) for x in self], "])")
+
+
+class Dict(Pytree):
+  """A str-keyed mapping of Modules/Variables/arrays; item operations are sanctioned."""
+
+  _pynnx_auto_containers = False
+
+  def __init__(self, items: Any = (), **kwargs: Any):
+    for k, v in dict(items, **kwargs).items():
+      self._check_key(k)
+      self.__dict__[k] = _wrap_container(v)
+
+  @staticmethod
+  def _check_key(k: Any) -> None:
+    if not isinstance(k, str) or k.startswith(_INTERNAL):
+      raise TypeError(f"nnx.Dict keys must be strings not starting with {_INTERNAL!r}, got {k!r}.")
+
+  def _pynnx_key_obj(self, key: Hashable) -> Any:
+    return jax.tree_util.DictKey(key)
+
+  def _pynnx_keys(self) -> list:
+    return [k for k, _ in self._pynnx_items()]
+
+  def __getitem__(self, key: str) -> Any:
+    try:
+      return self.__dict__[key]
+    except KeyError:
+      raise KeyError(key) from None
+
+  def __setitem__(self, key: str, value: Any) -> None:
+    self._check_key(key)
+    self._pynnx_setattr(key, value)
+
+  def __delitem__(self, key: str) -> None:
+    self._pynnx_delattr(key)
+
+  def __contains__(self, key: object) -> bool:
+    return key in self._pynnx_keys()
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._pynnx_keys())
+
+  def __len__(self) -> int:
+    return len(self._pynnx_keys())
+
+  def keys(self):
+    return self._pynnx_keys()
+
+  def values(self):
+    return [self.__dict__[k] for k in self._pynnx_keys()]
+
+  def items(self):
+    return [(k, self.__dict__[k]) for k in self._pynnx_keys()]
+
+  def get(self, key: str, default: Any = None) -> Any:
+    return self.__dict__.get(key, default) if key in self else default
+
+  def __repr__(self) -> str:
+    return mapping_repr("Dict", self.items())
+
+
+def _wrap_container(value: Any) -> Any:
+  """Data-holding lists/dicts become nnx.List/nnx.Dict, so their edits are tracked."""
+  if type(value) is list and is_data_value(value):
+    return List(value)
+  if type(value) is dict and is_data_value(value) and all(isinstance(k, str) for k in value):
+    return Dict(value)
+  return value
+
+_register(Pytree)

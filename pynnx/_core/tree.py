@@ -1,0 +1,276 @@
+"""Tree-mode split / merge and friends: a Module is a plain pytree with Variable leaves.
+
+In tree mode every Variable must be reachable exactly once (graph mode, opt-in, handles
+shared references). A frozen Module's flatten plan — its Variables in order and the treedef
+— is cached on the Module and reused until a sanctioned structural change bumps the epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Iterator
+
+import jax
+
+from . import filters as filterlib
+from .errors import FilterError, NotAVariableError, SharedReferenceError, StateMismatchError
+from .paths import format_path, jax_path_to_parts
+from .pytree import Pytree
+from .state import FlatState, State
+from .variables import STRUCTURE, Variable, is_variable
+
+Path = tuple[Hashable, ...]
+
+
+# --- flatten plans --------------------------------------------------------------------------
+
+
+def flat_plan(node: Any) -> tuple[list[Any], Any]:
+  """``(leaves, treedef)`` of ``node`` with Variables as leaves; cached on frozen Pytrees."""
+  if isinstance(node, Pytree):
+    d = node.__dict__
+    cached = d.get("_pynnx_plan")
+    if cached is not None and cached[0] == STRUCTURE.epoch:
+      return cached[1], cached[2]
+    leaves, treedef = jax.tree_util.tree_flatten(node, is_leaf=is_variable)
+    if d.get("_pynnx_frozen", False):
+      d["_pynnx_plan"] = (STRUCTURE.epoch, leaves, treedef)
+    return leaves, treedef
+  return jax.tree_util.tree_flatten(node, is_leaf=is_variable)
+
+
+def flatten_with_paths(node: Any) -> tuple[list[tuple[Path, Any]], Any]:
+  """``([(path, leaf)], treedef)`` with Variables as leaves."""
+  with_path, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=is_variable)
+  return [(jax_path_to_parts(p), leaf) for p, leaf in with_path], treedef
+
+
+def shared_reference_error(api: str, var: Any, first: str, second: str) -> SharedReferenceError:
+  kind = type(var).__name__
+  return SharedReferenceError(
+    f"{api} received the same {kind} at two places:\n  {first}\n  {second}\n"
+    f"Tree mode (the default) needs every Variable to appear exactly once.\n"
+    f"To fix this, either\n"
+    f"  1. give each use its own {kind} (`pynnx.clone` copies one), or\n"
+    f"  2. opt into graph mode for this call: `{api.split('(')[0]}(..., graph=True)`."
+  )
+
+
+def check_no_sharing(flat: list[tuple[Path, Any]], api: str, root: str = "model") -> None:
+  seen: dict[int, Path] = {}
+  for path, leaf in flat:
+    if isinstance(leaf, Variable):
+      first = seen.setdefault(id(leaf), path)
+      if first is not path:
+        raise shared_reference_error(api, leaf, format_path(first, root), format_path(path, root))
+
+
+# --- GraphDef (tree mode) -------------------------------------------------------------------
+
+
+class TreeGraphDef:
+  """The static structure of a Module in tree mode: its treedef and leaf paths/kinds."""
+
+  __slots__ = ("treedef", "paths", "leaf_types", "_hash")
+
+  def __init__(self, treedef: Any, paths: tuple[Path, ...], leaf_types: tuple):
+    self.treedef = treedef
+    self.paths = paths
+    self.leaf_types = leaf_types
+    self._hash = hash((treedef, paths, leaf_types))
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __eq__(self, other: object) -> bool:
+    return self is other or (
+      isinstance(other, TreeGraphDef)
+      and self._hash == other._hash
+      and self.treedef == other.treedef
+      and self.paths == other.paths
+      and self.leaf_types == other.leaf_types
+    )
+
+  def __repr__(self) -> str:
+    return f"GraphDef(tree, {len(self.paths)} leaves, {self.treedef})"
+
+
+def _leaf_type(leaf: Any) -> Any:
+  return type(leaf) if isinstance(leaf, Variable) else None
+
+
+def split(node: Any, *filters: Any, api: str = "pynnx.split") -> tuple:
+  """Tree-mode ``split``: ``(graphdef, state, *states)``, one State per filter."""
+  flat, treedef = flatten_with_paths(node)
+  check_no_sharing(flat, api)
+  graphdef = TreeGraphDef(treedef, tuple(p for p, _ in flat), tuple(_leaf_type(v) for _, v in flat))
+  if not filters:
+    return graphdef, State.from_flat_path(flat)
+  preds = filterlib.filters_to_predicates(filters)
+  buckets: list[list] = [[] for _ in preds]
+  unmatched = []
+  for path, leaf in flat:
+    for i, p in enumerate(preds):
+      if p(path, leaf):
+        buckets[i].append((path, leaf))
+        break
+    else:
+      unmatched.append(path)
+  if unmatched:
+    raise FilterError(
+      f"{api}: the filters {filters} leave these Variables unmatched: "
+      + ", ".join(format_path(p) for p in unmatched[:8]) + (" ..." if len(unmatched) > 8 else "")
+      + ". Every Variable must go to some State; add `...` as the last filter to collect the rest."
+    )
+  return (graphdef, *(State.from_flat_path(b) for b in buckets))
+
+
+def merge(graphdef: TreeGraphDef, state: Any, /, *states: Any, copy: bool = False) -> Any:
+  """Tree-mode ``merge``: rebuilds the Module from its GraphDef and States."""
+  flat: dict[Path, Any] = {}
+  for s in (state, *states):
+    if isinstance(s, FlatState):
+      flat.update(s)
+    elif isinstance(s, State):
+      flat.update(s.flat_state())
+    else:
+      raise StateMismatchError(
+        f"merge expects States after the GraphDef, got a {type(s).__name__}."
+      )
+  leaves = []
+  missing = []
+  for path, kind in zip(graphdef.paths, graphdef.leaf_types):
+    if path not in flat:
+      missing.append(path)
+      continue
+    leaf = flat.pop(path)
+    if kind is not None:
+      if not isinstance(leaf, Variable):
+        raise NotAVariableError(
+          f"merge: {format_path(path)} must be a {kind.__name__}, but the State holds a "
+          f"{type(leaf).__name__}. Wrap the value: `{kind.__name__}(value)`."
+        )
+      if copy:
+        leaf = leaf.copy()
+    leaves.append(leaf)
+  if missing or flat:
+    parts = []
+    if missing:
+      parts.append("missing " + ", ".join(format_path(p) for p in missing))
+    if flat:
+      parts.append("unexpected " + ", ".join(format_path(p) for p in flat))
+    raise StateMismatchError(
+      "merge: the State does not fit the GraphDef (" + "; ".join(parts) + "). Split and merge "
+      "must use the same Module structure."
+    )
+  return graphdef.treedef.unflatten(leaves)
+
+
+def state(node: Any, *filters: Any) -> Any:
+  _, *states = split(node, *filters, api="pynnx.state") if filters else split(node, api="pynnx.state")
+  return states[0] if len(states) == 1 else tuple(states)
+
+
+def graphdef(node: Any) -> TreeGraphDef:
+  return split(node, api="pynnx.graphdef")[0]
+
+
+def update(node: Any, *states: Any) -> None:
+  """Writes the values of ``states`` into ``node``'s Variables (paths must exist)."""
+  flat, _ = flatten_with_paths(node)
+  targets = dict(flat)
+  for s in states:
+    items = s.flat_state() if isinstance(s, State) else s
+    for path, leaf in items:
+      target = targets.get(path)
+      if target is None:
+        raise StateMismatchError(
+          f"update: {format_path(path)} is not in the {type(node).__name__} being updated."
+        )
+      if not isinstance(target, Variable):
+        raise NotAVariableError(
+          f"update: {format_path(path)} holds a plain {type(target).__name__}, not a Variable, "
+          "so it cannot be updated in place; store it in a Variable."
+        )
+      target.set_value(leaf.get_value() if isinstance(leaf, Variable) else leaf)
+
+
+def clone(node: Any) -> Any:
+  """A copy of ``node`` with new Variables (values are shared: arrays are immutable)."""
+  flat, _ = flatten_with_paths(node)
+  check_no_sharing(flat, "pynnx.clone")
+  return jax.tree.map(lambda x: x, node)
+
+
+def iter_graph(node: Any) -> Iterator[tuple[Path, Any]]:
+  """Yields ``(path, value)`` for every Pytree node and leaf, children before parents."""
+  def walk(x: Any, path: Path) -> Iterator[tuple[Path, Any]]:
+    if isinstance(x, Variable):
+      yield path, x
+      return
+    if isinstance(x, Pytree):
+      meta = x._pynnx_get_meta()
+      for k in meta.data_keys:
+        yield from walk(x.__dict__[k], (*path, k))
+      yield path, x
+      return
+    if isinstance(x, (list, tuple)):
+      for i, v in enumerate(x):
+        yield from walk(v, (*path, i))
+      return
+    if isinstance(x, dict):
+      for k, v in x.items():
+        yield from walk(v, (*path, k))
+      return
+    if isinstance(x, State):
+      for k in x:
+        yield from walk(x[k], (*path, k))
+      return
+    yield path, x
+
+  yield from walk(node, ())
+
+
+def pop(node: Any, *filters: Any) -> Any:
+  """Removes the Variables matching ``filters`` from ``node``; returns them as State(s)."""
+  preds = filterlib.filters_to_predicates(filters)
+  buckets: list[list] = [[] for _ in preds]
+  removals: list[tuple[Any, Hashable]] = []
+
+  def walk(x: Any, path: Path) -> None:
+    if isinstance(x, Pytree):
+      for k in list(x._pynnx_get_meta().data_keys):
+        v = x.__dict__[k]
+        p = (*path, k)
+        if isinstance(v, Variable):
+          for i, pred in enumerate(preds):
+            if pred(p, v):
+              buckets[i].append((p, v))
+              removals.append((x, k))
+              break
+        else:
+          walk(v, p)
+
+  walk(node, ())
+  for parent, key in removals:
+    parent._pynnx_delattr(key)
+  states = tuple(State.from_flat_path(b) for b in buckets)
+  return states[0] if len(states) == 1 else states
+
+
+def flatten(node: Any) -> tuple[TreeGraphDef, FlatState]:
+  graphdef, st = split(node, api="pynnx.flatten")
+  return graphdef, st.flat_state()
+
+
+def unflatten(graphdef: TreeGraphDef, flat_state: Any) -> Any:
+  return merge(graphdef, FlatState(flat_state) if not isinstance(flat_state, FlatState) else flat_state)
+
+
+def as_abstract(node: Any) -> Any:
+  """A copy of ``node`` whose array values are ``jax.ShapeDtypeStruct``s."""
+  def abstract(x: Any) -> Any:
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+    return x
+
+  return jax.tree.map(abstract, node)

@@ -1,0 +1,412 @@
+"""Variables: the only mutable cells of a pynnx model.
+
+A :class:`Variable` wraps one value (usually a ``jax.Array``) plus metadata. It is a JAX
+pytree node whose single child is the value and whose static part is its type and metadata,
+so ``jax.tree.map(f, module)`` maps over values and keeps Variable types.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, ClassVar, Generic, TypeVar
+
+import jax
+import jax.extend.core as jex_core
+import numpy as np
+
+from .reprs import variable_repr
+from .errors import LeakedTracerError, NotAVariableError, TraceContextError
+
+A = TypeVar("A")
+
+
+# --- trace frames ------------------------------------------------------------------------
+# A pynnx transform rebuilds fresh Variables for its inner function inside a new frame.
+# A Variable remembers the frame it was created in; writing to it from another frame means
+# it was closed over instead of passed in, and its update would be lost: that is an error.
+
+
+class Frame:
+  """One pynnx transform's inner scope (a token; compared by identity)."""
+
+  __slots__ = ("name", "parent")
+
+  def __init__(self, name: str, parent: Frame | None):
+    self.name = name
+    self.parent = parent
+
+
+class _FrameState:
+  current: Frame | None = None
+
+
+FRAMES = _FrameState()
+
+
+def push_frame(name: str) -> Frame:
+  frame = Frame(name, FRAMES.current)
+  FRAMES.current = frame
+  return frame
+
+
+def pop_frame(frame: Frame) -> None:
+  FRAMES.current = frame.parent
+
+
+def _check_not_leaked(value: Any, var: Variable) -> Any:
+  if isinstance(value, jax.core.Tracer) and type(jex_core.find_top_trace(())).__name__ == "EvalTrace":
+    raise LeakedTracerError(
+      f"{type(var).__name__} holds a traced value ({type(value).__name__}) from a JAX "
+      "transformation that has already finished: its update leaked out of the trace. This "
+      "happens when a Module is mutated inside plain `jax.jit`/`jax.grad`/... without returning "
+      "it. Use the pynnx transform instead (`nnx.jit`, `nnx.grad`, ...), which writes Variable "
+      "updates back, or return the Module from the jitted function."
+    )
+  return value
+
+
+class _Structure:
+  """Global structure epoch: bumped by every sanctioned structural change (a Module
+  attribute set through the internal setter, Variable metadata changes). Cached flatten
+  plans remember the epoch they were computed at."""
+
+  epoch: int = 0
+
+
+STRUCTURE = _Structure()
+
+
+def bump_structure() -> None:
+  STRUCTURE.epoch += 1
+
+
+# --- Variable ------------------------------------------------------------------------------
+
+
+class Variable(Generic[A]):
+  """A mutable cell holding one value and its metadata.
+
+  Example:
+    >>> import jax.numpy as jnp, pynnx as nnx
+    >>> w = nnx.Param(jnp.zeros((2,)), sharding_names=('model',))
+    >>> w[...] = w[...] + 1
+    >>> w.value, w.get_metadata('sharding_names')
+    (Array([1., 1.], dtype=float32), ('model',))
+  """
+
+  __slots__ = ("_raw_value", "_metadata", "_frame", "__weakref__")
+  _pynnx_type_name: ClassVar[str] = "Variable"
+
+  def __init__(self, value: A, **metadata: Any):
+    if isinstance(value, Variable):
+      raise NotAVariableError(
+        f"{type(self).__name__}(...) was given a {type(value).__name__}; pass its value "
+        f"instead: `{type(self).__name__}(v[...])`."
+      )
+    object.__setattr__(self, "_raw_value", value)
+    object.__setattr__(self, "_metadata", metadata)
+    object.__setattr__(self, "_frame", FRAMES.current)
+
+  def __init_subclass__(cls, **kwargs: Any):
+    super().__init_subclass__(**kwargs)
+    _register_variable_pytree(cls)
+
+  # -- value access --------------------------------------------------------------------
+  def get_value(self) -> A:
+    value = self._raw_value
+    if isinstance(value, jax.core.Tracer):
+      _check_not_leaked(value, self)
+    return value
+
+  def set_value(self, value: A) -> None:
+    frame = FRAMES.current
+    if frame is not None and self._frame is not frame:
+      _raise_outer_write(self, frame)
+    if isinstance(value, Variable):
+      value = value.get_value()
+    object.__setattr__(self, "_raw_value", value)
+
+  @property
+  def value(self) -> A:
+    return self.get_value()
+
+  @value.setter
+  def value(self, value: A) -> None:
+    self.set_value(value)
+
+  @property
+  def raw_value(self) -> A:
+    return self._raw_value
+
+  def __getitem__(self, key: Any) -> Any:
+    value = self.get_value()
+    if key is Ellipsis:
+      return value
+    return value[key]
+
+  def __setitem__(self, key: Any, item: Any) -> None:
+    if key is Ellipsis:
+      self.set_value(item)
+    else:
+      self.set_value(self.get_value().at[key].set(item))  # type: ignore[attr-defined]
+
+  # -- metadata ------------------------------------------------------------------------
+  def get_metadata(self, name: str | None = None, default: Any = ...) -> Any:
+    if name is None:
+      return dict(self._metadata)
+    if name in self._metadata:
+      return self._metadata[name]
+    if default is not ...:
+      return default
+    raise AttributeError(f"{type(self).__name__} has no metadata {name!r}.")
+
+  def set_metadata(self, *args: Any, **metadata: Any) -> None:
+    if args:
+      if len(args) == 2:
+        metadata = {args[0]: args[1], **metadata}
+      elif len(args) == 1 and isinstance(args[0], dict):
+        metadata = {**args[0], **metadata}
+      else:
+        raise TypeError("set_metadata takes (name, value), a dict, or keyword arguments.")
+    object.__setattr__(self, "_metadata", {**self._metadata, **metadata})
+    bump_structure()
+
+  def replace(self, value: Any = ..., **metadata: Any) -> Variable[A]:
+    """A new Variable of the same type with ``value`` and/or metadata replaced."""
+    new = object.__new__(type(self))
+    object.__setattr__(new, "_raw_value", self._raw_value if value is ... else value)
+    object.__setattr__(new, "_metadata", {**self._metadata, **metadata})
+    object.__setattr__(new, "_frame", FRAMES.current)
+    return new
+
+  def copy(self) -> Variable[A]:
+    return self.replace()
+
+  @property
+  def type(self) -> type:
+    return type(self)
+
+  def __getattr__(self, name: str) -> Any:
+    if name.startswith("__") or name in Variable.__slots__:
+      raise AttributeError(name)
+    try:
+      metadata = object.__getattribute__(self, "_metadata")
+    except AttributeError:
+      raise AttributeError(name) from None
+    if name in metadata:
+      return metadata[name]
+    return getattr(self.get_value(), name)
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    if name == "value":
+      self.set_value(value)
+    elif name.startswith("_"):
+      object.__setattr__(self, name, value)
+    else:
+      self.set_metadata(name, value)
+
+  def __getstate__(self) -> dict:
+    return {"value": self._raw_value, "metadata": self._metadata}
+
+  def __setstate__(self, state: dict) -> None:
+    object.__setattr__(self, "_raw_value", state["value"])
+    object.__setattr__(self, "_metadata", state["metadata"])
+    object.__setattr__(self, "_frame", FRAMES.current)
+
+  # -- array protocol ----------------------------------------------------------------------
+  def __jax_array__(self):
+    return self.get_value()
+
+  def __array__(self, dtype=None, copy=None):
+    return np.asarray(self.get_value(), dtype=dtype)
+
+  def __len__(self) -> int:
+    return len(self.get_value())  # type: ignore[arg-type]
+
+  def __iter__(self):
+    return iter(self.get_value())  # type: ignore[call-overload]
+
+  def __bool__(self) -> bool:
+    return bool(self.get_value())
+
+  def __int__(self) -> int:
+    return int(self.get_value())  # type: ignore[call-overload]
+
+  def __float__(self) -> float:
+    return float(self.get_value())  # type: ignore[arg-type]
+
+  def __index__(self) -> int:
+    return operator.index(self.get_value())  # type: ignore[arg-type]
+
+  def __hash__(self) -> int:
+    return id(self)
+
+  def __repr__(self) -> str:
+    return variable_repr(self)
+
+  # -- pytree ------------------------------------------------------------------------------
+  def _pynnx_aux(self) -> tuple:
+    return tuple(sorted(self._metadata.items()))
+
+
+def _raise_outer_write(var: Variable, frame: Frame) -> None:
+  raise TraceContextError(
+    f"Cannot mutate a {type(var).__name__} inside pynnx.{frame.name}: it was not passed to "
+    f"the transformed function but closed over from an outer scope, so the update could not "
+    f"be written back. Pass the Module or Variable that holds it as an argument of the "
+    f"function given to pynnx.{frame.name} instead."
+  )
+
+
+def _binary(op: Callable, reflected: bool = False):
+  if reflected:
+    def method(self, other):
+      return op(other.get_value() if isinstance(other, Variable) else other, self.get_value())
+  else:
+    def method(self, other):
+      return op(self.get_value(), other.get_value() if isinstance(other, Variable) else other)
+  return method
+
+
+for _name, _op in [
+  ("add", operator.add), ("sub", operator.sub), ("mul", operator.mul),
+  ("truediv", operator.truediv), ("floordiv", operator.floordiv), ("mod", operator.mod),
+  ("pow", operator.pow), ("matmul", operator.matmul), ("and", operator.and_),
+  ("or", operator.or_), ("xor", operator.xor), ("lshift", operator.lshift),
+  ("rshift", operator.rshift), ("divmod", divmod),
+]:
+  setattr(Variable, f"__{_name}__", _binary(_op))
+  setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
+for _name, _op in [
+  ("lt", operator.lt), ("le", operator.le), ("gt", operator.gt), ("ge", operator.ge),
+]:
+  setattr(Variable, f"__{_name}__", _binary(_op))
+for _name, _op in [("neg", operator.neg), ("pos", operator.pos), ("abs", operator.abs),
+                   ("invert", operator.invert)]:
+  setattr(Variable, f"__{_name}__", (lambda op: lambda self: op(self.get_value()))(_op))
+
+
+def _register_variable_pytree(cls: type) -> None:
+  def flatten_with_keys(v: Variable):
+    return ((_VALUE_KEY, v._raw_value),), v._pynnx_aux()
+
+  def flatten(v: Variable):
+    return (v._raw_value,), v._pynnx_aux()
+
+  def unflatten(aux: tuple, children: tuple) -> Variable:
+    new = object.__new__(cls)
+    object.__setattr__(new, "_raw_value", children[0])
+    object.__setattr__(new, "_metadata", dict(aux))
+    object.__setattr__(new, "_frame", FRAMES.current)
+    return new
+
+  jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+
+
+_VALUE_KEY = jax.tree_util.GetAttrKey("value")
+_register_variable_pytree(Variable)
+
+
+def is_variable(x: Any) -> bool:
+  return isinstance(x, Variable)
+
+
+# --- the Variable types ------------------------------------------------------------------
+
+
+class Param(Variable[A]):
+  """A trainable parameter; what ``grad`` differentiates and ``Optimizer`` updates."""
+
+
+class BatchStat(Variable[A]):
+  """A running statistic (e.g. BatchNorm's mean and var); not differentiated."""
+
+
+class Cache(Variable[A]):
+  """Decode-time cache (e.g. attention keys and values)."""
+
+
+class Intermediate(Variable[A]):
+  """Values recorded with ``Module.sow``."""
+
+
+class Perturbation(Variable[A]):
+  """Zero-valued probes added with ``Module.perturb`` to read intermediate gradients."""
+
+
+class RngState(Variable[A]):
+  """Base class of random-stream state."""
+
+
+class RngKey(RngState[A]):
+  """A stream's PRNG key."""
+
+
+class RngCount(RngState[A]):
+  """A stream's counter, advanced by each draw."""
+
+
+class OptState(Variable[A]):
+  """Base class of optimizer state."""
+
+
+class OptArray(OptState[A]):
+  """An array leaf of an optax state."""
+
+
+class OptVariable(OptState[A]):
+  """Optimizer state kept per parameter, with the parameter's metadata."""
+
+
+# --- collection names (Linen-style names <-> Variable types) ------------------------------
+
+_NAME_TO_TYPE: dict[str, type[Variable]] = {}
+_TYPE_TO_NAME: dict[type[Variable], str] = {}
+
+
+def register_variable_name(name: str, typ: type[Variable] | None = None, *, overwrite: bool = False):
+  """Associates a collection name (e.g. ``'params'``) with a Variable type.
+
+  Usable directly or as a class decorator (``@nnx.register_variable_name('stats')``).
+  """
+  if typ is None:
+    return lambda t: register_variable_name(name, t, overwrite=overwrite)
+  if not overwrite and name in _NAME_TO_TYPE and _NAME_TO_TYPE[name] is not typ:
+    raise ValueError(
+      f"The name {name!r} is already registered for {_NAME_TO_TYPE[name].__name__}; pass "
+      "overwrite=True to replace it."
+    )
+  _NAME_TO_TYPE[name] = typ
+  _TYPE_TO_NAME[typ] = name
+  return typ
+
+
+def variable_name_from_type(typ: type[Variable], *, allow_register: bool = False) -> str:
+  """The collection name of a Variable type (``Param`` -> ``'params'``)."""
+  if typ in _TYPE_TO_NAME:
+    return _TYPE_TO_NAME[typ]
+  if allow_register:
+    name = typ.__name__
+    register_variable_name(name, typ)
+    return name
+  raise ValueError(
+    f"{typ.__name__} has no registered collection name; register one with "
+    f"nnx.register_variable_name(name, {typ.__name__}) or pass allow_register=True."
+  )
+
+
+def variable_type_from_name(name: str, *, allow_register: bool = False) -> type[Variable]:
+  """The Variable type registered for a collection name (``'params'`` -> ``Param``)."""
+  if name in _NAME_TO_TYPE:
+    return _NAME_TO_TYPE[name]
+  if allow_register:
+    typ = type(name, (Variable,), {})
+    register_variable_name(name, typ)
+    return typ
+  raise ValueError(f"No Variable type is registered under the name {name!r}.")
+
+
+for _n, _t in [("params", Param), ("batch_stats", BatchStat), ("cache", Cache),
+               ("intermediates", Intermediate), ("perturbations", Perturbation),
+               ("rngs", RngState)]:
+  register_variable_name(_n, _t)

@@ -1,0 +1,1 @@
+"""Graph mode: shared-reference aware split/merge in front of the tree machinery."""

@@ -1,0 +1,3 @@
+"""The lifted transforms (see README.md in this folder for the lift)."""
+
+__all__: list[str] = []

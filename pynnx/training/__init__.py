@@ -1,0 +1,3 @@
+"""Training utilities: Optimizer (optax) and metrics."""
+
+__all__: list[str] = []
