@@ -1,0 +1,209 @@
+"""``nnx.jit``: ``jax.jit`` over the lift."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+
+from .._core.config import resolve_graph
+from . import graph_adapter
+from .lift import (
+  MISSING,
+  InnerFrame,
+  MethodAware,
+  SharingCheck,
+  argnames_of,
+  changed,
+  check_not_bound,
+  flatten_args,
+  rebuild_arg,
+  write_back,
+)
+
+__all__ = ["jit", "JitWrapped"]
+
+
+def _as_tuple(x: Any, kind: type) -> tuple:
+  if x is None:
+    return ()
+  if isinstance(x, kind):
+    return (x,)
+  return tuple(x)
+
+
+def _resolve(nums: Any, names: Any, argnames: list[str] | None) -> tuple[tuple[int, ...], tuple[str, ...]]:
+  """Like jax.jit: one of argnums/argnames given -> the other inferred from the signature."""
+  nums, names = _as_tuple(nums, int), _as_tuple(names, str)
+  if argnames is not None:
+    if nums and not names:
+      names = tuple(argnames[i] for i in nums if i < len(argnames))
+    elif names and not nums:
+      nums = tuple(argnames.index(n) for n in names if n in argnames)
+  return nums, names
+
+
+class JitWrapped(MethodAware):
+  """A function transformed by ``nnx.jit``; call it like the original."""
+
+  def __init__(self, fun: Callable, *, in_shardings: Any, out_shardings: Any,
+               static_argnums: Any, static_argnames: Any, donate_argnums: Any,
+               donate_argnames: Any, keep_unused: bool, device: Any, backend: Any,
+               inline: bool, graph: bool | None, graph_updates: bool | None):
+    check_not_bound(fun, "jit")
+    functools.update_wrapper(self, fun)
+    self.fun = fun
+    argnames = argnames_of(fun)
+    self.static_argnums, self.static_argnames = _resolve(static_argnums, static_argnames, argnames)
+    donate_nums, donate_names = _resolve(donate_argnums, donate_argnames, argnames)
+    self.graph = graph
+    self.graph_updates = graph_updates
+    name = getattr(fun, "__name__", "fun")
+    self.api = f"pynnx.jit({name})"
+    dyn_names = [n for i, n in enumerate(argnames or []) if i not in self.static_argnums]
+    self.check = SharingCheck(self.api, dyn_names)
+
+    static_nums = set(self.static_argnums)
+
+    def dyn_index(i: int) -> int:
+      return i - sum(1 for s in static_nums if s < i)
+
+    jit_donate = tuple(dyn_index(i) + 1 for i in donate_nums if i not in static_nums)
+    jit_donate_names = tuple(n for n in donate_names if n not in self.static_argnames)
+    jit_in_shardings = in_shardings
+    if in_shardings is not None:
+      specs = in_shardings if isinstance(in_shardings, (tuple, list)) else None
+      if specs is not None:
+        jit_in_shardings = (None, *(s for i, s in enumerate(specs) if i not in static_nums))
+      else:
+        jit_in_shardings = in_shardings
+    self._donate = (jit_donate, jit_donate_names)
+
+    fun_ = fun
+    static_argnums_ = self.static_argnums
+
+    def inner(static: tuple, *values: Any, **kwvalues: Any):
+      plans, static_args, kwplans, static_kw, graph_static = static
+      with InnerFrame("jit"):
+        args, fresh = [], []
+        for plan, vals in zip(plans, values):
+          a, fr = rebuild_arg(plan, vals)
+          args.append(a)
+          fresh.append(fr)
+        kwargs = {}
+        kwfresh = {}
+        for (name, plan) in kwplans:
+          kwargs[name], kwfresh[name] = rebuild_arg(plan, kwvalues[name])
+        for pos, value in zip(static_argnums_, static_args):
+          args.insert(pos, value)
+        kwargs.update(static_kw)
+        if graph_static is not None:
+          args, kwargs, finish = graph_adapter.enter(graph_static, args, kwargs)
+        out = fun_(*args, **kwargs)
+        if graph_static is not None:
+          out = finish(out)
+        updates = [changed(p, fr, vals) for p, fr, vals in zip(plans, fresh, values)]
+        kwupdates = {n: changed(p, kwfresh[n], kwvalues[n]) for n, p in kwplans}
+      return out, updates, kwupdates
+
+    if jit_in_shardings is not None and not isinstance(jit_in_shardings, tuple):
+      jit_in_shardings = (None, *([jit_in_shardings] * 0))
+    jit_out_shardings = out_shardings
+    if out_shardings is not None:
+      jit_out_shardings = (out_shardings, None, None)
+    self._jitted = jax.jit(
+      inner,
+      static_argnums=(0,),
+      donate_argnums=jit_donate,
+      donate_argnames=jit_donate_names or None,
+      in_shardings=jit_in_shardings if jit_in_shardings is not None else None,
+      out_shardings=jit_out_shardings,
+      keep_unused=keep_unused,
+      device=device,
+      backend=backend,
+      inline=inline,
+    )
+
+  def _prepare(self, args: tuple, kwargs: dict) -> tuple:
+    graph_static = None
+    if resolve_graph(self.graph):
+      args, kwargs, graph_static = graph_adapter.to_tree(args, kwargs, self.api, self.graph_updates)
+    if self.static_argnums:
+      static_args = tuple(args[i] for i in self.static_argnums if i < len(args))
+      dyn = [a for i, a in enumerate(args) if i not in self.static_argnums]
+    else:
+      static_args, dyn = (), args
+    if self.static_argnames and kwargs:
+      static_kw = tuple((n, kwargs[n]) for n in self.static_argnames if n in kwargs)
+      kwargs = {n: v for n, v in kwargs.items() if n not in self.static_argnames}
+    else:
+      static_kw = ()
+    flat = flatten_args(dyn, self.check)
+    kwplans, kwvalues, kwcells = (), {}, {}
+    if kwargs:
+      names = sorted(kwargs)
+      kwflat = flatten_args([kwargs[n] for n in names])
+      kwplans = tuple(zip(names, kwflat.plans))
+      kwvalues = dict(zip(names, kwflat.values))
+      kwcells = dict(zip(names, kwflat.cells))
+    static = (flat.plans, static_args, kwplans, static_kw, graph_static)
+    return static, flat, kwvalues, kwcells
+
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    static, flat, kwvalues, kwcells = self._prepare(args, kwargs)
+    out, updates, kwupdates = self._jitted(static, *flat.values, **kwvalues)
+    write_back(flat.cells, updates)
+    for name, upd in kwupdates.items():
+      write_back([kwcells[name]], [upd])
+    if static[4] is not None:
+      out = graph_adapter.exit(static[4], out)
+    return out
+
+  def lower(self, *args: Any, **kwargs: Any) -> Any:
+    """``jax.jit(...).lower`` for these arguments."""
+    static, flat, kwvalues, _ = self._prepare(args, kwargs)
+    return self._jitted.lower(static, *flat.values, **kwvalues)
+
+  def trace(self, *args: Any, **kwargs: Any) -> Any:
+    """``jax.jit(...).trace`` for these arguments."""
+    static, flat, kwvalues, _ = self._prepare(args, kwargs)
+    return self._jitted.trace(static, *flat.values, **kwvalues)
+
+  def eval_shape(self, *args: Any, **kwargs: Any) -> Any:
+    """Shapes and dtypes of the outputs, without running anything."""
+    static, flat, kwvalues, _ = self._prepare(args, kwargs)
+    out, _, _ = self._jitted.eval_shape(static, *flat.values, **kwvalues)
+    return out
+
+
+def jit(
+  fun: Callable = MISSING, *, in_shardings: Any = None, out_shardings: Any = None,
+  static_argnums: int | Sequence[int] | None = None,
+  static_argnames: str | Sequence[str] | None = None,
+  donate_argnums: int | Sequence[int] | None = None,
+  donate_argnames: str | Sequence[str] | None = None,
+  keep_unused: bool = False, device: Any = None, backend: str | None = None,
+  inline: bool = False, graph: bool | None = None, graph_updates: bool | None = None,
+) -> Any:
+  """Lifted ``jax.jit``: Modules are arguments, Variable updates are written back.
+
+  Example:
+    >>> import jax.numpy as jnp, pynnx as nnx
+    >>> class Counter(nnx.Module):
+    ...   def __init__(self):
+    ...     self.count = nnx.BatchStat(jnp.array(0))
+    >>> @nnx.jit
+    ... def step(c):
+    ...   c.count[...] += 1
+    >>> c = Counter(); step(c); step(c); int(c.count[...])
+    2
+  """
+  kw = dict(in_shardings=in_shardings, out_shardings=out_shardings,
+            static_argnums=static_argnums, static_argnames=static_argnames,
+            donate_argnums=donate_argnums, donate_argnames=donate_argnames,
+            keep_unused=keep_unused, device=device, backend=backend, inline=inline,
+            graph=graph, graph_updates=graph_updates)
+  if fun is MISSING:
+    return lambda f: JitWrapped(f, **kw)
+  return JitWrapped(fun, **kw)

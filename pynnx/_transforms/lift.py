@@ -1,0 +1,263 @@
+"""The one lift every pynnx transform uses.
+
+    caller's args ──flatten_args──▶ Flat(static, values, cells)
+                                        │ values: per-argument lists of raw arrays
+                                        ▼
+                      jax.<transform>(inner, values...)      static: hashable plans
+                                        │
+           inner: rebuild_args(static, values) ─▶ fresh Variables (new Frame)
+                  out = f(*args)
+                  collect(...) ─▶ values of the cells f changed
+                                        ▼
+    write_back(cells, updates) ◀── outputs
+
+A frozen Module's plan (its leaves with Variables as leaves, the treedef and each
+Variable's type and metadata) is computed once and cached on the Module, so a call costs
+reading each cell's value, one JAX call and writing back the changed cells.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Sequence
+
+import jax
+
+from .._core.paths import format_path, jax_path_to_parts
+from .._core.pytree import Pytree
+from .._core.tree import shared_reference_error
+from .._core.variables import FRAMES, STRUCTURE, Variable, is_variable, pop_frame, push_frame
+
+_RAW = Variable._raw_value  # slot descriptors: the hot path bypasses __setattr__
+_META = Variable._metadata
+_FRAME = Variable._frame
+_get_raw = _RAW.__get__
+
+
+class ArgPlan:
+  """The static half of one flattened argument: treedef and the kind of every leaf.
+
+  ``kinds[i]`` is ``None`` for a plain leaf (an array, a scalar) or ``(type, metadata)``
+  for a Variable. Hashable and cheap to compare: it is a jit static argument.
+  """
+
+  __slots__ = ("treedef", "kinds", "var_idx", "_hash")
+
+  def __init__(self, treedef: Any, kinds: tuple):
+    self.treedef = treedef
+    self.kinds = kinds
+    self.var_idx = tuple(i for i, k in enumerate(kinds) if k is not None)
+    self._hash = hash((treedef, kinds))
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __eq__(self, other: object) -> bool:
+    return self is other or (
+      isinstance(other, ArgPlan)
+      and self._hash == other._hash
+      and self.treedef == other.treedef
+      and self.kinds == other.kinds
+    )
+
+  def __repr__(self) -> str:
+    return f"ArgPlan({self.treedef})"
+
+
+def _kind(leaf: Any) -> Any:
+  return (type(leaf), leaf._pynnx_aux()) if isinstance(leaf, Variable) else None
+
+
+def _plan_of(arg: Any) -> tuple[list, ArgPlan]:
+  """``(leaves, plan)`` of one argument; cached on frozen Pytrees until the epoch moves."""
+  if isinstance(arg, Pytree):
+    d = arg.__dict__
+    cached = d.get("_pynnx_lift_plan")
+    if cached is not None and cached[0] == STRUCTURE.epoch:
+      return cached[1], cached[2]
+    leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_variable)
+    plan = ArgPlan(treedef, tuple(map(_kind, leaves)))
+    if d.get("_pynnx_frozen", False):
+      d["_pynnx_lift_plan"] = (STRUCTURE.epoch, leaves, plan)
+    return leaves, plan
+  leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_variable)
+  return leaves, ArgPlan(treedef, tuple(map(_kind, leaves)))
+
+
+def _values(leaves: list, plan: ArgPlan) -> list:
+  if len(plan.var_idx) == len(leaves):
+    return list(map(_get_raw, leaves))
+  values = list(leaves)
+  for i in plan.var_idx:
+    values[i] = _get_raw(leaves[i])
+  return values
+
+
+class Flat:
+  """Flattened arguments: ``plans`` (static), ``values`` and ``cells`` per argument."""
+
+  __slots__ = ("plans", "values", "cells")
+
+  def __init__(self, plans: tuple, values: list, cells: list):
+    self.plans = plans
+    self.values = values
+    self.cells = cells
+
+
+class SharingCheck:
+  """Remembers argument combinations already checked for shared Variables (tree mode)."""
+
+  def __init__(self, api: str, argnames: Sequence[str] | None = None):
+    self.api = api
+    self.argnames = argnames
+    self._seen: dict = {}
+
+  def __call__(self, cells: list, args: Sequence[Any]) -> None:
+    key = tuple(map(id, cells))
+    if key in self._seen:
+      return
+    ids = [id(leaf) for leaves in cells for leaf in leaves if isinstance(leaf, Variable)]
+    if len(set(ids)) != len(ids):
+      self._raise(args)
+    if len(self._seen) > 64:
+      self._seen.clear()
+    self._seen[key] = tuple(cells)  # keeps the lists alive so their ids stay unique
+
+  def _raise(self, args: Sequence[Any]) -> None:
+    first: dict[int, str] = {}
+    for i, arg in enumerate(args):
+      name = self.argnames[i] if self.argnames and i < len(self.argnames) else f"args[{i}]"
+      for path, leaf in jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_variable)[0]:
+        if isinstance(leaf, Variable):
+          where = format_path(jax_path_to_parts(path), name)
+          if id(leaf) in first:
+            raise shared_reference_error(self.api, leaf, first[id(leaf)], where)
+          first[id(leaf)] = where
+
+
+def flatten_args(args: Sequence[Any], check: SharingCheck | None = None) -> Flat:
+  """Flattens each argument into raw values plus its cached static plan."""
+  plans, values, cells = [], [], []
+  for arg in args:
+    leaves, plan = _plan_of(arg)
+    plans.append(plan)
+    cells.append(leaves)
+    values.append(_values(leaves, plan) if plan.var_idx else leaves)
+  if check is not None:
+    check(cells, args)
+  return Flat(tuple(plans), values, cells)
+
+
+def _new_var(kind: tuple, value: Any) -> Variable:
+  typ, aux = kind
+  var = object.__new__(typ)
+  _RAW.__set__(var, value)
+  _META.__set__(var, dict(aux))
+  _FRAME.__set__(var, FRAMES.current)
+  return var
+
+
+def rebuild_arg(plan: ArgPlan, values: Sequence[Any]) -> tuple[Any, list]:
+  """Inside a transform: the argument rebuilt with fresh Variables, and those Variables."""
+  if not plan.var_idx:
+    return plan.treedef.unflatten(values), []
+  leaves = list(values)
+  fresh = []
+  for i in plan.var_idx:
+    var = _new_var(plan.kinds[i], values[i])
+    leaves[i] = var
+    fresh.append(var)
+  return plan.treedef.unflatten(leaves), fresh
+
+
+def changed(plan: ArgPlan, fresh: list, values: Sequence[Any]) -> dict[int, Any]:
+  """``{leaf index: new value}`` for the fresh Variables whose value was replaced."""
+  out = {}
+  for i, var in zip(plan.var_idx, fresh):
+    new = _get_raw(var)
+    if new is not values[i]:
+      out[i] = new
+  return out
+
+
+def current_values(plan: ArgPlan, fresh: list, values: Sequence[Any]) -> list:
+  """Every leaf's current value (Variables read back), for transforms with fixed outputs."""
+  out = list(values)
+  for i, var in zip(plan.var_idx, fresh):
+    out[i] = _get_raw(var)
+  return out
+
+
+def write_back(cells: list, updates: Sequence[dict[int, Any]]) -> None:
+  """Writes ``updates[arg][leaf] = value`` into the caller's Variables."""
+  for leaves, upd in zip(cells, updates):
+    for i, value in upd.items():
+      _RAW.__set__(leaves[i], value)
+
+
+def write_all(cells: list, plans: Sequence[ArgPlan], values: Sequence[Sequence[Any]]) -> None:
+  """Writes every Variable leaf's value back (for transforms that return them all)."""
+  for leaves, plan, vals in zip(cells, plans, values):
+    for i in plan.var_idx:
+      _RAW.__set__(leaves[i], vals[i])
+
+
+class InnerFrame:
+  """Context manager: a new Frame for the inner function of transform ``name``."""
+
+  __slots__ = ("name", "frame")
+
+  def __init__(self, name: str):
+    self.name = name
+
+  def __enter__(self):
+    self.frame = push_frame(self.name)
+    return self.frame
+
+  def __exit__(self, *exc: Any) -> bool:
+    pop_frame(self.frame)
+    return False
+
+
+# --- decorator plumbing --------------------------------------------------------------------
+
+
+class _Missing:
+  def __repr__(self) -> str:
+    return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def check_not_bound(f: Any, api: str) -> None:
+  if inspect.ismethod(f) and not isinstance(f.__self__, type):
+    name = getattr(f, "__name__", "method")
+    cls = type(f.__self__).__name__
+    raise TypeError(
+      f"pynnx.{api} does not accept bound methods such as {cls}(...).{name}: the Module would "
+      f"be captured instead of passed, so its updates could not be written back. Use the "
+      f"unbound form `pynnx.{api}({cls}.{name})(module, ...)` or decorate the method "
+      f"definition with `@pynnx.{api}`."
+    )
+
+
+def argnames_of(f: Callable) -> list[str] | None:
+  try:
+    params = inspect.signature(f).parameters.values()
+  except (TypeError, ValueError):
+    return None
+  return [
+    p.name for p in params
+    if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+  ]
+
+
+class MethodAware:
+  """Base for transformed callables: binds like a function when used as a method."""
+
+  def __get__(self, obj: Any, objtype: Any = None) -> Any:
+    if obj is None:
+      return self
+    return functools.partial(self, obj)
