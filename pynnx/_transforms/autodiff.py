@@ -120,7 +120,7 @@ class GradWrapped(MethodAware):
     (value, (aux, updates)), grads = jax.value_and_grad(
       inner, has_aux=True, holomorphic=self.holomorphic, allow_int=self.allow_int
     )(diff)
-    write_back(flat.cells, updates)
+    write_back(flat, updates)
     shaped = tuple(grad_like(plans[i], masks[i], g) for i, g in zip(argnums, grads))
     g_out = shaped[0] if isinstance(self.argnums, int) else shaped
     if self.return_value:

@@ -15,6 +15,7 @@ from .lift import (
   MethodAware,
   SharingCheck,
   argnames_of,
+  all_values,
   changed,
   check_not_bound,
   flatten_args,
@@ -72,13 +73,12 @@ class JitWrapped(MethodAware):
     jit_donate = tuple(dyn_index(i) + 1 for i in donate_nums if i not in static_nums)
     jit_donate_names = tuple(n for n in donate_names if n not in self.static_argnames)
     jit_in_shardings = in_shardings
-    if in_shardings is not None:
-      specs = in_shardings if isinstance(in_shardings, (tuple, list)) else None
-      if specs is not None:
-        jit_in_shardings = (None, *(s for i, s in enumerate(specs) if i not in static_nums))
-      else:
-        jit_in_shardings = in_shardings
-    self._donate = (jit_donate, jit_donate_names)
+    if isinstance(in_shardings, (tuple, list)):
+      jit_in_shardings = tuple(s for i, s in enumerate(in_shardings) if i not in static_nums)
+    # Donated arguments return every Variable value (not only changed ones), so each
+    # donated buffer has an output to alias and no cell is left holding a deleted buffer.
+    donated = frozenset(dyn_index(i) for i in donate_nums if i not in static_nums)
+    donated_kw = frozenset(jit_donate_names)
 
     fun_ = fun
     static_argnums_ = self.static_argnums
@@ -103,12 +103,16 @@ class JitWrapped(MethodAware):
         out = fun_(*args, **kwargs)
         if graph_static is not None:
           out = finish(out)
-        updates = [changed(p, fr, vals) for p, fr, vals in zip(plans, fresh, values)]
-        kwupdates = {n: changed(p, kwfresh[n], kwvalues[n]) for n, p in kwplans}
+        updates = [
+          (all_values if i in donated else changed)(p, fr, vals)
+          for i, (p, fr, vals) in enumerate(zip(plans, fresh, values))
+        ]
+        kwupdates = {
+          n: (all_values if n in donated_kw else changed)(p, kwfresh[n], kwvalues[n])
+          for n, p in kwplans
+        }
       return out, updates, kwupdates
 
-    if jit_in_shardings is not None and not isinstance(jit_in_shardings, tuple):
-      jit_in_shardings = (None, *([jit_in_shardings] * 0))
     jit_out_shardings = out_shardings
     if out_shardings is not None:
       jit_out_shardings = (out_shardings, None, None)
@@ -140,22 +144,21 @@ class JitWrapped(MethodAware):
     else:
       static_kw = ()
     flat = flatten_args(dyn, self.check)
-    kwplans, kwvalues, kwcells = (), {}, {}
+    kwplans, kwvalues, kwflat = (), {}, None
     if kwargs:
       names = sorted(kwargs)
       kwflat = flatten_args([kwargs[n] for n in names])
       kwplans = tuple(zip(names, kwflat.plans))
       kwvalues = dict(zip(names, kwflat.values))
-      kwcells = dict(zip(names, kwflat.cells))
     static = (flat.plans, static_args, kwplans, static_kw, graph_static)
-    return static, flat, kwvalues, kwcells
+    return static, flat, kwvalues, kwflat
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    static, flat, kwvalues, kwcells = self._prepare(args, kwargs)
+    static, flat, kwvalues, kwflat = self._prepare(args, kwargs)
     out, updates, kwupdates = self._jitted(static, *flat.values, **kwvalues)
-    write_back(flat.cells, updates)
-    for name, upd in kwupdates.items():
-      write_back([kwcells[name]], [upd])
+    write_back(flat, updates)
+    if kwflat is not None:
+      write_back(kwflat, [kwupdates[name] for name, _ in static[2]])
     if static[4] is not None:
       out = graph_adapter.exit(static[4], out)
     return out

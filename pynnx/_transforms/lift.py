@@ -42,12 +42,14 @@ class ArgPlan:
   for a Variable. Hashable and cheap to compare: it is a jit static argument.
   """
 
-  __slots__ = ("treedef", "kinds", "var_idx", "_hash")
+  __slots__ = ("treedef", "kinds", "var_idx", "unique", "_hash")
 
-  def __init__(self, treedef: Any, kinds: tuple):
+  def __init__(self, treedef: Any, kinds: tuple, leaves: Sequence[Any]):
     self.treedef = treedef
     self.kinds = kinds
     self.var_idx = tuple(i for i, k in enumerate(kinds) if k is not None)
+    # Whether every Variable of this argument appears once (checked once per plan).
+    self.unique = len({id(leaves[i]) for i in self.var_idx}) == len(self.var_idx)
     self._hash = hash((treedef, kinds))
 
   def __hash__(self) -> int:
@@ -69,20 +71,36 @@ def _kind(leaf: Any) -> Any:
   return (type(leaf), leaf._pynnx_aux()) if isinstance(leaf, Variable) else None
 
 
+class _Entry:
+  """What a frozen Pytree caches for the lift: its leaves, plan and last value list."""
+
+  __slots__ = ("epoch", "leaves", "plan", "values", "stamp")
+
+  def __init__(self, epoch: int, leaves: list, plan: ArgPlan):
+    self.epoch = epoch
+    self.leaves = leaves
+    self.plan = plan
+    self.values: list | None = None
+    self.stamp = -1
+
+
 def _plan_of(arg: Any) -> tuple[list, ArgPlan]:
-  """``(leaves, plan)`` of one argument; cached on frozen Pytrees until the epoch moves."""
-  if isinstance(arg, Pytree):
-    d = arg.__dict__
-    cached = d.get("_pynnx_lift_plan")
-    if cached is not None and cached[0] == STRUCTURE.epoch:
-      return cached[1], cached[2]
-    leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_variable)
-    plan = ArgPlan(treedef, tuple(map(_kind, leaves)))
-    if d.get("_pynnx_frozen", False):
-      d["_pynnx_lift_plan"] = (STRUCTURE.epoch, leaves, plan)
-    return leaves, plan
+  """``(leaves, plan)`` of one argument (uncached)."""
   leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_variable)
-  return leaves, ArgPlan(treedef, tuple(map(_kind, leaves)))
+  return leaves, ArgPlan(treedef, tuple(map(_kind, leaves)), leaves)
+
+
+def _entry_of(arg: Pytree) -> _Entry | None:
+  """The cached entry of a frozen Pytree, rebuilt when the structure epoch moved."""
+  d = arg.__dict__
+  entry = d.get("_pynnx_lift_plan")
+  if entry is not None and entry.epoch == STRUCTURE.epoch:
+    return entry
+  if not d.get("_pynnx_frozen", False):
+    return None
+  leaves, plan = _plan_of(arg)
+  entry = d["_pynnx_lift_plan"] = _Entry(STRUCTURE.epoch, leaves, plan)
+  return entry
 
 
 def _values(leaves: list, plan: ArgPlan) -> list:
@@ -97,12 +115,14 @@ def _values(leaves: list, plan: ArgPlan) -> list:
 class Flat:
   """Flattened arguments: ``plans`` (static), ``values`` and ``cells`` per argument."""
 
-  __slots__ = ("plans", "values", "cells")
+  __slots__ = ("plans", "values", "cells", "entries", "stamp")
 
-  def __init__(self, plans: tuple, values: list, cells: list):
+  def __init__(self, plans: tuple, values: list, cells: list, entries: list, stamp: int):
     self.plans = plans
     self.values = values
     self.cells = cells
+    self.entries = entries
+    self.stamp = stamp
 
 
 class SharingCheck:
@@ -113,16 +133,20 @@ class SharingCheck:
     self.argnames = argnames
     self._seen: dict = {}
 
-  def __call__(self, cells: list, args: Sequence[Any]) -> None:
-    key = tuple(map(id, cells))
+  def __call__(self, cells: list, plans: Sequence[ArgPlan], args: Sequence[Any]) -> None:
+    # Only arguments holding Variables matter; cached plans make their lists stable.
+    holders = [leaves for leaves, plan in zip(cells, plans) if plan.var_idx]
+    if len(holders) < 2 and all(plan.unique for plan in plans):
+      return
+    key = tuple(map(id, holders))
     if key in self._seen:
       return
-    ids = [id(leaf) for leaves in cells for leaf in leaves if isinstance(leaf, Variable)]
+    ids = [id(leaf) for leaves in holders for leaf in leaves if isinstance(leaf, Variable)]
     if len(set(ids)) != len(ids):
       self._raise(args)
     if len(self._seen) > 64:
       self._seen.clear()
-    self._seen[key] = tuple(cells)  # keeps the lists alive so their ids stay unique
+    self._seen[key] = tuple(holders)  # keeps the lists alive so their ids stay unique
 
   def _raise(self, args: Sequence[Any]) -> None:
     first: dict[int, str] = {}
@@ -137,16 +161,32 @@ class SharingCheck:
 
 
 def flatten_args(args: Sequence[Any], check: SharingCheck | None = None) -> Flat:
-  """Flattens each argument into raw values plus its cached static plan."""
-  plans, values, cells = [], [], []
+  """Flattens each argument into raw values plus its (cached) static plan.
+
+  A frozen Pytree also caches its value list, valid while no top-level Variable was
+  written since (``STRUCTURE.writes``); ``write_back`` keeps it current.
+  """
+  plans, values, cells, entries = [], [], [], []
+  stamp = STRUCTURE.writes
   for arg in args:
-    leaves, plan = _plan_of(arg)
+    entry = _entry_of(arg) if isinstance(arg, Pytree) else None
+    if entry is None:
+      leaves, plan = _plan_of(arg)
+      vals = _values(leaves, plan) if plan.var_idx else leaves
+    else:
+      leaves, plan = entry.leaves, entry.plan
+      if entry.stamp == stamp:
+        vals = entry.values
+      else:
+        vals = entry.values = _values(leaves, plan)
+        entry.stamp = stamp
     plans.append(plan)
     cells.append(leaves)
-    values.append(_values(leaves, plan) if plan.var_idx else leaves)
+    values.append(vals)
+    entries.append(entry)
   if check is not None:
-    check(cells, args)
-  return Flat(tuple(plans), values, cells)
+    check(cells, plans, args)
+  return Flat(tuple(plans), values, cells, entries, stamp)
 
 
 def _new_var(kind: tuple, value: Any) -> Variable:
@@ -181,6 +221,11 @@ def changed(plan: ArgPlan, fresh: list, values: Sequence[Any]) -> dict[int, Any]
   return out
 
 
+def all_values(plan: ArgPlan, fresh: list, values: Sequence[Any]) -> dict[int, Any]:
+  """``{leaf index: value}`` for every fresh Variable, changed or not."""
+  return {i: _get_raw(var) for i, var in zip(plan.var_idx, fresh)}
+
+
 def current_values(plan: ArgPlan, fresh: list, values: Sequence[Any]) -> list:
   """Every leaf's current value (Variables read back), for transforms with fixed outputs."""
   out = list(values)
@@ -189,18 +234,44 @@ def current_values(plan: ArgPlan, fresh: list, values: Sequence[Any]) -> list:
   return out
 
 
-def write_back(cells: list, updates: Sequence[dict[int, Any]]) -> None:
-  """Writes ``updates[arg][leaf] = value`` into the caller's Variables."""
-  for leaves, upd in zip(cells, updates):
+def write_back(flat: Flat | list, updates: Sequence[dict[int, Any]]) -> None:
+  """Writes ``updates[arg][leaf] = value`` into the caller's Variables.
+
+  ``flat`` is the ``Flat`` the arguments came from (keeps cached value lists current) or
+  a plain list of cells.
+  """
+  if not any(updates):
+    return
+  if not isinstance(flat, Flat):
+    STRUCTURE.writes += 1
+    for leaves, upd in zip(flat, updates):
+      for i, value in upd.items():
+        _RAW.__set__(leaves[i], value)
+    return
+  clean = STRUCTURE.writes == flat.stamp  # no other top-level write since flatten_args
+  STRUCTURE.writes += 1
+  for leaves, entry, upd in zip(flat.cells, flat.entries, updates):
     for i, value in upd.items():
       _RAW.__set__(leaves[i], value)
+    if entry is not None and clean:
+      vals = entry.values
+      for i, value in upd.items():
+        vals[i] = value
+      entry.stamp = STRUCTURE.writes
+  if not clean:
+    return
+  for entry, upd in zip(flat.entries, updates):
+    if entry is not None and not upd:
+      entry.stamp = STRUCTURE.writes
 
 
-def write_all(cells: list, plans: Sequence[ArgPlan], values: Sequence[Sequence[Any]]) -> None:
-  """Writes every Variable leaf's value back (for transforms that return them all)."""
-  for leaves, plan, vals in zip(cells, plans, values):
-    for i in plan.var_idx:
-      _RAW.__set__(leaves[i], vals[i])
+def write_all(flat: Flat | list, *args: Any) -> None:
+  """Writes every Variable leaf's value back (for transforms that return them all).
+
+  ``write_all(flat, values)`` or ``write_all(cells, plans, values)``.
+  """
+  plans, values = (flat.plans, args[0]) if isinstance(flat, Flat) else args
+  write_back(flat, [{i: vals[i] for i in plan.var_idx} for plan, vals in zip(plans, values)])
 
 
 class InnerFrame:

@@ -1,0 +1,323 @@
+"""``nnx.custom_vjp``: ``jax.custom_vjp`` over the lift (tree mode).
+
+Tree mode follows ``jax.custom_vjp``: ``fwd(*args)`` returns ``(out, residuals)`` and
+``bwd(*nondiff_args, residuals, g)`` receives the output cotangent ``g`` and returns one
+cotangent per differentiable argument, shaped like it (a Module for a Module, e.g.
+``nnx.clone(m)`` with its Params set).
+
+How the arguments reach ``jax.custom_vjp`` (one call, built per call)::
+
+  diff   inexact Params / inexact plain arrays of differentiable args  -> cotangents from bwd
+  other  every other array leaf (BatchStat, rng state, all leaves of
+         nondiff args, integer arrays)                                 -> zero cotangent
+  static leaves that are not arrays (Python scalars, callables...)     -> closed over
+
+The function returns ``(out, state)`` where ``state`` is the value of every Variable held in
+``other``: that fixed structure is the same for ``fun`` and ``fwd``, and is written back to
+the caller's Variables, so BatchStat / rng updates (and any update of a nondiff argument)
+survive. Differentiated Params of differentiable arguments must not be updated: their new
+value would have no cotangent. Non-differentiable arguments are carried to ``bwd`` through
+the residuals, so they may hold traced arrays (unlike ``jax.custom_vjp``'s nondiff_argnums).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from .._core.config import resolve_graph
+from .._core.errors import ConfigError, GraphModeRequiredError, StructureChangeError
+from .._core.errors import TraceContextError
+from .._core.paths import format_path, jax_path_to_parts
+from .._core.variables import Variable, is_variable
+from .autodiff import diff_mask
+from .lift import (
+  MISSING,
+  InnerFrame,
+  MethodAware,
+  SharingCheck,
+  argnames_of,
+  check_not_bound,
+  flatten_args,
+  rebuild_arg,
+  write_back,
+)
+
+__all__ = ["custom_vjp", "CustomVjp", "custom_vjp_tree"]
+
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
+
+
+def _graph_mode(cvjp: CustomVjp, args: tuple) -> Any:
+  # GRAPH MODE: the single call site the graph adapter is wired into. The adapter may turn
+  # graph arguments into trees and call `custom_vjp_tree` with adapted fwd / bwd.
+  raise GraphModeRequiredError(
+    f"{cvjp.api}: graph mode (bwd receiving (input_updates_g, out_g), DiffState in "
+    "nondiff_argnums) is not available yet; use the tree form with graph=False."
+  )
+
+
+def _leaf_path(arg: Any, leaf_index: int, name: str) -> str:
+  paths = jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_variable)[0]
+  return format_path(jax_path_to_parts(paths[leaf_index][0]), name)
+
+
+class _Layout:
+  """Where every leaf of every argument goes: ``diff``, ``other`` or static."""
+
+  def __init__(self, flat: Any, nondiff: frozenset):
+    self.plans = flat.plans
+    self.n = len(flat.plans)
+    self.diff_args = tuple(i for i in range(self.n) if i not in nondiff)
+    self.masks = []  # per arg: differentiated leaves
+    self.other = []  # (arg, leaf) of dynamic leaves that are not differentiated
+    self.static: dict = {}  # (arg, leaf) -> value
+    for i, (plan, vals) in enumerate(zip(flat.plans, flat.values)):
+      mask = diff_mask(plan, vals, False) if i not in nondiff else (False,) * len(vals)
+      self.masks.append(mask)
+      for j, (kind, v, m) in enumerate(zip(plan.kinds, vals, mask)):
+        if m:
+          continue
+        if kind is not None or isinstance(v, _ARRAY_TYPES):
+          self.other.append((i, j))
+        else:
+          self.static[(i, j)] = v
+    # the Variables among `other`: their values are the state output
+    self.state_idx = tuple(k for k, (i, j) in enumerate(self.other)
+                           if self.plans[i].kinds[j] is not None)
+    self.nondiff_other = tuple(k for k, (i, _) in enumerate(self.other) if i in nondiff)
+
+  def split(self, values: Sequence[list]) -> tuple[tuple, list]:
+    diff = tuple([v for v, m in zip(values[i], self.masks[i]) if m] for i in self.diff_args)
+    return diff, [values[i][j] for i, j in self.other]
+
+  def assemble(self, diff: Sequence[list], other: Sequence[Any], only: Any = None) -> list:
+    """Full leaf values per argument (``only``: the args to build; others stay None)."""
+    full: list = [None] * self.n
+    wanted = range(self.n) if only is None else only
+    for i in wanted:
+      full[i] = [None] * len(self.masks[i])
+    for i, d in zip(self.diff_args, diff):
+      if full[i] is not None:
+        it = iter(d)
+        full[i] = [next(it) if m else None for m in self.masks[i]]
+    for (i, j), v in zip(self.other, other):
+      if full[i] is not None:
+        full[i][j] = v
+    for (i, j), v in self.static.items():
+      if full[i] is not None:
+        full[i][j] = v
+    return full
+
+
+def custom_vjp_tree(fun: Callable, fwd: Callable, bwd: Callable, args: Sequence[Any],
+                    nondiff_argnums: Sequence[int], api: str,
+                    check: SharingCheck | None = None) -> Any:
+  """The tree-mode core: ``fun(*args)`` with the custom rule ``(fwd, bwd)``.
+
+  Differentiable arguments' Variables get cotangents from ``bwd``; the updates made to the
+  other Variables are written back into the caller's Variables.
+  """
+  nondiff = frozenset(nondiff_argnums)
+  for i in nondiff:
+    if not 0 <= i < len(args):
+      raise ConfigError(
+        f"{api}: nondiff_argnums contains {i} but the function was called with {len(args)} "
+        "positional arguments."
+      )
+  flat = flatten_args(args, check)
+  lay = _Layout(flat, nondiff)
+  names = (check.argnames if check is not None else None) or []
+  # (argument, position among its fresh Variables) of each state output
+  state_src = []
+  for k in lay.state_idx:
+    i, j = lay.other[k]
+    state_src.append((i, lay.plans[i].var_idx.index(j)))
+
+  def run(user_fn: Callable, diff: tuple, other: list, is_fwd: bool) -> tuple:
+    full = lay.assemble(diff, other)
+    with InnerFrame("custom_vjp"):
+      rebuilt = [rebuild_arg(p, v) for p, v in zip(lay.plans, full)]
+      result = user_fn(*(a for a, _ in rebuilt))
+      for i in lay.diff_args:
+        _check_untouched(api, lay, i, rebuilt[i], full[i], names)
+      state = tuple(rebuilt[i][1][pos]._raw_value for i, pos in state_src)
+    if is_fwd:
+      if not (isinstance(result, tuple) and len(result) == 2):
+        raise ConfigError(
+          f"{api}: fwd must return a pair (output, residuals), got {type(result).__name__}."
+        )
+      out, res = result
+      return (out, state), (res, [other[k] for k in lay.nondiff_other])
+    return result, state
+
+  def primal(diff: tuple, other: list) -> tuple:
+    return run(fun, diff, other, False)
+
+  def fwd_rule(diff: tuple, other: list) -> tuple:
+    return run(fwd, diff, other, True)
+
+  def bwd_rule(residuals: tuple, g: tuple) -> tuple:
+    res, nd_values = residuals
+    out_g, _ = g  # the state outputs carry no gradient
+    nd_other = [None] * len(lay.other)
+    for k, v in zip(lay.nondiff_other, nd_values):
+      nd_other[k] = v
+    nd_args = sorted(nondiff)
+    full = lay.assemble((), nd_other, only=nd_args)
+    nd = [rebuild_arg(lay.plans[i], full[i])[0] for i in nd_args]
+    cts = bwd(*nd, res, out_g)
+    if not isinstance(cts, (tuple, list)) or len(cts) != len(lay.diff_args):
+      got = f"a {type(cts).__name__} of length {len(cts)}" if isinstance(
+        cts, (tuple, list)) else type(cts).__name__
+      raise StructureChangeError(
+        f"{api}: bwd must return a tuple with one cotangent per differentiable argument "
+        f"({len(lay.diff_args)}: positions {list(lay.diff_args)}), got {got}."
+      )
+    diff_cts = tuple(_cotangent(api, lay, i, ct) for i, ct in zip(lay.diff_args, cts))
+    return diff_cts, None
+
+  jfun = jax.custom_vjp(primal)
+  jfun.defvjp(fwd_rule, bwd_rule)
+  diff, other = lay.split(flat.values)
+  out, state = jfun(diff, other)
+  updates: list = [{} for _ in range(lay.n)]
+  for k, v in zip(lay.state_idx, state):
+    i, j = lay.other[k]
+    updates[i][j] = v
+  write_back(flat.cells, updates)
+  return out
+
+
+def _check_untouched(api: str, lay: _Layout, i: int, rebuilt: tuple, values: list,
+                     names: Sequence[str]) -> None:
+  arg, fresh = rebuilt
+  plan, mask = lay.plans[i], lay.masks[i]
+  for j, var in zip(plan.var_idx, fresh):
+    if mask[j] and var._raw_value is not values[j]:
+      name = names[i] if i < len(names) else f"args[{i}]"
+      raise TraceContextError(
+        f"{api} updated {_leaf_path(arg, j, name)}, a {plan.kinds[j][0].__name__} of a "
+        "differentiable argument. In tree mode custom_vjp cannot carry updates of "
+        "differentiated Variables. Pass the Variables to update through an argument listed "
+        "in nondiff_argnums, or use graph mode (graph=True)."
+      )
+
+
+def _cotangent(api: str, lay: _Layout, i: int, ct: Any) -> list:
+  """The cotangents of argument ``i``'s differentiated leaves, from bwd's Module-shaped one."""
+  plan, mask = lay.plans[i], lay.masks[i]
+  leaves, treedef = jax.tree_util.tree_flatten(ct, is_leaf=is_variable)
+  if treedef != plan.treedef:
+    raise StructureChangeError(
+      f"{api}: the cotangent bwd returned for argument {i} does not have the argument's "
+      f"structure.\n  argument:  {plan.treedef}\n  cotangent: {treedef}\n"
+      "Return a value shaped like the argument, e.g. `nnx.clone(m)` with its Params set."
+    )
+  return [
+    (leaf._raw_value if isinstance(leaf, Variable) else leaf)
+    for leaf, m in zip(leaves, mask) if m
+  ]
+
+
+class CustomVjp(MethodAware):
+  """A function with a custom VJP rule; define the rule with :meth:`defvjp`."""
+
+  def __init__(self, fun: Callable, *, nondiff_argnums: Sequence[Any], graph: Any,
+               graph_updates: Any):
+    check_not_bound(fun, "custom_vjp")
+    functools.update_wrapper(self, fun)
+    self.fun = fun
+    self.nondiff_argnums = tuple(nondiff_argnums)
+    self.graph = graph
+    self.graph_updates = graph_updates
+    self.fwd: Callable | None = None
+    self.bwd: Callable | None = None
+    self.symbolic_zeros = False
+    self.api = f"pynnx.custom_vjp({getattr(fun, '__name__', 'fun')})"
+    self._graph_only = any(not isinstance(n, int) for n in self.nondiff_argnums)
+    if self._graph_only and graph is False:
+      raise GraphModeRequiredError(
+        f"{self.api}: nondiff_argnums contains {self.nondiff_argnums!r}; DiffState entries "
+        "need graph mode. Use integer argnums with graph=False, or pass graph=True."
+      )
+    seen = [n if isinstance(n, int) else getattr(n, "argnum", n) for n in self.nondiff_argnums]
+    if len(set(seen)) != len(seen):
+      raise ConfigError(f"{self.api}: nondiff_argnums {self.nondiff_argnums!r} repeats an index.")
+    try:
+      self._sig: inspect.Signature | None = inspect.signature(fun)
+    except (TypeError, ValueError):
+      self._sig = None
+    self.check = SharingCheck(self.api, argnames_of(fun))
+
+  def defvjp(self, fwd: Callable, bwd: Callable, symbolic_zeros: bool = False) -> None:
+    """Sets the rule: ``fwd(*args) -> (out, res)`` and ``bwd(*nondiff, res, g) -> cts``."""
+    self.fwd = fwd
+    self.bwd = bwd
+    self.symbolic_zeros = symbolic_zeros
+
+  def _positional(self, args: tuple, kwargs: dict) -> tuple:
+    if not kwargs:
+      return args
+    if self._sig is None:
+      raise ConfigError(f"{self.api}: keyword arguments need a function with a signature.")
+    bound = self._sig.bind(*args, **kwargs)
+    if bound.kwargs:
+      raise ConfigError(
+        f"{self.api}: keyword-only arguments {sorted(bound.kwargs)} are not supported; "
+        "make them positional."
+      )
+    return tuple(bound.args)
+
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    args = self._positional(args, kwargs)
+    if self._graph_only or resolve_graph(self.graph):
+      return _graph_mode(self, args)
+    if self.fwd is None or self.bwd is None:
+      raise ConfigError(
+        f"{self.api} has no rule yet: call `.defvjp(fwd, bwd)` before calling the function."
+      )
+    if self.symbolic_zeros:
+      raise ConfigError(f"{self.api}: defvjp(..., symbolic_zeros=True) is not supported in "
+                        "tree mode.")
+    return custom_vjp_tree(self.fun, self.fwd, self.bwd, args, self.nondiff_argnums,
+                           self.api, self.check)
+
+
+def custom_vjp(fun: Callable = MISSING, *, nondiff_argnums: Sequence[Any] = (),
+               graph: bool | None = None, graph_updates: bool | None = None) -> Any:
+  """Lifted ``jax.custom_vjp``: a function of Modules with a hand-written VJP.
+
+  In tree mode (the default) ``bwd(*nondiff_args, res, g)`` receives the output cotangent
+  ``g`` and returns a tuple with one cotangent per differentiable argument, shaped like it.
+  Only inexact ``Param`` leaves (and inexact plain arrays) take their cotangent from ``bwd``;
+  other Variables (BatchStat, rng state) get none and may be updated inside the function —
+  their updates are written back, as are updates of the arguments in ``nondiff_argnums``.
+
+  Example:
+    >>> class Foo(nnx.Module):
+    ...   def __init__(self):
+    ...     self.x = nnx.Param(jnp.array(1.0))
+    >>> @nnx.custom_vjp
+    ... def f(m):
+    ...   return jnp.sin(m.x[...])
+    >>> def f_fwd(m):
+    ...   return f(m), (jnp.cos(m.x[...]), m)
+    >>> def f_bwd(res, g):
+    ...   cos_x, m = res
+    ...   m_g = nnx.clone(m)
+    ...   m_g.x[...] = 2 * cos_x * g  # deliberately twice the true gradient
+    ...   return (m_g,)
+    >>> f.defvjp(f_fwd, f_bwd)
+    >>> m = Foo()
+    >>> bool(jnp.allclose(nnx.grad(f)(m).x[...], 2 * jnp.cos(1.0)))
+    True
+  """
+  kw = dict(nondiff_argnums=nondiff_argnums, graph=graph, graph_updates=graph_updates)
+  if fun is MISSING:
+    return lambda fn: CustomVjp(fn, **kw)
+  return CustomVjp(fun, **kw)

@@ -1,0 +1,161 @@
+"""Prefix specs: one axis / spec per flattened leaf of an argument.
+
+``in_axes``, ``out_axes``, shard_map's ``in_specs`` and jit's shardings describe an argument
+with a *prefix* of it: a single value (``0``, ``None``, ``P('x')``) stands for every leaf
+below it, and a container of the argument's shape (a tuple, a dict, a Module built with
+``jax.tree.map(lambda _: 0, model)``) gives each part its own. A Variable inside a prefix
+is a leaf whose value is the spec of that Variable.
+
+:func:`broadcast_prefix` turns such a prefix into one spec per leaf of the argument's lift
+plan (Variables are leaves), the form every transform hands to JAX.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+from .._core.errors import AxisSpecError, GraphModeRequiredError
+from .._core.paths import format_path, key_to_part
+from .._core.variables import Variable, is_variable
+
+__all__ = ["broadcast_prefix", "is_spec_leaf", "graph_only_spec"]
+
+# Spec objects that only graph mode understands; they are recognised by class name because
+# they live in the graph layer, above this module.
+_GRAPH_ONLY = ("StateAxes", "StateSharding", "DiffState")
+
+
+def _is_node(x: Any) -> bool:
+  return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(x))
+
+
+def is_spec_leaf(x: Any) -> bool:
+  """Whether ``x`` ends a prefix: ``None``, a Variable, or anything that is not a pytree node."""
+  return x is None or isinstance(x, Variable) or not _is_node(x)
+
+
+def graph_only_spec(prefix: Any) -> Any:
+  """The first graph-only spec object (``StateAxes``...) found in ``prefix``, else ``None``."""
+  for leaf in jax.tree_util.tree_leaves(prefix, is_leaf=lambda x: x is None or _graph_only(x)):
+    if _graph_only(leaf):
+      return leaf
+  return None
+
+
+def _graph_only(x: Any) -> bool:
+  return type(x).__name__ in _GRAPH_ONLY
+
+
+def _children(x: Any) -> tuple[list, Any]:
+  """One level of ``x``: ``[(key, child), ...]`` and the node's one-level treedef."""
+  items, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
+  return [(key_to_part(path[0]), child) for path, child in items], treedef
+
+
+def _n_leaves(x: Any) -> int:
+  return len(jax.tree_util.tree_leaves(x, is_leaf=is_variable))
+
+
+def _describe(x: Any) -> str:
+  if x is None:
+    return "None"
+  if isinstance(x, Variable):
+    return f"a {type(x).__name__}"
+  if isinstance(x, dict):
+    return f"a dict with keys {sorted(map(repr, x))}"
+  if isinstance(x, (tuple, list)):
+    return f"a {type(x).__name__} of length {len(x)}"
+  if _is_node(x):
+    return f"a {type(x).__name__}"
+  return f"a leaf of type {type(x).__name__}"
+
+
+class _Matcher:
+  def __init__(self, api: str, argname: str, what: str, leaf_ok: Callable[[Any], bool] | None,
+               leaf_desc: str):
+    self.api = api
+    self.argname = argname
+    self.what = what
+    self.leaf_ok = leaf_ok
+    self.leaf_desc = leaf_desc
+    self.out: list = []
+
+  def where(self, path: tuple) -> str:
+    return format_path(path, self.argname)
+
+  def fail(self, path: tuple, detail: str) -> None:
+    raise AxisSpecError(
+      f"{self.api}: {self.what} does not fit argument {self.argname!r} at "
+      f"{self.where(path)}: {detail}. A spec is a prefix of its argument: one value for the "
+      f"whole argument, or a container of the same structure (e.g. "
+      f"`jax.tree.map(lambda _: 0, model)` for a Module) whose leaves are specs."
+    )
+
+  def leaf(self, spec: Any, path: tuple) -> Any:
+    if _graph_only(spec):
+      raise GraphModeRequiredError(
+        f"{self.api}: {type(spec).__name__} in {self.what} (at {self.where(path)}) is a "
+        f"graph-mode feature, but this call runs in tree mode (graph=False). Pass graph=True "
+        f"(or leave graph=None) to use it, or give plain {self.leaf_desc or 'specs'} instead."
+      )
+    if self.leaf_ok is not None and not self.leaf_ok(spec):
+      raise AxisSpecError(
+        f"{self.api}: {self.what} for argument {self.argname!r} has {spec!r} at "
+        f"{self.where(path)}; expected {self.leaf_desc}."
+      )
+    return spec
+
+  def match(self, prefix: Any, arg: Any, path: tuple) -> None:
+    if isinstance(prefix, Variable):
+      if not isinstance(arg, Variable):
+        self.fail(path, f"the spec has a {type(prefix).__name__} where the argument has "
+                        f"{_describe(arg)}")
+      self.out.append(self.leaf(prefix.raw_value, path))
+      return
+    if is_spec_leaf(prefix):
+      spec = self.leaf(prefix, path)
+      self.out.extend([spec] * _n_leaves(arg))
+      return
+    if isinstance(arg, Variable) or not _is_node(arg):
+      self.fail(path, f"the spec has {_describe(prefix)} where the argument has {_describe(arg)}")
+    p_items, p_def = _children(prefix)
+    a_items, a_def = _children(arg)
+    if p_def != a_def:
+      self.fail(path, f"the spec has {_describe(prefix)} where the argument has {_describe(arg)}")
+    for (key, p_child), (_, a_child) in zip(p_items, a_items):
+      self.match(p_child, a_child, (*path, key))
+
+
+def broadcast_prefix(prefix: Any, arg: Any, plan: Any, api: str, argname: str, *,
+                     what: str = "in_axes", leaf_ok: Callable[[Any], bool] | None = None,
+                     leaf_desc: str = "") -> tuple:
+  """One spec per leaf of ``plan`` (the lift plan of ``arg``), from a prefix of ``arg``.
+
+  Args:
+    prefix: an int / None / other spec leaf for the whole argument, or a pytree prefix of it.
+    arg: the argument the plan was computed from (used to walk the prefix).
+    plan: its :class:`~pynnx._transforms.lift.ArgPlan`; the result has ``len(plan.kinds)``
+      entries.
+    api: the transform, for error messages (``"pynnx.vmap(f)"``).
+    argname: the argument's name, the root of paths in error messages.
+    what: which option the prefix came from (``"in_axes"``, ``"in_specs"``...).
+    leaf_ok: validates each spec leaf; ``leaf_desc`` says what was expected.
+
+  Raises:
+    AxisSpecError: the prefix does not fit the argument, or a leaf fails ``leaf_ok``.
+    GraphModeRequiredError: a graph-only spec (``StateAxes``...) was found.
+
+  Example:
+    >>> from pynnx._transforms.lift import flatten_args
+    >>> arg = {'a': jnp.ones(2), 'b': (jnp.ones(3), jnp.ones(4))}
+    >>> plan = flatten_args([arg]).plans[0]
+    >>> broadcast_prefix({'a': None, 'b': 0}, arg, plan, 'pynnx.vmap(f)', 'x')
+    (None, 0, 0)
+  """
+  matcher = _Matcher(api, argname, what, leaf_ok, leaf_desc)
+  if is_spec_leaf(prefix) and not isinstance(prefix, Variable):
+    return (matcher.leaf(prefix, ()),) * len(plan.kinds)
+  matcher.match(prefix, arg, ())
+  return tuple(matcher.out)

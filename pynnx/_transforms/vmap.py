@@ -1,0 +1,311 @@
+"""``nnx.vmap``: ``jax.vmap`` over the lift.
+
+Each positional argument gets an ``in_axes`` entry: an int (map that axis), ``None``
+(broadcast) or a prefix of the argument (see :mod:`.prefix`). A mapped Module's Variables
+are mapped along their axis; the ones the function updates come back stacked on the same
+axis and are written into the caller's Variables. A broadcast Variable may be updated only
+with a value that does not vary along the mapped axis. Modules created inside and returned
+come out as ordinary Modules whose Variables are stacked along ``out_axes``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import types
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from .._core.config import resolve_graph
+from .._core.errors import AxisSpecError, GraphModeRequiredError, PynnxError
+from .._core.paths import format_path, jax_path_to_parts
+from .._core.variables import Variable, is_variable
+from . import graph_adapter
+from .lift import (
+  MISSING,
+  ArgPlan,
+  InnerFrame,
+  MethodAware,
+  SharingCheck,
+  argnames_of,
+  check_not_bound,
+  flatten_args,
+  rebuild_arg,
+)
+from .prefix import broadcast_prefix, graph_only_spec, is_spec_leaf
+
+__all__ = ["vmap", "PARTITION_NAME"]
+
+PARTITION_NAME = "partition_name"
+"""Key of ``transform_metadata``: the mesh axis name of the mapped / scanned axis.
+
+Variables whose ``sharding_names`` metadata is a tuple lose the entry at the mapped axis
+inside the transform and get the name inserted at the output axis on the way out.
+"""
+
+_EMPTY: Mapping[str, Any] = types.MappingProxyType({})
+_SHARDING = "sharding_names"
+
+
+# --- helpers shared with scan ---------------------------------------------------------------
+
+
+def is_axis(x: Any) -> bool:
+  """An int (not a bool) or ``None``: a valid vmap/scan axis leaf."""
+  return x is None or (isinstance(x, int) and not isinstance(x, bool))
+
+
+def arg_names(f: Callable, n: int) -> list[str]:
+  """Names for ``n`` positional arguments of ``f`` (``args[i]`` past its signature)."""
+  names = argnames_of(f) or []
+  return [names[i] if i < len(names) else f"args[{i}]" for i in range(n)]
+
+
+def per_arg(axes: Any, n: int, api: str, what: str) -> tuple:
+  """``in_axes`` as one entry per positional argument (a non-sequence applies to all)."""
+  if isinstance(axes, (tuple, list)):
+    if len(axes) != n:
+      raise AxisSpecError(
+        f"{api}: {what} has {len(axes)} entries but the function was called with {n} "
+        f"positional arguments; give one entry per positional argument (int, None or a prefix "
+        f"of the argument)."
+      )
+    return tuple(axes)
+  return (axes,) * n
+
+
+def leaf_paths(arg: Any, argname: str) -> list[str]:
+  """The user-facing path of every leaf of ``arg`` (Variables are leaves)."""
+  items = jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_variable)[0]
+  return [format_path(jax_path_to_parts(p), argname) for p, _ in items]
+
+
+def strip_axis_names(plan: ArgPlan, specs: Sequence[Any], values: Sequence[Any],
+                     name: Any) -> ArgPlan:
+  """The plan with ``sharding_names`` losing the entry at each mapped Variable's axis."""
+  kinds = list(plan.kinds)
+  touched = False
+  for i in plan.var_idx:
+    axis = specs[i]
+    typ, aux = kinds[i]
+    meta = dict(aux)
+    names = meta.get(_SHARDING)
+    if not isinstance(axis, int) or not isinstance(names, tuple):
+      continue
+    ndim = jnp.ndim(values[i])
+    a = axis % ndim if ndim else 0
+    if a < len(names):
+      meta[_SHARDING] = names[:a] + names[a + 1:]
+      kinds[i] = (typ, tuple(sorted(meta.items())))
+      touched = True
+  return ArgPlan(plan.treedef, tuple(kinds)) if touched else plan
+
+
+def add_axis_name(var: Variable, axis: Any, name: Any) -> None:
+  """Inserts ``name`` into a fresh output Variable's ``sharding_names`` at ``axis``."""
+  names = var._metadata.get(_SHARDING)
+  if not isinstance(axis, int) or not isinstance(names, tuple):
+    return
+  ndim = jnp.ndim(var._raw_value)
+  a = axis % ndim if ndim else 0
+  a = min(a, len(names))
+  object.__setattr__(var, "_metadata", {**var._metadata, _SHARDING: names[:a] + (name,) + names[a:]})
+
+
+def add_axis_names_out(out: Any, out_axes: Any, api: str, name: Any) -> None:
+  """Applies :func:`add_axis_name` to every Variable of a transform's output."""
+  leaves = jax.tree_util.tree_leaves(out, is_leaf=is_variable)
+  if not any(isinstance(v, Variable) for v in leaves):
+    return
+  plan = flatten_args([out]).plans[0]
+  specs = broadcast_prefix(out_axes, out, plan, api, "output", what="out_axes")
+  for leaf, spec in zip(leaves, specs):
+    if isinstance(leaf, Variable):
+      add_axis_name(leaf, spec, name)
+
+
+def graph_branch(api: str, wrapped: Any, args: tuple, kwargs: dict) -> Any:
+  # GRAPH MODE: the graph adapter takes over here (wired by the graph-mode engineer).
+  call = getattr(graph_adapter, "call", None)
+  if call is None:
+    raise GraphModeRequiredError(f"{api}: graph mode is not available for this transform yet.")
+  return call(api, wrapped, args, kwargs)
+
+
+def check_tree_mode(api: str, graph: bool | None, *specs: Any) -> bool:
+  """Whether to run in graph mode; graph-only specs opt ``graph=None`` into it."""
+  if resolve_graph(graph):
+    return True
+  for spec in specs:
+    found = graph_only_spec(spec)
+    if found is not None:
+      if graph is None:
+        return True
+      raise GraphModeRequiredError(
+        f"{api}: {type(found).__name__} is a graph-mode feature, but graph=False was given. "
+        f"Pass graph=True (or leave graph=None) to use it, or give int/None axes instead."
+      )
+  return False
+
+
+# --- vmap -----------------------------------------------------------------------------------
+
+_BATCHED_BCAST = re.compile(r"out_axes\[2\]\[\((\d+), (\d+)\)\]")
+
+
+class VmapWrapped(MethodAware):
+  """A function transformed by ``nnx.vmap``; call it like the original."""
+
+  def __init__(self, f: Callable, *, in_axes: Any, out_axes: Any, axis_name: Any,
+               axis_size: int | None, spmd_axis_name: Any, transform_metadata: Mapping,
+               graph: bool | None, graph_updates: bool | None):
+    check_not_bound(f, "vmap")
+    functools.update_wrapper(self, f)
+    self.f = f
+    self.in_axes = in_axes
+    self.out_axes = out_axes
+    self.axis_name = axis_name
+    self.axis_size = axis_size
+    self.spmd_axis_name = spmd_axis_name
+    self.transform_metadata = dict(transform_metadata)
+    self.graph = graph
+    self.graph_updates = graph_updates
+    self.api = f"pynnx.vmap({getattr(f, '__name__', 'f')})"
+    self.check = SharingCheck(self.api, argnames_of(f))
+    self._specs: dict = {}
+
+  def _leaf_specs(self, args: tuple, plans: tuple) -> tuple:
+    key = (len(args), plans)
+    hit = self._specs.get(key)
+    if hit is not None:
+      return hit
+    axes = per_arg(self.in_axes, len(args), self.api, "in_axes")
+    names = arg_names(self.f, len(args))
+    specs = tuple(
+      broadcast_prefix(ax, a, p, self.api, n, leaf_ok=is_axis, leaf_desc="an int or None")
+      for ax, a, p, n in zip(axes, args, plans, names)
+    )
+    if len(self._specs) > 64:
+      self._specs.clear()
+    self._specs[key] = specs
+    return specs
+
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    if check_tree_mode(self.api, self.graph, self.in_axes, self.out_axes):
+      return graph_branch(self.api, self, args, kwargs)
+    flat = flatten_args(args, self.check)
+    specs = self._leaf_specs(args, flat.plans)
+    names = sorted(kwargs)
+    kwflat = flatten_args([kwargs[n] for n in names])
+    pname = self.transform_metadata.get(PARTITION_NAME)
+    plans = flat.plans
+    if pname is not None:
+      plans = tuple(strip_axis_names(p, s, v, pname) for p, s, v in zip(plans, specs, flat.values))
+    f, kwplans = self.f, kwflat.plans
+
+    def inner(values: tuple, kwvalues: tuple):
+      with InnerFrame("vmap"):
+        rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, values)]
+        kwrebuilt = [rebuild_arg(p, v) for p, v in zip(kwplans, kwvalues)]
+        out = f(*(a for a, _ in rebuilt), **{n: a for n, (a, _) in zip(names, kwrebuilt)})
+        mapped, bcast = {}, {}
+        for a, (plan, (_, fresh), vals, spec) in enumerate(zip(plans, rebuilt, values, specs)):
+          for i, var in zip(plan.var_idx, fresh):
+            new = var._raw_value
+            if new is not vals[i]:
+              (bcast if spec[i] is None else mapped)[(a, i)] = new
+        kwmapped = {}
+        for a, (plan, (_, fresh), vals) in enumerate(zip(kwplans, kwrebuilt, kwvalues)):
+          for i, var in zip(plan.var_idx, fresh):
+            if var._raw_value is not vals[i]:
+              kwmapped[(a, i)] = var._raw_value
+      return out, mapped, bcast, kwmapped
+
+    in_axes = (tuple(list(s) for s in specs), 0)
+    out_axes = (self.out_axes, 0, None, 0)
+    vmapped = jax.vmap(inner, in_axes=in_axes, out_axes=out_axes, axis_name=self.axis_name,
+                       axis_size=self.axis_size, spmd_axis_name=self.spmd_axis_name)
+    try:
+      out, mapped, bcast, kwmapped = vmapped(tuple(flat.values), tuple(kwflat.values))
+    except ValueError as e:
+      self._explain(e, args)
+      raise
+    for (a, i), value in mapped.items():
+      axis = specs[a][i]
+      if axis != 0:
+        value = jnp.moveaxis(value, 0, axis)
+      Variable._raw_value.__set__(flat.cells[a][i], value)
+    for (a, i), value in bcast.items():
+      Variable._raw_value.__set__(flat.cells[a][i], value)
+    for (a, i), value in kwmapped.items():
+      Variable._raw_value.__set__(kwflat.cells[a][i], value)
+    if pname is not None:
+      add_axis_names_out(out, self.out_axes, self.api, pname)
+    return out
+
+  def _explain(self, e: ValueError, args: tuple) -> None:
+    msg = str(e)
+    if "out_axes" not in msg:
+      return
+    names = arg_names(self.f, len(args))
+    hit = _BATCHED_BCAST.search(msg)
+    if hit is not None:
+      a, i = int(hit.group(1)), int(hit.group(2))
+      path = leaf_paths(args[a], names[a])[i]
+      raise PynnxError(
+        f"{self.api}: the broadcast (in_axes=None) Variable {path} was updated with a value "
+        f"that varies along the mapped axis; a broadcast Variable holds one value for every "
+        f"element. Map it instead (give it an int in in_axes) so each element keeps its own "
+        f"value, or reduce the update over the axis (e.g. with `jax.lax.pmean` and an "
+        f"axis_name) before assigning it."
+      ) from None
+    if "out_axes[0]" in msg or "vmap out_axes" in msg:
+      raise AxisSpecError(
+        f"{self.api}: out_axes={self.out_axes!r} does not fit the function's output. "
+        f"JAX reported: {msg}"
+      ) from None
+
+
+def vmap(
+  f: Callable = MISSING, *, in_axes: Any = 0, out_axes: Any = 0, axis_name: Any = None,
+  axis_size: int | None = None, spmd_axis_name: Any = None,
+  transform_metadata: Mapping[str, Any] = _EMPTY, graph: bool | None = None,
+  graph_updates: bool | None = None,
+) -> Any:
+  """Lifted ``jax.vmap``: Modules are mapped along their Variables' axes.
+
+  Args:
+    f: the function to map.
+    in_axes: per positional argument an int, ``None`` or a prefix of the argument; a single
+      value applies to every argument. Keyword arguments are mapped along axis 0.
+    out_axes: where the mapped axis goes in the output (a prefix of the output).
+    axis_name, axis_size, spmd_axis_name: as in ``jax.vmap``.
+    transform_metadata: ``{nnx.PARTITION_NAME: name}`` updates Variables'
+      ``sharding_names`` for the mapped axis.
+    graph: ``None`` for the configured default (tree mode), ``True`` for graph mode.
+    graph_updates: graph mode only.
+
+  Example:
+    >>> class Ensemble(nnx.Module):
+    ...   def __init__(self):
+    ...     self.w = nnx.Param(jnp.arange(6.0).reshape(3, 2))
+    ...     self.calls = nnx.BatchStat(jnp.zeros(3))
+    >>> @nnx.vmap(in_axes=(0, None))
+    ... def apply(m, x):
+    ...   m.calls[...] += 1
+    ...   return m.w[...] @ x
+    >>> m = Ensemble()
+    >>> apply(m, jnp.ones(2)), m.calls[...]
+    (Array([1., 5., 9.], dtype=float32), Array([1., 1., 1.], dtype=float32))
+  """
+  kw = dict(in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size,
+            spmd_axis_name=spmd_axis_name, transform_metadata=transform_metadata, graph=graph,
+            graph_updates=graph_updates)
+  if f is MISSING:
+    return lambda fn: VmapWrapped(fn, **kw)
+  return VmapWrapped(f, **kw)
+
+
+__all__ += ["is_axis", "is_spec_leaf"]
