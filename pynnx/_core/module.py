@@ -13,9 +13,9 @@ import jax.numpy as jnp
 
 from . import filters as filterlib
 from .errors import PynnxError
-from .pytree import Dict, List, Pytree, _BUILD
+from .pytree import _CACHE_KEYS, Dict, List, Pytree
 from .reprs import block
-from .variables import Intermediate, Perturbation, Variable
+from .variables import Intermediate, Perturbation, Variable, variable_type_from_name
 
 Path = tuple[Hashable, ...]
 
@@ -56,8 +56,6 @@ class Module(Pytree):
   ) -> None:
     """Records ``value`` in a Variable attribute ``name`` (a tuple of values by default)."""
     if isinstance(variable_type, str):
-      from .variables import variable_type_from_name
-
       variable_type = variable_type_from_name(variable_type, allow_register=True)
     current = self.__dict__.get(name)
     if isinstance(current, Variable):
@@ -211,8 +209,9 @@ def view(node: Any, /, **attributes: Any) -> Any:
       copies[id(x)] = new
       nd = new.__dict__
       for k, v in x.__dict__.items():
-        nd[k] = v if k == "_pynnx_plan" else copy(v) if not (isinstance(k, str) and k.startswith("_pynnx_")) else v
-      nd.pop("_pynnx_plan", None)
+        if k in _CACHE_KEYS:
+          continue
+        nd[k] = v if isinstance(k, str) and k.startswith("_pynnx_") else copy(v)
       nd["_pynnx_forced"] = dict(x.__dict__.get("_pynnx_forced", {}))
       if isinstance(new, Module):
         for name, value in attributes.items():
@@ -245,4 +244,4 @@ def display(*args: Any) -> None:
     print(x)
 
 
-__all__ = ["Module", "Sequential", "view", "with_attributes", "display", "List", "Dict", "_BUILD"]
+__all__ = ["Module", "Sequential", "view", "with_attributes", "display", "List", "Dict"]

@@ -23,6 +23,8 @@ from .reprs import block, mapping_repr
 from .variables import Variable, bump_structure
 
 _INTERNAL = "_pynnx_"
+# Per-object caches (flatten plans of the tree lift and of graph mode): never copied.
+_CACHE_KEYS = frozenset({"_pynnx_plan", "_pynnx_lift_plan", "_pynnx_graph_plan"})
 
 
 class _Build:
@@ -143,7 +145,10 @@ class Pytree(metaclass=_PytreeMeta):
     d = obj.__dict__
     d["_pynnx_frozen"] = False
     d["_pynnx_forced"] = {}
-    _BUILD.pending.append(obj)
+    # Only objects built by a constructor wait to be frozen; copy/pickle call __new__ at
+    # depth 0 and restore the frozen flag in __setstate__ (queueing them would leak them).
+    if _BUILD.depth > 0:
+      _BUILD.pending.append(obj)
     return obj
 
   # -- attribute protocol ------------------------------------------------------------------
@@ -171,6 +176,8 @@ class Pytree(metaclass=_PytreeMeta):
 
   def _pynnx_store(self, name: str, value: Any) -> None:
     d = self.__dict__
+    missing = object()
+    old_value, old_forced = d.get(name, missing), dict(d.get("_pynnx_forced", {}))
     if isinstance(value, _Marker):
       d["_pynnx_forced"][name] = value.kind
       value = value.value
@@ -180,7 +187,16 @@ class Pytree(metaclass=_PytreeMeta):
       value = _wrap_container(value)
     d[name] = value
     if d.get("_pynnx_frozen", False):
-      d["_pynnx_meta"] = self._pynnx_compute_meta()
+      try:
+        d["_pynnx_meta"] = self._pynnx_compute_meta()
+      except StaticAttributeError:
+        # Roll back so a rejected change leaves the built object as it was.
+        d["_pynnx_forced"] = old_forced
+        if old_value is missing:
+          del d[name]
+        else:
+          d[name] = old_value
+        raise
 
   def _pynnx_setattr(self, name: str, value: Any) -> None:
     """Sanctioned structural change on a built object (bumps the structure epoch)."""
@@ -243,7 +259,7 @@ class Pytree(metaclass=_PytreeMeta):
 
   # -- copying / pickling --------------------------------------------------------------
   def __getstate__(self) -> dict:
-    return {k: v for k, v in self.__dict__.items() if k != "_pynnx_plan"}
+    return {k: v for k, v in self.__dict__.items() if k not in _CACHE_KEYS}
 
   def __setstate__(self, state: dict) -> None:
     self.__dict__.update(state)
@@ -299,9 +315,11 @@ class List(Pytree):
   def _pynnx_key_obj(self, key: Hashable) -> Any:
     return jax.tree_util.SequenceKey(key)
 
-  def _pynnx_compute_meta(self) -> _Meta:
-    keys = tuple(range(len(self)))
-    return _Meta(keys, tuple(jax.tree_util.SequenceKey(k) for k in keys), ())
+  def _pynnx_delattr(self, name: Any) -> None:
+    del self[name]  # keeps indices contiguous: later items shift down, as with list.pop
+
+  # Items are classified like attributes: Variables/Modules/arrays are data (children),
+  # anything else (e.g. an activation function in a Sequential) is static and hashable.
 
   def __len__(self) -> int:
     return sum(1 for k in self.__dict__ if isinstance(k, int))
@@ -311,12 +329,17 @@ class List(Pytree):
 
   def _set_items(self, items: list) -> None:
     d = self.__dict__
+    old = self._items_list()
     for k in [k for k in d if isinstance(k, int)]:
       del d[k]
     for i, item in enumerate(items):
       d[i] = _wrap_container(item)
     if d.get("_pynnx_frozen", False):
-      d["_pynnx_meta"] = self._pynnx_compute_meta()
+      try:
+        d["_pynnx_meta"] = self._pynnx_compute_meta()
+      except StaticAttributeError:
+        self._set_items(old)  # a rejected item leaves the list as it was
+        raise
     bump_structure()
 
   def __getitem__(self, i: Any) -> Any:

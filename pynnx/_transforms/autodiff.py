@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from .._core.variables import Param, Variable
+from . import graph_adapter
 from .lift import (
   MISSING,
   InnerFrame,
@@ -85,15 +86,34 @@ class GradWrapped(MethodAware):
     self.check = SharingCheck(f"pynnx.{name}({getattr(f, '__name__', 'f')})", argnames_of(f))
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    argnums = (self.argnums,) if isinstance(self.argnums, int) else tuple(self.argnums)
+    entries = self.argnums if isinstance(self.argnums, (list, tuple)) else (self.argnums,)
+    argnums = tuple(e.argnum if isinstance(e, graph_adapter.DiffState) else e for e in entries)
     for i in argnums:
-      if i >= len(args):
+      if not isinstance(i, int) or i >= len(args):
         raise TypeError(
           f"pynnx.{self.name}: argnums={self.argnums} but only {len(args)} positional "
           "arguments were given."
         )
+    api = f"pynnx.{self.name}"
+    call = None
+    if graph_adapter.resolve_mode(api, self.graph, self.argnums):
+      # Graph mode: each differentiated root splits into (selected substate, rest).
+      wrt = {e.argnum: e.filter for e in entries if isinstance(e, graph_adapter.DiffState)}
+
+      def filters(path: tuple, root: Any) -> tuple:
+        if path and path[0] == 0 and len(path) > 1 and path[1] in argnums:
+          return (wrt.get(path[1], Param), ...)
+        return ()
+
+      orig_args, orig_kwargs = args, kwargs
+      args, kwargs, call = graph_adapter.to_tree(args, kwargs, api, self.graph_updates, filters)
     flat = flatten_args(args, self.check)
-    masks = {i: diff_mask(flat.plans[i], flat.values[i], self.allow_int) for i in argnums}
+    if call is None:
+      masks = {i: diff_mask(flat.plans[i], flat.values[i], self.allow_int) for i in argnums}
+    else:
+      masks = {i: graph_adapter.selected_mask(args[i], flat.cells[i], flat.values[i],
+                                              lambda v: _inexact(v, self.allow_int))
+               for i in argnums}
     diff = tuple([v for v, m in zip(flat.values[i], masks[i]) if m] for i in argnums)
     f, has_aux, plans, values = self.f, self.has_aux, flat.plans, flat.values
 
@@ -104,7 +124,10 @@ class GradWrapped(MethodAware):
         full[i] = [next(it) if m else v for v, m in zip(values[i], masks[i])]
       with InnerFrame(self.name):
         rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, full)]
-        out = f(*(a for a, _ in rebuilt), **kwargs)
+        call_args, call_kwargs = [a for a, _ in rebuilt], kwargs
+        if call is not None:
+          call_args, call_kwargs, finish = graph_adapter.enter(call, call_args, kwargs)
+        out = f(*call_args, **call_kwargs)
         updates = [changed(p, fr, v) for p, (_, fr), v in zip(plans, rebuilt, full)]
       if has_aux:
         if not (isinstance(out, tuple) and len(out) == 2):
@@ -115,6 +138,8 @@ class GradWrapped(MethodAware):
         loss, aux = out
       else:
         loss, aux = out, None
+      if call is not None:
+        aux = finish(aux)
       return loss, (aux, updates)
 
     (value, (aux, updates)), grads = jax.value_and_grad(
@@ -122,7 +147,10 @@ class GradWrapped(MethodAware):
     )(diff)
     write_back(flat, updates)
     shaped = tuple(grad_like(plans[i], masks[i], g) for i, g in zip(argnums, grads))
-    g_out = shaped[0] if isinstance(self.argnums, int) else shaped
+    if call is not None:
+      aux = graph_adapter.exit(call, aux, orig_args, orig_kwargs)
+      shaped = tuple(graph_adapter.selected_state(g) for g in shaped)
+    g_out = shaped if isinstance(self.argnums, (list, tuple)) else shaped[0]
     if self.return_value:
       return ((value, aux), g_out) if has_aux else (value, g_out)
     return (g_out, aux) if has_aux else g_out

@@ -1,19 +1,293 @@
-"""Graph mode in front of the tree lift (filled in with pynnx/_graph)."""
+"""Graph mode in front of the tree lift, and the graph-only specs.
+
+Graph mode adds no code to the transforms: a transform in graph mode
+
+1. calls :func:`to_tree` — every Module/Variable among the arguments becomes a
+   ``GraphNode`` whose pytree children are deduplicated States holding the *original*
+   Variables (``pynnx/_graph/api.py``), so each Variable appears once even if shared
+   across arguments;
+2. runs its tree-mode lift on those pytrees with an inner function from :func:`inner`,
+   which merges the fresh Variables back into Modules (:func:`enter`), calls the user
+   function and converts its output (:func:`finish`): Modules returned become GraphNodes
+   (or references to an input), and with ``graph_updates`` the inputs are re-split to
+   report structural changes (Variables added by ``sow``, decode caches, ...);
+3. calls :func:`exit` on the output: rebuilds returned Modules, restores returned inputs
+   by identity, and transplants structural changes into the caller's objects.
+
+``DiffState``, ``StateAxes`` and ``StateSharding`` (graph-only) become filters for
+:func:`to_tree` plus a ``GraphNode``-shaped prefix for the tree-mode axis/spec logic.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
 
-from .._core.errors import GraphModeRequiredError
+import jax
+
+from .._core import filters as filterlib
+from .._core.config import resolve_graph, resolve_graph_updates
+from .._core.errors import GraphModeRequiredError, StructureChangeError
+from .._core.pytree import Pytree
+from .._core.state import State
+from .._core.variables import Variable
+from .._graph import api as graph_api
+from .._graph.api import GraphNode
+
+__all__ = ["DiffState", "StateAxes", "StateSharding"]
 
 
-def to_tree(args: tuple, kwargs: dict, api: str, graph_updates: Any) -> tuple:
-  raise GraphModeRequiredError(f"{api}: graph mode is not available yet")
+# --- graph-only specs --------------------------------------------------------------------------
 
 
-def enter(graph_static: Any, args: list, kwargs: dict) -> tuple:
-  raise GraphModeRequiredError("graph mode is not available yet")
+@dataclasses.dataclass(frozen=True)
+class DiffState:
+  """``argnums`` entry selecting the substate of argument ``argnum`` to differentiate.
+
+  Example:
+    >>> import jax.numpy as jnp, pynnx as nnx
+    >>> m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> diff = nnx.DiffState(0, nnx.PathContains('kernel'))
+    >>> grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((1, 2)))), argnums=diff)(m)
+    >>> list(grads.keys())
+    ['kernel']
+  """
+
+  argnum: int
+  filter: Any
 
 
-def exit(graph_static: Any, out: Any) -> Any:
-  raise GraphModeRequiredError("graph mode is not available yet")
+class StateAxes:
+  """Per-substate axes for ``vmap``/``scan``: ``StateAxes({nnx.Param: 0, ...: None})``."""
+
+  def __init__(self, filter_axes: Mapping[Any, Any] | Sequence[tuple[Any, Any]]):
+    items = filter_axes.items() if isinstance(filter_axes, Mapping) else filter_axes
+    self.filters = tuple(f for f, _ in items)
+    self.axes = tuple(a for _, a in (filter_axes.items() if isinstance(filter_axes, Mapping) else filter_axes))
+
+  def items(self):
+    return zip(self.filters, self.axes)
+
+  def __repr__(self) -> str:
+    return f"StateAxes({dict(self.items())!r})"
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, StateAxes) and self.filters == other.filters and self.axes == other.axes
+
+  def __hash__(self) -> int:
+    return hash((self.filters, self.axes))
+
+
+class StateSharding(StateAxes):
+  """Per-substate PartitionSpecs for ``shard_map``/``jit``: filters or a State of specs.
+
+  ``StateSharding({filter: spec, ...})`` gives every Variable matched by ``filter`` that
+  spec (unmatched Variables are replicated); ``StateSharding(nnx.State({...}))`` gives the
+  spec at each Variable's path.
+  """
+
+  def __init__(self, filter_specs: Any):
+    if isinstance(filter_specs, State):
+      specs = {path: spec for path, spec in filter_specs.flat_state()}
+      self.by_path = specs
+      super().__init__([(_AtPath(tuple(p)), s) for p, s in specs.items()])
+    else:
+      self.by_path = None
+      super().__init__(filter_specs)
+
+  def __repr__(self) -> str:
+    return f"StateSharding({dict(self.items())!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class _AtPath:
+  path: tuple
+
+  def __call__(self, path: tuple, value: Any) -> bool:
+    return tuple(path) == self.path
+
+
+GRAPH_SPECS = (DiffState, StateAxes)
+
+
+def uses_graph_specs(*specs: Any) -> bool:
+  """Whether any of ``specs`` (pytrees) contains a DiffState / StateAxes / StateSharding."""
+  return any(
+    isinstance(leaf, GRAPH_SPECS)
+    for spec in specs
+    for leaf in jax.tree.leaves(spec, is_leaf=lambda x: isinstance(x, GRAPH_SPECS))
+  )
+
+
+def resolve_mode(api: str, graph: bool | None, *specs: Any) -> bool:
+  """The mode of one call: graph-only specs opt in with graph=None and fail with False."""
+  if uses_graph_specs(*specs):
+    if graph is False:
+      raise GraphModeRequiredError(
+        f"{api}: DiffState / StateAxes / StateSharding select substates of a Module's graph "
+        f"and need graph mode, but graph=False was given. Pass graph=True (or leave graph "
+        f"unset), or use plain ints / PartitionSpecs in tree mode."
+      )
+    return True
+  return resolve_graph(graph)
+
+
+# --- the adapter -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphCall:
+  """Static marker of a graph-mode call (part of jit's cache key)."""
+
+  graph_updates: bool
+  api: str
+
+
+class _InputRoot:
+  """Output placeholder for 'this is input root number ``index``' (returned by identity)."""
+
+  __slots__ = ("index",)
+
+  def __init__(self, index: int):
+    self.index = index
+
+
+jax.tree_util.register_pytree_node(
+  _InputRoot, lambda r: ((), r.index), lambda index, _: _InputRoot(index)
+)
+
+
+def _is_root(x: Any) -> bool:
+  return isinstance(x, (Pytree, Variable))
+
+
+def to_tree(args: Sequence[Any], kwargs: Mapping[str, Any], api: str, graph_updates: Any,
+            filters: Callable | tuple = ()) -> tuple[tuple, dict, GraphCall]:
+  """Arguments with each graph root replaced by a GraphNode (sharing deduplicated)."""
+  wargs, wkwargs = graph_api.to_tree((tuple(args), dict(kwargs)), filters=filters)
+  return tuple(wargs), wkwargs, GraphCall(resolve_graph_updates(graph_updates), api)
+
+
+def _roots(tree: Any) -> list[Any]:
+  return [x for x in jax.tree.leaves(tree, is_leaf=_is_root) if _is_root(x)]
+
+
+def enter(call: GraphCall, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple:
+  """Inside the transform: rebuild Modules around the fresh Variables.
+
+  Returns ``(args, kwargs, finish)``; ``finish(out)`` converts the user function's output.
+  """
+  in_nodes = [x for x in jax.tree.leaves((args, kwargs), is_leaf=_is_graph_node) if isinstance(x, GraphNode)]
+  args, kwargs = graph_api.from_tree((tuple(args), dict(kwargs)))
+  roots = _roots((args, kwargs))
+
+  def finish(out: Any) -> Any:
+    index = {id(r): i for i, r in enumerate(roots)}
+    out = jax.tree.map(
+      lambda x: _InputRoot(index[id(x)]) if _is_root(x) and id(x) in index else x,
+      out, is_leaf=_is_root,
+    )
+    out = graph_api.to_tree(out)
+    structural = {}
+    new_nodes = [
+      x for x in jax.tree.leaves(graph_api.to_tree((tuple(args), dict(kwargs))), is_leaf=_is_graph_node)
+      if isinstance(x, GraphNode)
+    ]
+    for i, (old, new) in enumerate(zip(in_nodes, new_nodes)):
+      if old.graphdef != new.graphdef:
+        if not call.graph_updates:
+          raise StructureChangeError(
+            f"{call.api}: the function changed the structure of argument root {i} (Variables "
+            f"or sub-Modules were added, removed or replaced) but graph_updates=False. Pass "
+            f"graph_updates=True to propagate structural changes, or keep the structure fixed."
+          )
+        structural[i] = new
+    return out, structural
+
+  return args, kwargs, finish
+
+
+def _is_graph_node(x: Any) -> bool:
+  return isinstance(x, GraphNode)
+
+
+def exit(call: GraphCall, out: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+  """Outside: rebuild returned Modules, restore inputs by identity, apply structure changes."""
+  out, structural = out
+  roots = _roots((tuple(args), dict(kwargs)))
+  for i, node in structural.items():
+    _transplant(roots[i], graph_api.from_tree(node))
+  out = graph_api.from_tree(out)
+  return jax.tree.map(
+    lambda x: roots[x.index] if isinstance(x, _InputRoot) else x,
+    out, is_leaf=lambda x: isinstance(x, _InputRoot),
+  )
+
+
+def _transplant(orig: Any, new: Any) -> None:
+  """Makes ``orig`` (the caller's object) take the structure of ``new`` (from the transform).
+
+  Existing Variables keep their identity (their values were written back by the lift);
+  attributes that appeared are adopted, those that vanished are removed.
+  """
+  if not (isinstance(orig, Pytree) and type(orig) is type(new)):
+    return
+  od, nd = orig.__dict__, new.__dict__
+  new_keys = [k for k, _ in new._pynnx_items()]
+  for k in new_keys:
+    nv = nd[k]
+    ov = od.get(k, _MISSING)
+    if ov is _MISSING:
+      orig._pynnx_setattr(k, nv)
+    elif isinstance(ov, Pytree) and type(ov) is type(nv):
+      _transplant(ov, nv)
+    elif isinstance(ov, Variable) and type(ov) is type(nv):
+      continue
+    elif isinstance(ov, (Pytree, Variable)) or isinstance(nv, (Pytree, Variable)):
+      orig._pynnx_setattr(k, nv)
+  for k in [k for k, _ in orig._pynnx_items() if k not in nd]:
+    orig._pynnx_delattr(k)
+
+
+_MISSING: Any = object()
+
+
+def node_prefix(spec: Any, node: Any, *, default: Any = None) -> Any:
+  """A GraphNode-shaped prefix giving each of ``node``'s per-filter States its spec."""
+  if isinstance(spec, StateAxes) and isinstance(node, GraphNode):
+    return GraphNode(node.graphdef, tuple(spec.axes) + ((default,) if len(node.states) > len(spec.axes) else ()))
+  return spec
+
+
+def spec_filters(spec: Any) -> tuple:
+  """The to_tree filters for one argument's spec (a StateAxes gives one State per filter)."""
+  if isinstance(spec, StateAxes):
+    fs = tuple(spec.filters)
+    return fs if any(f is ... for f in fs) else (*fs, ...)
+  return ()
+
+
+def selected_mask(warg: Any, cells: Sequence[Any], values: Sequence[Any],
+                  inexact: Callable[[Any], bool]) -> tuple[bool, ...]:
+  """Leaves of a wrapped argument that sit in a GraphNode's first (selected) State."""
+  selected = {
+    id(leaf)
+    for node in jax.tree.leaves(warg, is_leaf=_is_graph_node) if isinstance(node, GraphNode)
+    for leaf in jax.tree.leaves(node.states[0], is_leaf=lambda x: isinstance(x, Variable))
+  }
+  return tuple(id(c) in selected and inexact(v) for c, v in zip(cells, values))
+
+
+def selected_state(grads: Any) -> Any:
+  """A GraphNode-shaped gradient -> the State of its selected substate (graph mode)."""
+  def conv(x: Any) -> Any:
+    if isinstance(x, GraphNode):
+      state = x.states[0]
+      if isinstance(state, Variable):
+        return state
+      return State.from_flat_path(
+        [(p, v) for p, v in state.flat_state() if not (isinstance(v, Variable) and v.raw_value is None)]
+      )
+    return x
+
+  return jax.tree.map(conv, grads, is_leaf=_is_graph_node)

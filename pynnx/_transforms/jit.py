@@ -133,6 +133,9 @@ class JitWrapped(MethodAware):
     graph_static = None
     if resolve_graph(self.graph):
       args, kwargs, graph_static = graph_adapter.to_tree(args, kwargs, self.api, self.graph_updates)
+    return self._prepare_tree(args, kwargs, graph_static)
+
+  def _prepare_tree(self, args: tuple, kwargs: dict, graph_static: Any) -> tuple:
     if self.static_argnums:
       static_args = tuple(args[i] for i in self.static_argnums if i < len(args))
       dyn = [a for i, a in enumerate(args) if i not in self.static_argnums]
@@ -154,13 +157,17 @@ class JitWrapped(MethodAware):
     return static, flat, kwvalues, kwflat
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    static, flat, kwvalues, kwflat = self._prepare(args, kwargs)
+    if resolve_graph(self.graph):
+      wargs, wkwargs, graph_static = graph_adapter.to_tree(args, kwargs, self.api, self.graph_updates)
+      static, flat, kwvalues, kwflat = self._prepare_tree(wargs, wkwargs, graph_static)
+    else:
+      static, flat, kwvalues, kwflat = self._prepare_tree(args, kwargs, None)
     out, updates, kwupdates = self._jitted(static, *flat.values, **kwvalues)
     write_back(flat, updates)
     if kwflat is not None:
       write_back(kwflat, [kwupdates[name] for name, _ in static[2]])
     if static[4] is not None:
-      out = graph_adapter.exit(static[4], out)
+      out = graph_adapter.exit(static[4], out, args, kwargs)
     return out
 
   def lower(self, *args: Any, **kwargs: Any) -> Any:
