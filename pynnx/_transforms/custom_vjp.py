@@ -30,10 +30,15 @@ import jax
 import numpy as np
 
 from .._core.config import resolve_graph
-from .._core.errors import ConfigError, GraphModeRequiredError, StructureChangeError
-from .._core.errors import TraceContextError
+from .._core.errors import (
+  ConfigError,
+  GraphModeRequiredError,
+  StructureChangeError,
+  TraceContextError,
+)
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.variables import Variable, is_variable
+from . import graph_adapter
 from .autodiff import diff_mask
 from .lift import (
   MISSING,
@@ -53,12 +58,50 @@ _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 
 
 def _graph_mode(cvjp: CustomVjp, args: tuple) -> Any:
-  # GRAPH MODE: the single call site the graph adapter is wired into. The adapter may turn
-  # graph arguments into trees and call `custom_vjp_tree` with adapted fwd / bwd.
-  raise GraphModeRequiredError(
-    f"{cvjp.api}: graph mode (bwd receiving (input_updates_g, out_g), DiffState in "
-    "nondiff_argnums) is not available yet; use the tree form with graph=False."
-  )
+  """Graph form: ``bwd(*nondiff, res, (input_updates_g, out_g))`` returns States.
+
+  Each Module argument is split into (differentiable substate, rest) — the DiffState's
+  filter, or every Variable — and run through the tree core with adapted fwd/bwd.
+  """
+  wrt = {n.argnum: n.filter for n in cvjp.nondiff_argnums if isinstance(n, graph_adapter.DiffState)}
+  nondiff = tuple(n for n in cvjp.nondiff_argnums if isinstance(n, int))
+
+  def filters(path: tuple, root: Any) -> tuple:
+    if path and path[0] == 0 and len(path) > 1 and path[1] not in nondiff:
+      return (wrt[path[1]], ...) if path[1] in wrt else (...,)
+    return ()
+
+  wargs, _, call = graph_adapter.to_tree(args, {}, cvjp.api, cvjp.graph_updates, filters)
+  diff_args = [i for i in range(len(args)) if i not in nondiff]
+
+  def objects(wrapped: Sequence[Any]) -> list:
+    objs, _, _ = graph_adapter.enter(call, list(wrapped), {})
+    return objs
+
+  def fun(*wrapped: Any) -> Any:
+    return cvjp.fun(*objects(wrapped))
+
+  def fwd(*wrapped: Any) -> Any:
+    return cvjp.fwd(*objects(wrapped))
+
+  def bwd(*rest: Any) -> tuple:
+    *nd, res, out_g = rest
+    updates_g = tuple(graph_adapter.zero_state(wargs[i]) for i in diff_args)
+    cts = cvjp.bwd(*nd, res, (updates_g, out_g))
+    if not isinstance(cts, (tuple, list)) or len(cts) != len(diff_args):
+      raise StructureChangeError(
+        f"{cvjp.api}: bwd must return a tuple with one cotangent per differentiable argument "
+        f"({len(diff_args)}), got {type(cts).__name__}."
+      )
+    return tuple(graph_adapter.cotangent_node(cvjp.api, wargs[i], ct) for i, ct in zip(diff_args, cts))
+
+  def masks(flat: Any) -> list:
+    return [
+      graph_adapter.selected_mask(w, cells, vals, lambda v: True)
+      for w, cells, vals in zip(wargs, flat.cells, flat.values)
+    ]
+
+  return custom_vjp_tree(fun, fwd, bwd, wargs, nondiff, cvjp.api, cvjp.check, masks)
 
 
 def _leaf_path(arg: Any, leaf_index: int, name: str) -> str:
@@ -69,7 +112,7 @@ def _leaf_path(arg: Any, leaf_index: int, name: str) -> str:
 class _Layout:
   """Where every leaf of every argument goes: ``diff``, ``other`` or static."""
 
-  def __init__(self, flat: Any, nondiff: frozenset):
+  def __init__(self, flat: Any, nondiff: frozenset, masks: Sequence[Any] | None = None):
     self.plans = flat.plans
     self.n = len(flat.plans)
     self.diff_args = tuple(i for i in range(self.n) if i not in nondiff)
@@ -77,7 +120,12 @@ class _Layout:
     self.other = []  # (arg, leaf) of dynamic leaves that are not differentiated
     self.static: dict = {}  # (arg, leaf) -> value
     for i, (plan, vals) in enumerate(zip(flat.plans, flat.values)):
-      mask = diff_mask(plan, vals, False) if i not in nondiff else (False,) * len(vals)
+      if i in nondiff:
+        mask = (False,) * len(vals)
+      elif masks is not None:
+        mask = masks[i]
+      else:
+        mask = diff_mask(plan, vals, False)
       self.masks.append(mask)
       for j, (kind, v, m) in enumerate(zip(plan.kinds, vals, mask)):
         if m:
@@ -87,8 +135,9 @@ class _Layout:
         else:
           self.static[(i, j)] = v
     # the Variables among `other`: their values are the state output
-    self.state_idx = tuple(k for k, (i, j) in enumerate(self.other)
-                           if self.plans[i].kinds[j] is not None)
+    self.state_idx = tuple(
+      k for k, (i, j) in enumerate(self.other) if self.plans[i].kinds[j] is not None
+    )
     self.nondiff_other = tuple(k for k, (i, _) in enumerate(self.other) if i in nondiff)
 
   def split(self, values: Sequence[list]) -> tuple[tuple, list]:
@@ -114,10 +163,20 @@ class _Layout:
     return full
 
 
-def custom_vjp_tree(fun: Callable, fwd: Callable, bwd: Callable, args: Sequence[Any],
-                    nondiff_argnums: Sequence[int], api: str,
-                    check: SharingCheck | None = None) -> Any:
+def custom_vjp_tree(
+  fun: Callable,
+  fwd: Callable,
+  bwd: Callable,
+  args: Sequence[Any],
+  nondiff_argnums: Sequence[int],
+  api: str,
+  check: SharingCheck | None = None,
+  mask_fn: Callable[[Any], list] | None = None,
+) -> Any:
   """The tree-mode core: ``fun(*args)`` with the custom rule ``(fwd, bwd)``.
+
+  ``mask_fn(flat)`` may choose the differentiated leaves of each argument (graph mode uses
+  the DiffState-selected substate); by default inexact Params and plain arrays.
 
   Differentiable arguments' Variables get cotangents from ``bwd``; the updates made to the
   other Variables are written back into the caller's Variables.
@@ -130,7 +189,7 @@ def custom_vjp_tree(fun: Callable, fwd: Callable, bwd: Callable, args: Sequence[
         "positional arguments."
       )
   flat = flatten_args(args, check)
-  lay = _Layout(flat, nondiff)
+  lay = _Layout(flat, nondiff, mask_fn(flat) if mask_fn is not None else None)
   names = (check.argnames if check is not None else None) or []
   # (argument, position among its fresh Variables) of each state output
   state_src = []
@@ -172,8 +231,11 @@ def custom_vjp_tree(fun: Callable, fwd: Callable, bwd: Callable, args: Sequence[
     nd = [rebuild_arg(lay.plans[i], full[i])[0] for i in nd_args]
     cts = bwd(*nd, res, out_g)
     if not isinstance(cts, (tuple, list)) or len(cts) != len(lay.diff_args):
-      got = f"a {type(cts).__name__} of length {len(cts)}" if isinstance(
-        cts, (tuple, list)) else type(cts).__name__
+      got = (
+        f"a {type(cts).__name__} of length {len(cts)}"
+        if isinstance(cts, (tuple, list))
+        else type(cts).__name__
+      )
       raise StructureChangeError(
         f"{api}: bwd must return a tuple with one cotangent per differentiable argument "
         f"({len(lay.diff_args)}: positions {list(lay.diff_args)}), got {got}."
@@ -189,12 +251,13 @@ def custom_vjp_tree(fun: Callable, fwd: Callable, bwd: Callable, args: Sequence[
   for k, v in zip(lay.state_idx, state):
     i, j = lay.other[k]
     updates[i][j] = v
-  write_back(flat.cells, updates)
+  write_back(flat, updates)
   return out
 
 
-def _check_untouched(api: str, lay: _Layout, i: int, rebuilt: tuple, values: list,
-                     names: Sequence[str]) -> None:
+def _check_untouched(
+  api: str, lay: _Layout, i: int, rebuilt: tuple, values: list, names: Sequence[str]
+) -> None:
   arg, fresh = rebuilt
   plan, mask = lay.plans[i], lay.masks[i]
   for j, var in zip(plan.var_idx, fresh):
@@ -219,16 +282,16 @@ def _cotangent(api: str, lay: _Layout, i: int, ct: Any) -> list:
       "Return a value shaped like the argument, e.g. `nnx.clone(m)` with its Params set."
     )
   return [
-    (leaf._raw_value if isinstance(leaf, Variable) else leaf)
-    for leaf, m in zip(leaves, mask) if m
+    (leaf._raw_value if isinstance(leaf, Variable) else leaf) for leaf, m in zip(leaves, mask) if m
   ]
 
 
 class CustomVjp(MethodAware):
   """A function with a custom VJP rule; define the rule with :meth:`defvjp`."""
 
-  def __init__(self, fun: Callable, *, nondiff_argnums: Sequence[Any], graph: Any,
-               graph_updates: Any):
+  def __init__(
+    self, fun: Callable, *, nondiff_argnums: Sequence[Any], graph: Any, graph_updates: Any
+  ):
     check_not_bound(fun, "custom_vjp")
     functools.update_wrapper(self, fun)
     self.fun = fun
@@ -240,7 +303,7 @@ class CustomVjp(MethodAware):
     self.symbolic_zeros = False
     self.api = f"pynnx.custom_vjp({getattr(fun, '__name__', 'fun')})"
     self._graph_only = any(not isinstance(n, int) for n in self.nondiff_argnums)
-    if self._graph_only and graph is False:
+    if self._graph_only and graph is False:  # pragma: no branch
       raise GraphModeRequiredError(
         f"{self.api}: nondiff_argnums contains {self.nondiff_argnums!r}; DiffState entries "
         "need graph mode. Use integer argnums with graph=False, or pass graph=True."
@@ -282,14 +345,21 @@ class CustomVjp(MethodAware):
         f"{self.api} has no rule yet: call `.defvjp(fwd, bwd)` before calling the function."
       )
     if self.symbolic_zeros:
-      raise ConfigError(f"{self.api}: defvjp(..., symbolic_zeros=True) is not supported in "
-                        "tree mode.")
-    return custom_vjp_tree(self.fun, self.fwd, self.bwd, args, self.nondiff_argnums,
-                           self.api, self.check)
+      raise ConfigError(
+        f"{self.api}: defvjp(..., symbolic_zeros=True) is not supported in tree mode."
+      )
+    return custom_vjp_tree(
+      self.fun, self.fwd, self.bwd, args, self.nondiff_argnums, self.api, self.check
+    )
 
 
-def custom_vjp(fun: Callable = MISSING, *, nondiff_argnums: Sequence[Any] = (),
-               graph: bool | None = None, graph_updates: bool | None = None) -> Any:
+def custom_vjp(
+  fun: Callable = MISSING,
+  *,
+  nondiff_argnums: Sequence[Any] = (),
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
+) -> Any:
   """Lifted ``jax.custom_vjp``: a function of Modules with a hand-written VJP.
 
   In tree mode (the default) ``bwd(*nondiff_args, res, g)`` receives the output cotangent

@@ -291,3 +291,45 @@ def selected_state(grads: Any) -> Any:
     return x
 
   return jax.tree.map(conv, grads, is_leaf=_is_graph_node)
+
+
+def _nodes(tree: Any) -> list[GraphNode]:
+  return [x for x in jax.tree.leaves(tree, is_leaf=_is_graph_node) if isinstance(x, GraphNode)]
+
+
+def zero_state(warg: Any) -> Any:
+  """The ``input_updates_g`` term of custom_vjp's graph form: the argument's whole State, zeroed.
+
+  A Module argument gives a State of every Variable; anything else gives None.
+  """
+  nodes = _nodes(warg)
+  if not nodes or not isinstance(warg, GraphNode):
+    return None
+  def zero(v: Any) -> Any:
+    return v.replace(jax.numpy.zeros_like(v.raw_value)) if isinstance(v, Variable) else v
+  merged = State.merge(*[s for s in warg.states if isinstance(s, State)])
+  return jax.tree.map(zero, merged, is_leaf=lambda x: isinstance(x, Variable))
+
+
+def cotangent_node(api: str, warg: Any, ct: Any) -> Any:
+  """A State cotangent (graph form) -> the GraphNode-shaped cotangent of the wrapped arg."""
+  if not isinstance(warg, GraphNode):
+    return ct
+  if not isinstance(ct, State):
+    raise StructureChangeError(
+      f"{api}: bwd must return a State for a Module argument (as in input_updates_g), got "
+      f"{type(ct).__name__}."
+    )
+  given = dict(ct.flat_state())
+  selected = warg.states[0]
+  missing = [p for p, _ in selected.flat_state() if p not in given]
+  if missing:
+    raise StructureChangeError(
+      f"{api}: the State bwd returned lacks the differentiable Variables "
+      + ", ".join(".".join(map(str, p)) for p in missing)
+      + "; return a cotangent for every Variable selected by the DiffState."
+    )
+  def value(v: Any) -> Any:
+    return v.raw_value if isinstance(v, Variable) else v
+  first = State.from_flat_path([(p, v.replace(value(given[p]))) for p, v in selected.flat_state()])
+  return GraphNode(warg.graphdef, (first, *warg.states[1:]))

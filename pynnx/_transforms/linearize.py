@@ -54,8 +54,9 @@ def _merge(values: Sequence[Any], mask: Sequence[bool], diff: Sequence[Any]) -> 
   return [next(it) if m else v for v, m in zip(values, mask)]
 
 
-def _lifted(f: Callable, flat: Flat, masks: Sequence[tuple], has_aux: bool, api: str,
-            frame: str) -> Callable:
+def _lifted(
+  f: Callable, flat: Flat, masks: Sequence[tuple], has_aux: bool, api: str, frame: str
+) -> Callable:
   """The pure function of the differentiated leaves that ``jax.vjp``/``jax.jvp`` sees.
 
   It returns ``(out, (aux, updates))``; the updates are auxiliary, so they are primal values.
@@ -107,15 +108,16 @@ class _ShapeCotangents:
 
   def __eq__(self, other: object) -> bool:
     return isinstance(other, _ShapeCotangents) and (self.plans, self.masks) == (
-      other.plans, other.masks)
+      other.plans,
+      other.masks,
+    )
 
   def __call__(self, jax_vjp_fn: Callable, cotangent: Any) -> tuple:
     cts = jax_vjp_fn(cotangent)
     return tuple(grad_like(p, m, c) for p, m, c in zip(self.plans, self.masks, cts))
 
 
-def _vjp_call(f: Callable, primals: tuple, has_aux: bool, check: SharingCheck,
-              api: str) -> tuple:
+def _vjp_call(f: Callable, primals: tuple, has_aux: bool, check: SharingCheck, api: str) -> tuple:
   flat, masks = _prepare(primals, check)
   diff = [_split(v, m) for v, m in zip(flat.values, masks)]
   inner = _lifted(f, flat, masks, has_aux, api, "vjp")
@@ -126,8 +128,9 @@ def _vjp_call(f: Callable, primals: tuple, has_aux: bool, check: SharingCheck,
   return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
 
 
-def _tangent_values(api: str, i: int, name: str, plan: Any, mask: tuple, primal_values: list,
-                    tangent: Any) -> list:
+def _tangent_values(
+  api: str, i: int, name: str, plan: Any, mask: tuple, primal_values: list, tangent: Any
+) -> list:
   """The tangents of argument ``i``'s differentiated leaves (raw values, in leaf order)."""
   leaves, treedef = jax.tree_util.tree_flatten(tangent, is_leaf=is_variable)
   if treedef != plan.treedef:
@@ -211,9 +214,14 @@ class JvpWrapped(MethodAware):
     return _jvp_call(self.f, primals, tangents, self.has_aux, self.api)
 
 
-def vjp(f: Callable = MISSING, *primals: Any, has_aux: bool = False,
-        reduce_axes: Sequence = (), graph: bool | None = None,
-        graph_updates: bool | None = None) -> Any:
+def vjp(
+  f: Callable = MISSING,
+  *primals: Any,
+  has_aux: bool = False,
+  reduce_axes: Sequence = (),
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
+) -> Any:
   """Lifted ``jax.vjp``: Modules are primals, Variable updates are written back.
 
   ``nnx.vjp(f, *primals)`` returns ``(primals_out, vjp_fn)`` (``(primals_out, vjp_fn, aux)``
@@ -241,9 +249,15 @@ def vjp(f: Callable = MISSING, *primals: Any, has_aux: bool = False,
   return wrapped(*primals) if primals else wrapped
 
 
-def jvp(f: Callable = MISSING, primals: Any = MISSING, tangents: Any = MISSING, *,
-        has_aux: bool = False, graph: bool | None = None,
-        graph_updates: bool | None = None) -> Any:
+def jvp(
+  f: Callable = MISSING,
+  primals: Any = MISSING,
+  tangents: Any = MISSING,
+  *,
+  has_aux: bool = False,
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
+) -> Any:
   """Lifted ``jax.jvp``: Modules are primals and Modules of tangents are their tangents.
 
   ``nnx.jvp(f, primals, tangents)`` returns ``(primals_out, tangent_out)`` (plus ``aux`` with
