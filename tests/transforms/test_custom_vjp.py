@@ -265,11 +265,58 @@ def test_error_configuration():
     s(m, m)
 
 
-def test_graph_only_features():
-  class FakeDiffState:  # stands in for nnx.DiffState: any non-int entry is graph-only
-    argnum = 0
-
+def test_graph_only_features_need_graph_mode():
+  diff = nnx.DiffState(0, nnx.PathContains("x"))
   with pytest.raises(nnx.GraphModeRequiredError, match="DiffState entries need graph mode"):
-    nnx.custom_vjp(lambda m: m.x[...], nondiff_argnums=(FakeDiffState(),), graph=False)
-  with pytest.raises(nnx.GraphModeRequiredError, match="graph mode"):
-    _identity_rule(graph=True)(Foo())
+    nnx.custom_vjp(lambda m: m.x[...], nondiff_argnums=(diff,), graph=False)
+
+
+def _graph_rule(**kw):
+  @nnx.custom_vjp(**kw)
+  def f(m):
+    return jnp.sin(m.x[...]) * m.y[...]
+
+  def fwd(m):
+    return f(m), (jnp.cos(m.x[...]), jnp.sin(m.x[...]), m)
+
+  def bwd(res, g):
+    (m_updates_g,), out_g = g
+    cos_x, sin_x, m = res
+    m_g = jax.tree.map(lambda v: v, m_updates_g)
+    if "x" in m_g:
+      m_g["x"][...] = cos_x * out_g * m.y[...]
+    if "y" in m_g and kw.get("nondiff_argnums"):
+      del m_g["y"]
+    elif "y" in m_g:
+      m_g["y"][...] = sin_x * out_g
+    return (m_g,)
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+def test_graph_form_receives_input_updates_and_returns_states():
+  f = _graph_rule(graph=True)
+  m = Foo(1.0, 2.0)
+  g = nnx.grad(f, graph=True)(m)
+  assert isinstance(g, nnx.State) and sorted(g.keys()) == ["x", "y"]
+  np.testing.assert_allclose(g["x"][...], jnp.cos(1.0) * 2.0, rtol=1e-6)
+  np.testing.assert_allclose(g["y"][...], jnp.sin(1.0), rtol=1e-6)
+
+
+def test_graph_form_diffstate_selects_substate():
+  x_only = nnx.PathContains("x")
+  f = _graph_rule(nondiff_argnums=(nnx.DiffState(0, x_only),))
+  g = nnx.grad(f, argnums=nnx.DiffState(0, x_only))(Foo(1.0, 2.0))
+  assert sorted(g.keys()) == ["x"]
+  np.testing.assert_allclose(g["x"][...], jnp.cos(1.0) * 2.0, rtol=1e-6)
+
+
+def test_graph_form_bwd_missing_a_selected_variable():
+  @nnx.custom_vjp(graph=True)
+  def f(m):
+    return m.x[...] * m.y[...]
+
+  f.defvjp(lambda m: (f(m), ()), lambda res, g: (nnx.State({}),))
+  with pytest.raises(nnx.StructureChangeError, match="lacks the differentiable Variables x, y"):
+    nnx.grad(f, graph=True)(Foo())
