@@ -105,7 +105,6 @@ class GradWrapped(MethodAware):
           return (wrt.get(path[1], Param), ...)
         return ()
 
-      orig_args, orig_kwargs = args, kwargs
       args, kwargs, call = graph_adapter.to_tree(args, kwargs, api, self.graph_updates, filters)
     flat = flatten_args(args, self.check)
     if call is None:
@@ -148,7 +147,7 @@ class GradWrapped(MethodAware):
     write_back(flat, updates)
     shaped = tuple(grad_like(plans[i], masks[i], g) for i, g in zip(argnums, grads))
     if call is not None:
-      aux = graph_adapter.exit(call, aux, orig_args, orig_kwargs)
+      aux = graph_adapter.exit(call, aux)
       shaped = tuple(graph_adapter.selected_state(g) for g in shaped)
     g_out = shaped if isinstance(self.argnums, (list, tuple)) else shaped[0]
     if self.return_value:

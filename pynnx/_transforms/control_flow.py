@@ -18,7 +18,8 @@ the caller's own Variable, not a copy.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 
@@ -33,10 +34,11 @@ from .lift import (
   _get_raw,
   _kind,
   _new_var,
-  _RAW,
   changed,
   flatten_args,
   rebuild_arg,
+  write_all,
+  write_back,
 )
 
 __all__ = ["cond", "switch", "while_loop", "fori_loop"]
@@ -80,7 +82,7 @@ def _same_structure(plan: Any, tree: Any) -> tuple[bool, list]:
 def _check_args_kept(api: str, who: str, plans: Sequence, before: Sequence, after: Sequence,
                      roots: Sequence[str]) -> None:
   """Raises if ``who`` added/removed Variables or changed their metadata in an argument."""
-  for plan, b, a, root in zip(plans, before, after, roots):
+  for plan, b, a, root in zip(plans, before, after, roots, strict=True):
     if not _same_structure(plan, a)[0]:
       raise StructureChangeError(
         f"{api}: {who} changed the Variable structure of {root}: "
@@ -136,10 +138,10 @@ def _join_out(static: tuple, values: Sequence, cells: Sequence) -> Any:
   return treedef.unflatten(leaves)
 
 
-def _write_vars(cells: Sequence, plans: Sequence, new: Sequence) -> None:
-  for leaves, plan, vals in zip(cells, plans, new):
-    for i, v in zip(plan.var_idx, vals):
-      _RAW.__set__(leaves[i], v)
+def _write_vars(flat: Any, new: Sequence) -> None:
+  pairs = zip(flat.plans, new, strict=True)
+  updates = [dict(zip(p.var_idx, vals, strict=True)) for p, vals in pairs]
+  write_back(flat, updates)
 
 
 # --- cond / switch ----------------------------------------------------------------------------
@@ -159,7 +161,7 @@ def _branches(api: str, names: Sequence[str], funs: Sequence[Callable], select: 
   def make(k: int, fun: Callable) -> Callable:
     def branch(*values: Any):
       with InnerFrame(frame_name):
-        rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, values)]
+        rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, values, strict=True)]
         args = [a for a, _ in rebuilt]
         if gs is not None:
           call_args, _, finish = graph_adapter.enter(gs, list(args), {})
@@ -167,8 +169,11 @@ def _branches(api: str, names: Sequence[str], funs: Sequence[Callable], select: 
         else:
           out = fun(*args)
         _check_args_kept(api, names[k], plans, operands, args, roots)
-        fresh_pos = {id(v): (a, i) for a, (p, (_, fr)) in enumerate(zip(plans, rebuilt))
-                     for i, v in zip(p.var_idx, fr)}
+        fresh_pos = {
+          id(v): (a, i)
+          for a, (p, (_, fr)) in enumerate(zip(plans, rebuilt, strict=True))
+          for i, v in zip(p.var_idx, fr, strict=True)
+        }
         statics[k], out_values = _split_out(out, fresh_pos)
         new = [[_get_raw(v) for v in fr] for _, fr in rebuilt]
       return out_values, new
@@ -179,7 +184,7 @@ def _branches(api: str, names: Sequence[str], funs: Sequence[Callable], select: 
   try:
     out_values, new = select(fns, flat.values)
   except TypeError as e:
-    _diagnose(api, names, fns, flat, roots, e)
+    _diagnose(api, names, fns, flat, operands, roots, e)
     raise
   first = statics[0]
   for k, st in enumerate(statics[1:], 1):
@@ -189,7 +194,7 @@ def _branches(api: str, names: Sequence[str], funs: Sequence[Callable], select: 
         f"of the operands in one and a new value in the other, or different Variable types). "
         f"All branches must return the same kind of output."
       )
-  _write_vars(cells, plans, new)
+  _write_vars(flat, new)
   out = _join_out(first, out_values, cells)
   if gs is not None:
     out = graph_adapter.exit(gs, out)
@@ -197,26 +202,27 @@ def _branches(api: str, names: Sequence[str], funs: Sequence[Callable], select: 
 
 
 def _diagnose(api: str, names: Sequence[str], fns: Sequence[Callable], flat: Any,
-              roots: Sequence[str], error: Exception) -> None:
+              operands: tuple, roots: Sequence[str], error: Exception) -> None:
   """After JAX rejected the branches' outputs: name the operand leaf that differs."""
   try:
     shapes = [jax.eval_shape(fn, *flat.values) for fn in fns]
   except Exception:  # the branch itself fails: JAX's error is the better one
     return
   base_out, base_new = shapes[0]
-  for k, (out, new) in enumerate(shapes[1:], 1):
-    for a, (plan, v0, v1) in enumerate(zip(flat.plans, base_new, new)):
-      for i, x, y in zip(plan.var_idx, v0, v1):
+  for k, (_, new) in enumerate(shapes[1:], 1):
+    for a, (plan, v0, v1) in enumerate(zip(flat.plans, base_new, new, strict=True)):
+      for i, x, y in zip(plan.var_idx, v0, v1, strict=True):
         if not _same_type(x, y):
-          paths = jax.tree_util.tree_flatten_with_path(flat.cells[a], is_leaf=is_variable)[0]
+          paths = jax.tree_util.tree_flatten_with_path(operands[a], is_leaf=is_variable)[0]
           where = format_path(jax_path_to_parts(paths[i][0]), roots[a])
           raise StructureChangeError(
             f"{api}: {names[0]} leaves {where} as {_aval_str(x)} but {names[k]} leaves it as "
             f"{_aval_str(y)}. Every branch must keep each Variable's shape and dtype equal."
           ) from error
   for k, (out, _) in enumerate(shapes[1:], 1):
+    base_leaves, leaves = jax.tree.leaves(base_out), jax.tree.leaves(out)
     if jax.tree.structure(out) != jax.tree.structure(base_out) or any(
-      not _same_type(x, y) for x, y in zip(jax.tree.leaves(base_out), jax.tree.leaves(out))
+      not _same_type(x, y) for x, y in zip(base_leaves, leaves, strict=True)
     ):
       raise StructureChangeError(
         f"{api}: {names[0]} and {names[k]} return outputs of different structure, shapes or "
@@ -290,7 +296,7 @@ class _Loop:
     if resolve_graph(graph):
       (init_val,), _, self.gs = graph_adapter.to_tree((init_val,), {}, api, graph_updates)
     self.init_val = init_val
-    flat = flatten_args([init_val], SharingCheck(api, ["init_val"]))
+    self.flat = flat = flatten_args([init_val], SharingCheck(api, ["init_val"]))
     self.plan, self.values, self.cells = flat.plans[0], flat.values[0], flat.cells[0]
 
   def enter(self, carry: Sequence) -> tuple[Any, list, Callable]:
@@ -328,6 +334,11 @@ class _Loop:
   def _next_carry(self, val: Any, fresh: list, carry: Sequence, out: Any) -> list:
     api = self.api
     same, leaves = _same_structure(self.plan, out)
+    if not same and out is None:
+      raise StructureChangeError(
+        f"{api}: body_fun returned None; it must return the next loop value, a value with "
+        f"the structure of init_val (e.g. `return module, x`)."
+      )
     if not same:
       raise StructureChangeError(
         f"{api}: body_fun must return a value with the same structure as init_val (same "
@@ -337,7 +348,7 @@ class _Loop:
     returned = {id(leaf) for leaf in leaves if isinstance(leaf, Variable)}
     paths = None
     new = []
-    for i, (leaf, old) in enumerate(zip(leaves, carry)):
+    for i, (leaf, old) in enumerate(zip(leaves, carry, strict=True)):
       value = _get_raw(leaf) if isinstance(leaf, Variable) else leaf
       if not _same_type(value, old):
         paths = paths or self._leaf_paths()
@@ -347,7 +358,7 @@ class _Loop:
           f"reshape before returning)."
         )
       new.append(value)
-    for i, var in zip(self.plan.var_idx, fresh):
+    for i, var in zip(self.plan.var_idx, fresh, strict=True):
       if id(var) not in returned and _get_raw(var) is not carry[i]:
         paths = paths or self._leaf_paths()
         raise StructureChangeError(
@@ -362,9 +373,9 @@ class _Loop:
     return [format_path(jax_path_to_parts(p), "init_val") for p, _ in flat]
 
   def finish(self, final: Sequence) -> Any:
+    write_all(self.flat, [final])
     leaves = list(final)
     for i in self.plan.var_idx:
-      _RAW.__set__(self.cells[i], final[i])
       leaves[i] = self.cells[i]
     out = self.plan.treedef.unflatten(leaves)
     if self.gs is not None:

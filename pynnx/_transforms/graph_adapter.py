@@ -20,6 +20,7 @@ Graph mode adds no code to the transforms: a transform in graph mode
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
@@ -137,10 +138,14 @@ def resolve_mode(api: str, graph: bool | None, *specs: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class GraphCall:
-  """Static marker of a graph-mode call (part of jit's cache key)."""
+  """Static marker of a graph-mode call (part of jit's cache key).
+
+  ``roots`` — the caller's graph roots, for :func:`exit` — is not part of the key.
+  """
 
   graph_updates: bool
   api: str
+  roots: tuple = dataclasses.field(default=(), compare=False, hash=False, repr=False)
 
 
 class _InputRoot:
@@ -165,7 +170,8 @@ def to_tree(args: Sequence[Any], kwargs: Mapping[str, Any], api: str, graph_upda
             filters: Callable | tuple = ()) -> tuple[tuple, dict, GraphCall]:
   """Arguments with each graph root replaced by a GraphNode (sharing deduplicated)."""
   wargs, wkwargs = graph_api.to_tree((tuple(args), dict(kwargs)), filters=filters)
-  return tuple(wargs), wkwargs, GraphCall(resolve_graph_updates(graph_updates), api)
+  roots = tuple(_roots((tuple(args), dict(kwargs))))
+  return tuple(wargs), wkwargs, GraphCall(resolve_graph_updates(graph_updates), api, roots)
 
 
 def _roots(tree: Any) -> list[Any]:
@@ -211,10 +217,10 @@ def _is_graph_node(x: Any) -> bool:
   return isinstance(x, GraphNode)
 
 
-def exit(call: GraphCall, out: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+def exit(call: GraphCall, out: Any) -> Any:
   """Outside: rebuild returned Modules, restore inputs by identity, apply structure changes."""
   out, structural = out
-  roots = _roots((tuple(args), dict(kwargs)))
+  roots = call.roots
   for i, node in structural.items():
     _transplant(roots[i], graph_api.from_tree(node))
   out = graph_api.from_tree(out)
@@ -260,10 +266,16 @@ def node_prefix(spec: Any, node: Any, *, default: Any = None) -> Any:
 
 
 def spec_filters(spec: Any) -> tuple:
-  """The to_tree filters for one argument's spec (a StateAxes gives one State per filter)."""
-  if isinstance(spec, StateAxes):
+  """The to_tree filters for one argument's spec: one State per filter of a StateAxes.
+
+  A StateSharding leaves unmatched Variables to a last ``...`` State (replicated); a
+  StateAxes must match every Variable (to_tree raises naming the unmatched paths).
+  """
+  if isinstance(spec, StateSharding):
     fs = tuple(spec.filters)
     return fs if any(f is ... for f in fs) else (*fs, ...)
+  if isinstance(spec, StateAxes):
+    return tuple(spec.filters)
   return ()
 
 
@@ -333,3 +345,46 @@ def cotangent_node(api: str, warg: Any, ct: Any) -> Any:
     return v.raw_value if isinstance(v, Variable) else v
   first = State.from_flat_path([(p, v.replace(value(given[p]))) for p, v in selected.flat_state()])
   return GraphNode(warg.graphdef, (first, *warg.states[1:]))
+
+
+def call(api: str, transform: Any, args: tuple, kwargs: dict) -> Any:
+  """Runs a tree-mode transform object (``vmap``/``scan``...) in graph mode.
+
+  ``transform`` has ``f``, ``in_axes`` and ``graph_updates``; a shallow copy runs in tree
+  mode on the GraphNode-wrapped arguments, with each StateAxes turned into a
+  GraphNode-shaped prefix. Structural changes cannot leave a mapped/scanned function.
+  """
+  in_axes = transform.in_axes
+  per_arg = list(in_axes) if isinstance(in_axes, (tuple, list)) else [in_axes] * len(args)
+
+  def filters(path: tuple, root: Any) -> tuple:
+    if len(path) == 2 and path[0] == 0 and path[1] < len(per_arg):
+      return spec_filters(per_arg[path[1]])
+    return ()
+
+  wargs, wkwargs, gc = to_tree(args, kwargs, api, transform.graph_updates, filters)
+  if isinstance(in_axes, (tuple, list)):
+    new_axes = type(in_axes)(node_prefix(ax, a) for ax, a in zip(per_arg, wargs))
+  else:
+    new_axes = node_prefix(in_axes, wargs[0]) if len(wargs) == 1 else in_axes
+  user_f = transform.f
+
+  def adapted(*a: Any, **k: Any) -> Any:
+    objs, kobjs, finish = enter(gc, a, k)
+    out, structural = finish(user_f(*objs, **kobjs))
+    if structural:
+      raise StructureChangeError(
+        f"{api}: the function changed the structure of its Module arguments (Variables were "
+        f"added or removed). Structural changes cannot leave {api.split('(')[0]}; create the "
+        f"Variables before the transform (e.g. call init_cache first)."
+      )
+    return out
+
+  tree_t = copy.copy(transform)
+  tree_t.f = adapted
+  tree_t.in_axes = new_axes
+  tree_t.graph = False
+  for cache in ("_specs", "_cache"):
+    if hasattr(tree_t, cache):
+      setattr(tree_t, cache, {})
+  return exit(gc, (tree_t(*wargs, **wkwargs), {}))

@@ -167,7 +167,7 @@ class JitWrapped(MethodAware):
     if kwflat is not None:
       write_back(kwflat, [kwupdates[name] for name, _ in static[2]])
     if static[4] is not None:
-      out = graph_adapter.exit(static[4], out, args, kwargs)
+      out = graph_adapter.exit(static[4], out)
     return out
 
   def lower(self, *args: Any, **kwargs: Any) -> Any:

@@ -122,7 +122,7 @@ def _vjp_call(f: Callable, primals: tuple, has_aux: bool, check: SharingCheck, a
   diff = [_split(v, m) for v, m in zip(flat.values, masks)]
   inner = _lifted(f, flat, masks, has_aux, api, "vjp")
   out, jax_vjp_fn, (aux, updates) = jax.vjp(inner, *diff, has_aux=True)
-  write_back(flat.cells, updates)
+  write_back(flat, updates)
   shape = _ShapeCotangents(flat.plans, tuple(masks))
   vjp_fn = jax.tree_util.Partial(shape, jax_vjp_fn)
   return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
@@ -169,7 +169,7 @@ def _jvp_call(f: Callable, primals: Any, tangents: Any, has_aux: bool, api: str)
     tans.append(_tangent_values(api, i, names[i], plan, mask, vals, t))
   inner = _lifted(f, flat, masks, has_aux, api, "jvp")
   out, t_out, (aux, updates) = jax.jvp(inner, tuple(diff), tuple(tans), has_aux=True)
-  write_back(flat.cells, updates)
+  write_back(flat, updates)
   return (out, t_out, aux) if has_aux else (out, t_out)
 
 
