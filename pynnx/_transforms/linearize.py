@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 
 from .._core.config import resolve_graph
-from .._core.errors import ConfigError, GraphModeRequiredError, StructureChangeError
+from .._core.variables import Param
+from .._core.errors import ConfigError, StructureChangeError
 from .._core.variables import Variable, is_variable
 from .autodiff import diff_mask, grad_like
+from . import graph_adapter
 from .lift import (
   MISSING,
   Flat,
@@ -37,12 +39,47 @@ from .lift import (
 __all__ = ["vjp", "jvp"]
 
 
-def _graph_mode(api: str, graph_updates: Any) -> Any:
-  # GRAPH MODE: the single call site the graph adapter is wired into (vjp and jvp).
-  raise GraphModeRequiredError(
-    f"{api}: graph mode is not available for this transform yet; pass graph=False (tree "
-    "mode, the default)."
-  )
+def _param_filters(path: tuple, root: Any) -> tuple:
+  return (Param, ...) if len(path) == 2 and path[0] == 0 else ()
+
+
+def _adapt(f: Callable, gc: Any, has_aux: bool) -> Callable:
+  """``f`` on GraphNode-wrapped arguments (graph mode): aux is converted for exit."""
+  def adapted(*wrapped: Any) -> Any:
+    objs, _, finish = graph_adapter.enter(gc, list(wrapped), {})
+    out = f(*objs)
+    if has_aux:
+      out, aux = out
+      return out, finish(aux)
+    return out
+
+  return adapted
+
+
+def _vjp_graph(f: Callable, primals: tuple, has_aux: bool, check: SharingCheck, api: str,
+               graph_updates: Any) -> tuple:
+  """Graph mode: cotangents of Module primals are States of their Params."""
+  wrapped, _, gc = graph_adapter.to_tree(primals, {}, api, graph_updates, _param_filters)
+  result = _vjp_call(_adapt(f, gc, has_aux), wrapped, has_aux, check, api)
+  tree_fn = result[1]
+
+  def vjp_fn(ct: Any) -> tuple:
+    return tuple(graph_adapter.selected_state(g) for g in tree_fn(ct))
+
+  if has_aux:
+    return result[0], vjp_fn, graph_adapter.exit(gc, result[2])
+  return result[0], vjp_fn
+
+
+def _jvp_graph(f: Callable, primals: Any, tangents: Any, has_aux: bool, api: str,
+               graph_updates: Any) -> tuple:
+  """Graph mode: Module primals and tangents are graph-flattened alike."""
+  wrapped, _, gc = graph_adapter.to_tree(tuple(primals), {}, api, graph_updates, _param_filters)
+  wtangents, _, _ = graph_adapter.to_tree(tuple(tangents), {}, api, graph_updates, _param_filters)
+  result = _jvp_call(_adapt(f, gc, has_aux), wrapped, wtangents, has_aux, api)
+  if has_aux:
+    return result[0], result[1], graph_adapter.exit(gc, result[2])
+  return result
 
 
 def _split(values: Sequence[Any], mask: Sequence[bool]) -> list:
@@ -192,7 +229,7 @@ class VjpWrapped(MethodAware):
 
   def __call__(self, *primals: Any) -> tuple:
     if resolve_graph(self.graph):
-      return _graph_mode(self.api, self.graph_updates)
+      return _vjp_graph(self.f, primals, self.has_aux, self.check, self.api, self.graph_updates)
     return _vjp_call(self.f, primals, self.has_aux, self.check, self.api)
 
 
@@ -210,7 +247,7 @@ class JvpWrapped(MethodAware):
 
   def __call__(self, primals: Any, tangents: Any) -> tuple:
     if resolve_graph(self.graph):
-      return _graph_mode(self.api, self.graph_updates)
+      return _jvp_graph(self.f, primals, tangents, self.has_aux, self.api, self.graph_updates)
     return _jvp_call(self.f, primals, tangents, self.has_aux, self.api)
 
 

@@ -1,3 +1,10 @@
-"""Training utilities: Optimizer (optax) and metrics."""
+"""Training utilities: ``Optimizer`` (optax) and metrics (``nnx.metrics``)."""
 
-__all__: list[str] = []
+from . import metrics as metrics
+from . import optimizer as optimizer
+from .metrics import Metric as Metric
+from .metrics import MultiMetric as MultiMetric
+from .optimizer import ModelAndOptimizer as ModelAndOptimizer
+from .optimizer import Optimizer as Optimizer
+
+__all__ = ["metrics", "optimizer", "Metric", "MultiMetric", "ModelAndOptimizer", "Optimizer"]

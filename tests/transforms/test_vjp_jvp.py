@@ -151,9 +151,20 @@ def test_vjp_errors():
     nnx.vjp(lambda x: outer(x), jnp.ones(3))
 
 
-def test_vjp_graph_branch_is_marked():
-  with pytest.raises(nnx.GraphModeRequiredError, match="graph mode"):
-    nnx.vjp(lambda m: jnp.sum(m(X)), _linear(), graph=True)
+def test_vjp_and_jvp_agree_across_modes(graph):
+  m = _linear()
+  f = lambda m, x: jnp.sum(jnp.tanh(m(x)))  # noqa: E731
+  out, vjp_fn = nnx.vjp(f, m, X, graph=graph)
+  g_m, g_x = vjp_fn(jnp.ones_like(out))
+  ref = nnx.grad(f, argnums=(0, 1), graph=False)(m, X)
+  kernel = g_m["kernel"] if graph else g_m.kernel
+  assert isinstance(g_m, nnx.State if graph else nnx.Linear)
+  np.testing.assert_allclose(kernel[...], ref[0].kernel[...], rtol=1e-6)
+  np.testing.assert_allclose(g_x, ref[1], rtol=1e-6)
+  tangent = jax.tree.map(jnp.ones_like, m)
+  _, t_out = nnx.jvp(f, (m, X), (tangent, jnp.zeros_like(X)), graph=graph)
+  expected = jnp.sum(ref[0].kernel[...]) + jnp.sum(ref[0].bias[...])
+  np.testing.assert_allclose(t_out, expected, rtol=1e-5)
 
 
 @settings(max_examples=8, deadline=None)
@@ -244,5 +255,3 @@ def test_jvp_errors():
     nnx.jvp(f, (m, X))
   with pytest.raises(nnx.SharedReferenceError, match="same Param"):
     nnx.jvp(lambda a, b: jnp.sum(a(X)), (m, m), (m, m))
-  with pytest.raises(nnx.GraphModeRequiredError, match="graph mode"):
-    nnx.jvp(f, (m, X), (m, X), graph=True)
