@@ -98,7 +98,7 @@ def build(layers: int):
   pm = PMLP(layers, stateful=False)
   pfwd = pynnx.jit(lambda m, x: m(x))
   out["forward"]["pynnx"] = lambda: pfwd(pm, x)
-  popt = pynnx.Optimizer(pm, tx, wrt=pynnx.Param) if hasattr(pynnx, "Optimizer") else None
+  popt = pynnx.Optimizer(pm, tx, wrt=pynnx.Param)
 
   @pynnx.jit
   def ptrain(m, opt, x, y):
@@ -106,10 +106,25 @@ def build(layers: int):
     opt.update(m, g)
     return loss
 
-  if popt is not None:
-    out["train"]["pynnx"] = lambda: ptrain(pm, popt, x, y)
+  out["train"]["pynnx"] = lambda: ptrain(pm, popt, x, y)
   ps = PMLP(layers, stateful=True)
   out["stateful"]["pynnx"] = lambda: pfwd(ps, x)
+
+  # pynnx graph mode (opt-in): same models, graph=True
+  gm = PMLP(layers, stateful=False)
+  gfwd = pynnx.jit(lambda m, x: m(x), graph=True)
+  out["forward"]["pynnx graph"] = lambda: gfwd(gm, x)
+  gopt = pynnx.Optimizer(gm, tx, wrt=pynnx.Param)
+
+  @pynnx.jit(graph=True)
+  def gtrain(m, opt, x, y):
+    loss, g = pynnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2), graph=True)(m)
+    opt.update(m, g)
+    return loss
+
+  out["train"]["pynnx graph"] = lambda: gtrain(gm, gopt, x, y)
+  gs = PMLP(layers, stateful=True)
+  out["stateful"]["pynnx graph"] = lambda: gfwd(gs, x)
 
   # raw jax.jit over the same arrays
   params = [(b.w[...], b.b[...]) for b in pm.blocks]

@@ -13,6 +13,7 @@ which bumps the global structure epoch so cached flatten plans stay correct.
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any, Hashable, Iterator
 
 import jax
@@ -24,7 +25,9 @@ from .variables import Variable, bump_structure
 
 _INTERNAL = "_pynnx_"
 # Per-object caches (flatten plans of the tree lift and of graph mode): never copied.
-_CACHE_KEYS = frozenset({"_pynnx_plan", "_pynnx_lift_plan", "_pynnx_graph_plan"})
+_CACHE_KEYS = frozenset(
+  {"_pynnx_plan", "_pynnx_lift_plan", "_pynnx_graph_plan", "_pynnx_graph_nodes"}
+)
 
 
 class _Build:
@@ -380,6 +383,23 @@ class List(Pytree):
     return block("List([", [repr(x) for x in self], "])")
 
 
+class _UnshadowedMethod:
+  """A method an item of the same name cannot hide: Dict items live in the instance
+  ``__dict__``, which beats plain methods, so ``{'keys': ..., 'values': ...}`` (an attention
+  cache, say) would otherwise break ``d.values()``. Data descriptors win over ``__dict__``."""
+
+  def __init__(self, fn: Any):
+    self.fn = fn
+    self.__doc__ = fn.__doc__
+
+  def __get__(self, obj: Any, objtype: Any = None) -> Any:
+    return self.fn if obj is None else types.MethodType(self.fn, obj)
+
+  def __set__(self, obj: Any, value: Any) -> None:
+    # Only here to make this a data descriptor; an item of this name is stored as usual.
+    obj.__dict__[self.fn.__name__] = value
+
+
 class Dict(Pytree):
   """A str-keyed mapping of Modules/Variables/arrays; item operations are sanctioned."""
 
@@ -423,15 +443,19 @@ class Dict(Pytree):
   def __len__(self) -> int:
     return len(self._pynnx_keys())
 
+  @_UnshadowedMethod
   def keys(self):
     return self._pynnx_keys()
 
+  @_UnshadowedMethod
   def values(self):
     return [self.__dict__[k] for k in self._pynnx_keys()]
 
+  @_UnshadowedMethod
   def items(self):
     return [(k, self.__dict__[k]) for k in self._pynnx_keys()]
 
+  @_UnshadowedMethod
   def get(self, key: str, default: Any = None) -> Any:
     return self.__dict__.get(key, default) if key in self else default
 

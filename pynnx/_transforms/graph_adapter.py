@@ -31,8 +31,9 @@ from .._core.config import resolve_graph, resolve_graph_updates
 from .._core.errors import GraphModeRequiredError, StructureChangeError
 from .._core.pytree import Pytree
 from .._core.state import State
-from .._core.variables import Variable
+from .._core.variables import STRUCTURE, Variable
 from .._graph import api as graph_api
+from .._graph.flatten import plan as graph_plan
 from .._graph.api import GraphNode
 
 __all__ = ["DiffState", "StateAxes", "StateSharding"]
@@ -169,9 +170,60 @@ def _is_root(x: Any) -> bool:
 def to_tree(args: Sequence[Any], kwargs: Mapping[str, Any], api: str, graph_updates: Any,
             filters: Callable | tuple = ()) -> tuple[tuple, dict, GraphCall]:
   """Arguments with each graph root replaced by a GraphNode (sharing deduplicated)."""
-  wargs, wkwargs = graph_api.to_tree((tuple(args), dict(kwargs)), filters=filters)
-  roots = tuple(_roots((tuple(args), dict(kwargs))))
+  args, kwargs = tuple(args), dict(kwargs)
+  fast = _fast_to_tree(args, kwargs, filters)
+  if fast is not None:
+    wargs, wkwargs, roots = fast
+  else:
+    wargs, wkwargs = graph_api.to_tree((args, kwargs), filters=filters)
+    roots = tuple(_roots((args, kwargs)))
   return tuple(wargs), wkwargs, GraphCall(resolve_graph_updates(graph_updates), api, roots)
+
+
+_NODE_CACHE = "_pynnx_graph_nodes"
+
+
+def _cached_node(root: Pytree, fs: tuple) -> tuple[GraphNode, frozenset] | None:
+  """The GraphNode of a frozen root for filters ``fs``, cached until the epoch moves."""
+  d = root.__dict__
+  if not d.get("_pynnx_frozen", False):
+    return None
+  try:
+    cache = d.setdefault(_NODE_CACHE, {})
+    hit = cache.get(fs)
+  except TypeError:  # unhashable filters: no caching
+    return None
+  if hit is not None and hit[0] == STRUCTURE.epoch and hit[3] is root:
+    return hit[1], hit[2]
+  node = graph_api.to_tree(root, filters=fs)
+  ids = frozenset(id(o) for o in graph_plan(root).objects)
+  cache[fs] = (STRUCTURE.epoch, node, ids, root)
+  return node, ids
+
+
+def _fast_to_tree(args: tuple, kwargs: dict, filters: Callable | tuple) -> tuple | None:
+  """Per-root cached GraphNodes when every argument is a disjoint frozen Pytree or no root.
+
+  Returns None (the general path) for nested roots, bare Variables or shared objects.
+  """
+  wargs, roots, seen = [], [], frozenset()
+  for i, arg in enumerate(args):
+    if isinstance(arg, Pytree):
+      fs = filters((0, i), arg) if callable(filters) else filters
+      hit = _cached_node(arg, tuple(fs))
+      if hit is None or not seen.isdisjoint(hit[1]):
+        return None
+      seen = seen | hit[1]
+      wargs.append(hit[0])
+      roots.append(arg)
+    elif _is_root(arg) or any(_is_root(x) for x in jax.tree.leaves(arg, is_leaf=_is_root)):
+      return None
+    else:
+      wargs.append(arg)
+  for v in kwargs.values():
+    if any(_is_root(x) for x in jax.tree.leaves(v, is_leaf=_is_root)):
+      return None
+  return wargs, dict(kwargs), tuple(roots)
 
 
 def _roots(tree: Any) -> list[Any]:

@@ -27,6 +27,7 @@ import jax
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
 from .._core.tree import shared_reference_error
+from .._graph.api import GraphNode
 from .._core.variables import FRAMES, STRUCTURE, Variable, is_variable, pop_frame, push_frame
 
 _RAW = Variable._raw_value  # slot descriptors: the hot path bypasses __setattr__
@@ -90,8 +91,15 @@ def _plan_of(arg: Any) -> tuple[list, ArgPlan]:
   return leaves, ArgPlan(treedef, tuple(map(_kind, leaves)), leaves)
 
 
-def _entry_of(arg: Pytree) -> _Entry | None:
-  """The cached entry of a frozen Pytree, rebuilt when the structure epoch moved."""
+def _entry_of(arg: Any) -> _Entry | None:
+  """The cached entry of a frozen Pytree (or a cached GraphNode), rebuilt when the
+  structure epoch moved."""
+  if isinstance(arg, GraphNode):
+    entry = arg._pynnx_lift_plan
+    if entry is None or entry.epoch != STRUCTURE.epoch:
+      leaves, plan = _plan_of(arg)
+      entry = arg._pynnx_lift_plan = _Entry(STRUCTURE.epoch, leaves, plan)
+    return entry
   d = arg.__dict__
   entry = d.get("_pynnx_lift_plan")
   if entry is not None and entry.epoch == STRUCTURE.epoch:
@@ -169,7 +177,7 @@ def flatten_args(args: Sequence[Any], check: SharingCheck | None = None) -> Flat
   plans, values, cells, entries = [], [], [], []
   stamp = STRUCTURE.writes
   for arg in args:
-    entry = _entry_of(arg) if isinstance(arg, Pytree) else None
+    entry = _entry_of(arg) if isinstance(arg, (Pytree, GraphNode)) else None
     if entry is None:
       leaves, plan = _plan_of(arg)
       vals = _values(leaves, plan) if plan.var_idx else leaves

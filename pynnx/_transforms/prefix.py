@@ -12,19 +12,18 @@ plan (Variables are leaves), the form every transform hands to JAX.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
 from .._core.errors import AxisSpecError, GraphModeRequiredError
 from .._core.paths import format_path, key_to_part
 from .._core.variables import Variable, is_variable
+from .graph_adapter import GRAPH_SPECS
 
 __all__ = ["broadcast_prefix", "is_spec_leaf", "graph_only_spec"]
 
-# Spec objects that only graph mode understands; they are recognised by class name because
-# they live in the graph layer, above this module.
-_GRAPH_ONLY = ("StateAxes", "StateSharding", "DiffState")
 
 
 def _is_node(x: Any) -> bool:
@@ -45,7 +44,7 @@ def graph_only_spec(prefix: Any) -> Any:
 
 
 def _graph_only(x: Any) -> bool:
-  return type(x).__name__ in _GRAPH_ONLY
+  return isinstance(x, GRAPH_SPECS)
 
 
 def _children(x: Any) -> tuple[list, Any]:
@@ -64,11 +63,13 @@ def _describe(x: Any) -> str:
   if isinstance(x, Variable):
     return f"a {type(x).__name__}"
   if isinstance(x, dict):
-    return f"a dict with keys {sorted(map(repr, x))}"
+    return f"a dict with keys ({', '.join(sorted(map(repr, x)))})"
   if isinstance(x, (tuple, list)):
     return f"a {type(x).__name__} of length {len(x)}"
   if _is_node(x):
     return f"a {type(x).__name__}"
+  if hasattr(x, "shape") and hasattr(x, "dtype"):
+    return f"an array of shape {tuple(x.shape)}"
   return f"a leaf of type {type(x).__name__}"
 
 

@@ -11,14 +11,13 @@ come out as ordinary Modules whose Variables are stacked along ``out_axes``.
 from __future__ import annotations
 
 import functools
-import re
 import types
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from .._core.config import resolve_graph
 from .._core.errors import AxisSpecError, GraphModeRequiredError, PynnxError
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.variables import Variable, is_variable
@@ -33,8 +32,9 @@ from .lift import (
   check_not_bound,
   flatten_args,
   rebuild_arg,
+  write_back,
 )
-from .prefix import broadcast_prefix, graph_only_spec, is_spec_leaf
+from .prefix import broadcast_prefix
 
 __all__ = ["vmap", "PARTITION_NAME"]
 
@@ -82,6 +82,40 @@ def leaf_paths(arg: Any, argname: str) -> list[str]:
   return [format_path(jax_path_to_parts(p), argname) for p, _ in items]
 
 
+def check_mapped_axes(api: str, args: Sequence[Any], names: Sequence[str],
+                      values: Sequence[Sequence[Any]], specs: Sequence[Sequence[Any]],
+                      what: str = "mapped", size: int | None = None) -> None:
+  """Error path only: names the argument leaf whose mapped axis is missing or mis-sized."""
+  first: tuple[str, int] | None = None
+  for a, (arg_vals, arg_specs) in enumerate(zip(values, specs)):
+    for i, (value, axis) in enumerate(zip(arg_vals, arg_specs)):
+      if not isinstance(axis, int) or isinstance(axis, bool):
+        continue
+      shape = jnp.shape(value)
+      if not -len(shape) <= axis < len(shape):
+        path = leaf_paths(args[a], names[a])[i]
+        hint = (" Keys and counts of an Rngs must be split first, e.g. with "
+                "`@nnx.split_rngs(splits=n)`." if "key" in path or "count" in path else "")
+        raise AxisSpecError(
+          f"{api}: in_axes asks for axis {axis} of {path}, but its shape is {shape}.{hint} "
+          f"Give it None in in_axes to broadcast it instead."
+        )
+      n = shape[axis]
+      if size is not None and n != size:
+        path = leaf_paths(args[a], names[a])[i]
+        raise AxisSpecError(
+          f"{api}: {path} has size {n} along its {what} axis {axis}, but length={size}."
+        )
+      if first is None:
+        first = (leaf_paths(args[a], names[a])[i], n)
+      elif first[1] != n:
+        path = leaf_paths(args[a], names[a])[i]
+        raise AxisSpecError(
+          f"{api}: the {what} axes have different sizes: {first[0]} has {first[1]} and "
+          f"{path} has {n}; every {what} leaf needs the same size along its axis."
+        )
+
+
 def strip_axis_names(plan: ArgPlan, specs: Sequence[Any], values: Sequence[Any],
                      name: Any) -> ArgPlan:
   """The plan with ``sharding_names`` losing the entry at each mapped Variable's axis."""
@@ -100,7 +134,7 @@ def strip_axis_names(plan: ArgPlan, specs: Sequence[Any], values: Sequence[Any],
       meta[_SHARDING] = names[:a] + names[a + 1:]
       kinds[i] = (typ, tuple(sorted(meta.items())))
       touched = True
-  return ArgPlan(plan.treedef, tuple(kinds)) if touched else plan
+  return ArgPlan(plan.treedef, tuple(kinds), [None] * len(kinds)) if touched else plan
 
 
 def add_axis_name(var: Variable, axis: Any, name: Any) -> None:
@@ -111,7 +145,8 @@ def add_axis_name(var: Variable, axis: Any, name: Any) -> None:
   ndim = jnp.ndim(var._raw_value)
   a = axis % ndim if ndim else 0
   a = min(a, len(names))
-  object.__setattr__(var, "_metadata", {**var._metadata, _SHARDING: names[:a] + (name,) + names[a:]})
+  new = names[:a] + (name,) + names[a:]
+  object.__setattr__(var, "_metadata", {**var._metadata, _SHARDING: new})
 
 
 def add_axis_names_out(out: Any, out_axes: Any, api: str, name: Any) -> None:
@@ -136,24 +171,10 @@ def graph_branch(api: str, wrapped: Any, args: tuple, kwargs: dict) -> Any:
 
 def check_tree_mode(api: str, graph: bool | None, *specs: Any) -> bool:
   """Whether to run in graph mode; graph-only specs opt ``graph=None`` into it."""
-  if resolve_graph(graph):
-    return True
-  for spec in specs:
-    found = graph_only_spec(spec)
-    if found is not None:
-      if graph is None:
-        return True
-      raise GraphModeRequiredError(
-        f"{api}: {type(found).__name__} is a graph-mode feature, but graph=False was given. "
-        f"Pass graph=True (or leave graph=None) to use it, or give int/None axes instead."
-      )
-  return False
+  return graph_adapter.resolve_mode(api, graph, *specs)
 
 
 # --- vmap -----------------------------------------------------------------------------------
-
-_BATCHED_BCAST = re.compile(r"out_axes\[2\]\[\((\d+), (\d+)\)\]")
-
 
 class VmapWrapped(MethodAware):
   """A function transformed by ``nnx.vmap``; call it like the original."""
@@ -204,6 +225,7 @@ class VmapWrapped(MethodAware):
     if pname is not None:
       plans = tuple(strip_axis_names(p, s, v, pname) for p, s, v in zip(plans, specs, flat.values))
     f, kwplans = self.f, kwflat.plans
+    seen: dict = {}
 
     def inner(values: tuple, kwvalues: tuple):
       with InnerFrame("vmap"):
@@ -221,51 +243,65 @@ class VmapWrapped(MethodAware):
           for i, var in zip(plan.var_idx, fresh):
             if var._raw_value is not vals[i]:
               kwmapped[(a, i)] = var._raw_value
+      seen["bcast"] = sorted(bcast)
       return out, mapped, bcast, kwmapped
 
     in_axes = (tuple(list(s) for s in specs), 0)
-    out_axes = (self.out_axes, 0, None, 0)
-    vmapped = jax.vmap(inner, in_axes=in_axes, out_axes=out_axes, axis_name=self.axis_name,
-                       axis_size=self.axis_size, spmd_axis_name=self.spmd_axis_name)
+    operands = (tuple(flat.values), tuple(kwflat.values))
+
+    def run(bcast_axes: Any, call: Callable = lambda g, *a: g(*a)) -> Any:
+      vmapped = jax.vmap(inner, in_axes=in_axes, out_axes=(self.out_axes, 0, bcast_axes, 0),
+                         axis_name=self.axis_name, axis_size=self.axis_size,
+                         spmd_axis_name=self.spmd_axis_name)
+      return call(vmapped, *operands)
+
     try:
-      out, mapped, bcast, kwmapped = vmapped(tuple(flat.values), tuple(kwflat.values))
+      out, mapped, bcast, kwmapped = run(None)
     except ValueError as e:
-      self._explain(e, args)
+      if isinstance(e, PynnxError):
+        raise
+      self._explain(e, args, lambda axes: run(axes, jax.eval_shape), seen.get("bcast", []))
+      check_mapped_axes(self.api, args, arg_names(self.f, len(args)), flat.values, specs,
+                        size=self.axis_size)
       raise
+    updates: list[dict] = [{} for _ in args]
     for (a, i), value in mapped.items():
       axis = specs[a][i]
-      if axis != 0:
-        value = jnp.moveaxis(value, 0, axis)
-      Variable._raw_value.__set__(flat.cells[a][i], value)
+      updates[a][i] = value if axis == 0 else jnp.moveaxis(value, 0, axis)
     for (a, i), value in bcast.items():
-      Variable._raw_value.__set__(flat.cells[a][i], value)
+      updates[a][i] = value
+    write_back(flat, updates)
+    kwupdates: list[dict] = [{} for _ in names]
     for (a, i), value in kwmapped.items():
-      Variable._raw_value.__set__(kwflat.cells[a][i], value)
+      kwupdates[a][i] = value
+    write_back(kwflat, kwupdates)
     if pname is not None:
       add_axis_names_out(out, self.out_axes, self.api, pname)
     return out
 
-  def _explain(self, e: ValueError, args: tuple) -> None:
+  def _explain(self, e: ValueError, args: tuple, probe: Callable, cands: list) -> None:
+    """Turns JAX's out_axes error into one naming the broadcast Variable or out_axes."""
     msg = str(e)
     if "out_axes" not in msg:
       return
-    names = arg_names(self.f, len(args))
-    hit = _BATCHED_BCAST.search(msg)
-    if hit is not None:
-      a, i = int(hit.group(1)), int(hit.group(2))
-      path = leaf_paths(args[a], names[a])[i]
-      raise PynnxError(
-        f"{self.api}: the broadcast (in_axes=None) Variable {path} was updated with a value "
-        f"that varies along the mapped axis; a broadcast Variable holds one value for every "
-        f"element. Map it instead (give it an int in in_axes) so each element keeps its own "
-        f"value, or reduce the update over the axis (e.g. with `jax.lax.pmean` and an "
-        f"axis_name) before assigning it."
-      ) from None
-    if "out_axes[0]" in msg or "vmap out_axes" in msg:
-      raise AxisSpecError(
-        f"{self.api}: out_axes={self.out_axes!r} does not fit the function's output. "
-        f"JAX reported: {msg}"
-      ) from None
+    # Which changed broadcast Variable is batched: retrace abstractly with only it at None.
+    for cand in cands:
+      try:
+        probe({k: None if k == cand else 0 for k in cands})
+      except ValueError:
+        a, i = cand
+        path = leaf_paths(args[a], arg_names(self.f, len(args))[a])[i]
+        raise AxisSpecError(
+          f"{self.api}: the broadcast (in_axes=None) Variable {path} was updated with a "
+          f"value that varies along the mapped axis; a broadcast Variable holds one value for "
+          f"every element. Map it instead (give it an int in in_axes) so each element keeps "
+          f"its own value, or reduce the update over the axis (e.g. `jax.lax.psum` with an "
+          f"axis_name) before assigning it."
+        ) from None
+    raise AxisSpecError(
+      f"{self.api}: out_axes={self.out_axes!r} does not fit the function's output. JAX "
+      f"reported: {msg}"
+    ) from None
 
 
 def vmap(
@@ -307,5 +343,3 @@ def vmap(
     return lambda fn: VmapWrapped(fn, **kw)
   return VmapWrapped(f, **kw)
 
-
-__all__ += ["is_axis", "is_spec_leaf"]

@@ -1,0 +1,136 @@
+"""Graph walk: an object graph -> ``Plan(graphdef, flat, objects)``.
+
+The walk is depth-first; a Pytree's data attributes are visited in ``_Meta.data_keys`` order,
+a plain container's children in JAX's flatten order. Each Pytree and Variable is described
+once, at the first path it is reached by; later paths hold a :class:`NodeRef`. ``flat`` lists
+the State leaves (first-seen Variables and directly held arrays) with their paths.
+
+For a frozen root the Plan is cached on the root as
+``__dict__['_pynnx_graph_plan'] = (STRUCTURE.epoch, plan)``: a built Module's structure only
+changes through sanctioned setters, which bump the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from .._core.paths import key_to_part
+from .._core.pytree import Pytree
+from .._core.variables import STRUCTURE, Variable
+from .graphdef import (
+  LEAF,
+  ContainerDef,
+  GraphDef,
+  NodeDef,
+  NodeRef,
+  OuterRef,
+  StaticDef,
+  VariableDef,
+)
+
+Path = tuple[Hashable, ...]
+CACHE_KEY = "_pynnx_graph_plan"
+
+
+class Plan(NamedTuple):
+  """The result of one graph walk."""
+
+  graphdef: GraphDef
+  flat: tuple[tuple[Path, Any], ...]  # State leaves in walk order
+  objects: tuple[Any, ...]  # the Pytrees and Variables described here, by index
+
+
+def is_graph_node(x: Any) -> bool:
+  """True for objects with identity in a graph: Pytrees (Modules...) and Variables."""
+  return isinstance(x, (Pytree, Variable))
+
+
+def _is_array_leaf(x: Any) -> bool:
+  return isinstance(x, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
+
+
+def _sort_forced(forced: dict) -> tuple:
+  if not forced:
+    return ()
+  return tuple(sorted(forced.items(), key=lambda kv: str(kv[0])))
+
+
+class _Walker:
+  def __init__(self, outer: dict[int, tuple[int, int]] | None):
+    self.outer = outer or {}
+    self.ids: dict[int, int] = {}
+    self.objects: list[Any] = []
+    self.flat: list[tuple[Path, Any]] = []
+    self.cacheable = True
+
+  def walk(self, x: Any, path: Path, forced_data: bool = False) -> Any:
+    if isinstance(x, (Pytree, Variable)):
+      i = self.ids.get(id(x))
+      if i is not None:
+        return NodeRef(i)
+      outer = self.outer.get(id(x))
+      if outer is not None:
+        return OuterRef(*outer)
+      i = len(self.objects)
+      self.ids[id(x)] = i
+      self.objects.append(x)
+      if isinstance(x, Variable):
+        self.flat.append((path, x))
+        return VariableDef(type(x), i)
+      d = x.__dict__
+      if not d.get("_pynnx_frozen", False):
+        self.cacheable = False
+      meta = x._pynnx_get_meta()
+      forced = d.get("_pynnx_forced") or {}
+      children = tuple(self.walk(d[k], (*path, k), forced.get(k) == "data") for k in meta.data_keys)
+      return NodeDef(type(x), i, meta, _sort_forced(forced), children)
+    if x is None:
+      return StaticDef(None)
+    if _is_array_leaf(x):
+      self.flat.append((path, x))
+      return LEAF
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
+    if not jax.tree_util.treedef_is_leaf(treedef):
+      if type(x) in (list, dict):  # mutable in place without an epoch bump: do not cache
+        self.cacheable = False
+      keys = tuple(key_to_part(kp[0]) for kp, _ in with_path)
+      children = tuple(self.walk(c, (*path, k)) for k, (_, c) in zip(keys, with_path, strict=True))
+      return ContainerDef(treedef, keys, children)
+    if not forced_data:  # a constant inside data (Sequential's activation, a tuple's int)
+      try:
+        hash(x)
+        return StaticDef(x)
+      except TypeError:
+        pass
+    self.flat.append((path, x))
+    return LEAF
+
+
+def plan(node: Any, outer: dict[int, tuple[int, int]] | None = None) -> Plan:
+  """Walks the graph of ``node``; ``outer`` maps ids of objects of earlier roots to refs.
+
+  Without ``outer``, the Plan of a frozen Pytree is cached on it until the structure epoch
+  changes.
+  """
+  if not outer and isinstance(node, Pytree):
+    d = node.__dict__
+    cached = d.get(CACHE_KEY)
+    # objects[0] is node: a copied __dict__ (copy.copy, pickling, view) must not reuse it.
+    if cached is not None and cached[0] == STRUCTURE.epoch and cached[1].objects[0] is node:
+      return cached[1]
+  walker = _Walker(outer)
+  root = walker.walk(node, ())
+  result = Plan(GraphDef(root, walker.cacheable), tuple(walker.flat), tuple(walker.objects))
+  if not outer and walker.cacheable and isinstance(node, Pytree):
+    node.__dict__[CACHE_KEY] = (STRUCTURE.epoch, result)
+  return result
+
+
+def store_plan(node: Any, result: Plan) -> None:
+  """Seeds the cache of a freshly rebuilt root (``merge``) with the Plan it came from."""
+  if isinstance(node, Pytree) and result.graphdef.cacheable:
+    node.__dict__[CACHE_KEY] = (STRUCTURE.epoch, result)

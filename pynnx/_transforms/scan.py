@@ -1,0 +1,397 @@
+"""``nnx.scan``: ``jax.lax.scan`` over the lift, and the ``Carry`` marker.
+
+Each positional argument is one of three kinds, given by ``in_axes``:
+
+* ``nnx.Carry`` — the loop carry: the whole argument (its Variables' values and arrays)
+  goes around the loop; the function returns the next carry where ``out_axes`` has
+  ``Carry``. The final carry is written into the caller's Variables.
+* an int (or a prefix of ints / None) — scanned along that axis: each step sees one slice.
+  Variables the body updates come back stacked on the same axis and are written back.
+* ``None`` — broadcast: every step sees the same value; its Variables are read-only.
+
+Outputs marked with an int in ``out_axes`` are stacked along that axis.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .._core.errors import AxisSpecError, PynnxError, StructureChangeError
+from .._core.variables import Variable, is_variable
+from .lift import (
+  MISSING,
+  InnerFrame,
+  MethodAware,
+  SharingCheck,
+  _new_var,
+  argnames_of,
+  check_not_bound,
+  flatten_args,
+  rebuild_arg,
+  write_back,
+)
+from .prefix import broadcast_prefix
+from .vmap import (
+  _EMPTY,
+  PARTITION_NAME,
+  add_axis_name,
+  arg_names,
+  check_mapped_axes,
+  check_tree_mode,
+  graph_branch,
+  is_axis,
+  leaf_paths,
+  per_arg,
+  strip_axis_names,
+)
+
+__all__ = ["scan", "Carry"]
+
+class Carry:
+  """Marks the loop carry in :func:`scan`'s ``in_axes`` and ``out_axes`` (use the class).
+
+  Example:
+    >>> @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+    ... def cumsum(total, x):
+    ...   total = total + x
+    ...   return total, total
+    >>> cumsum(jnp.array(0.0), jnp.arange(4.0))
+    (Array(6., dtype=float32), Array([0., 1., 3., 6.], dtype=float32))
+  """
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _validate(in_axes: Any, out_axes: Any, api: str) -> None:
+  def carries(axes: Any, what: str) -> int:
+    top = axes if isinstance(axes, (tuple, list)) else (axes,)
+    count = 0
+    for i, entry in enumerate(top):
+      if entry is Carry:
+        count += 1
+        continue
+      for path, leaf in jax.tree_util.tree_leaves_with_path(
+        entry, is_leaf=lambda x: x is None or x is Carry
+      ):
+        if leaf is Carry:
+          where = f"{what}[{i}]{jax.tree_util.keystr(path)}"
+          raise AxisSpecError(
+            f"{api}: Carry must mark a whole argument / output (a top-level entry of {what}), "
+            f"found it nested at {where}. Make the whole argument the carry."
+          )
+    if count > 1:
+      raise AxisSpecError(
+        f"{api}: {what}={axes!r} has Carry {count} times; there is one loop carry. Group the "
+        f"carried values into one argument (a tuple or a Module)."
+      )
+    return count
+
+  cin, cout = carries(in_axes, "in_axes"), carries(out_axes, "out_axes")
+  if cout and not cin:
+    raise AxisSpecError(
+      f"{api}: Carry in out_axes without Carry in in_axes ({in_axes=!r}, {out_axes=!r}); mark "
+      f"the argument that starts the carry with nnx.Carry in in_axes."
+    )
+  if cin and not cout:
+    raise AxisSpecError(
+      f"{api}: Carry in in_axes without Carry in out_axes ({in_axes=!r}, {out_axes=!r}); mark "
+      f"the output that holds the next carry with nnx.Carry in out_axes."
+    )
+  top = out_axes if isinstance(out_axes, tuple) else (out_axes,)
+  for entry in top:
+    if entry is Carry:
+      continue
+    for leaf in jax.tree_util.tree_leaves(entry, is_leaf=lambda x: x is None):
+      if leaf is None:
+        raise AxisSpecError(
+          f"{api}: out_axes={out_axes!r} has None: scan outputs cannot be broadcast. Give an "
+          f"int (stack the per-step outputs along that axis) or nnx.Carry."
+        )
+
+
+def _typeof(x: Any) -> tuple:
+  t = jax.typeof(x)
+  return t.shape, t.dtype
+
+
+class ScanWrapped(MethodAware):
+  """A function transformed by ``nnx.scan``; call it like the original."""
+
+  def __init__(self, f: Callable, *, length: int | None, reverse: bool, unroll: int | bool,
+               _split_transpose: bool, in_axes: Any, out_axes: Any,
+               transform_metadata: Mapping, graph: bool | None, graph_updates: bool | None):
+    check_not_bound(f, "scan")
+    functools.update_wrapper(self, f)
+    self.f = f
+    self.api = f"pynnx.scan({getattr(f, '__name__', 'f')})"
+    self.length = length
+    self.reverse = reverse
+    self.unroll = unroll
+    self.split_transpose = _split_transpose
+    self.in_axes = in_axes
+    self.out_axes = out_axes
+    self.transform_metadata = dict(transform_metadata)
+    self.graph = graph
+    self.graph_updates = graph_updates
+    self.check = SharingCheck(self.api, argnames_of(f))
+    self._specs: dict = {}
+    if not check_tree_mode(self.api, graph, in_axes, out_axes):
+      _validate(in_axes, out_axes, self.api)
+
+  def _leaf_specs(self, args: tuple, plans: tuple) -> tuple[int | None, tuple]:
+    key = (len(args), plans)
+    hit = self._specs.get(key)
+    if hit is not None:
+      return hit
+    axes = per_arg(self.in_axes, len(args), self.api, "in_axes")
+    names = arg_names(self.f, len(args))
+    carry_idx = None
+    specs = []
+    for a, (ax, arg, plan, name) in enumerate(zip(axes, args, plans, names)):
+      if ax is Carry:
+        if carry_idx is not None:
+          raise AxisSpecError(
+            f"{self.api}: in_axes=Carry applies to every argument, but the function was "
+            f"called with {len(args)}; with in_axes=nnx.Carry it takes exactly one argument."
+          )
+        carry_idx = a
+        specs.append((Carry,) * len(plan.kinds))
+      else:
+        specs.append(broadcast_prefix(ax, arg, plan, self.api, name, leaf_ok=is_axis,
+                                      leaf_desc="an int, None or nnx.Carry"))
+    hit = (carry_idx, tuple(specs))
+    if len(self._specs) > 64:
+      self._specs.clear()
+    self._specs[key] = hit
+    return hit
+
+  def _split_out(self, out: Any) -> tuple[Any, Any, Any]:
+    """``(carry_out, ys, ys_axes)`` from the function's output."""
+    axes = self.out_axes
+    if axes is Carry:
+      return out, None, None
+    if isinstance(axes, tuple) and any(x is Carry for x in axes):
+      if not isinstance(out, tuple) or len(out) != len(axes):
+        got = f"a tuple of length {len(out)}" if isinstance(out, tuple) else type(out).__name__
+        raise AxisSpecError(
+          f"{self.api}: out_axes={axes!r} describes a tuple of {len(axes)} outputs, but the "
+          f"function returned {got}."
+        )
+      idx = next(i for i, x in enumerate(axes) if x is Carry)
+      ys = tuple(o for i, o in enumerate(out) if i != idx)
+      ys_axes = tuple(x for i, x in enumerate(axes) if i != idx)
+      return out[idx], ys, ys_axes
+    return None, out, axes
+
+  def _join_out(self, carry: Any, ys: Any) -> Any:
+    axes = self.out_axes
+    if axes is Carry:
+      return carry
+    if isinstance(axes, tuple) and any(x is Carry for x in axes):
+      idx = next(i for i, x in enumerate(axes) if x is Carry)
+      return (*ys[:idx], carry, *ys[idx:])
+    return ys
+
+  def _check_carry(self, plan: Any, fresh: list, carry_in: list, carry_out: Any,
+                   argname: str, arg: Any) -> list:
+    """The carry output's values, after checking it has the carry input's structure."""
+    leaves, treedef = jax.tree_util.tree_flatten(carry_out, is_leaf=is_variable)
+    if treedef != plan.treedef:
+      in_paths = leaf_paths(arg, argname)
+      out_paths = leaf_paths(carry_out, argname)
+      gone = [p for p in in_paths if p not in out_paths]
+      new = [p for p in out_paths if p not in in_paths]
+      detail = (f"{gone[0]} is missing from the returned carry" if gone else
+                f"{new[0]} is new in the returned carry" if new else
+                "its static structure (attributes, container types) changed")
+      raise StructureChangeError(
+        f"{self.api}: the carry must keep its structure from step to step, but {detail}. "
+        f"Return a carry with exactly the structure of {argname!r}."
+      )
+    values = []
+    fresh_at = dict(zip(plan.var_idx, fresh))
+    for i, (kind, leaf, before) in enumerate(zip(plan.kinds, leaves, carry_in)):
+      is_var = isinstance(leaf, Variable)
+      value = leaf._raw_value if is_var else leaf
+      if (kind is None) == is_var or (is_var and type(leaf) is not kind[0]) or \
+          _typeof(value) != _typeof(before):
+        path = leaf_paths(arg, argname)[i]
+        if (kind is None) == is_var or (is_var and type(leaf) is not kind[0]):
+          what = f"a {type(leaf).__name__} where the input carry has " + (
+            "a plain value" if kind is None else f"a {kind[0].__name__}")
+        else:
+          (s0, d0), (s1, d1) = _typeof(before), _typeof(value)
+          what = f"shape {s1} dtype {d1} where the input carry has shape {s0} dtype {d0}"
+        raise StructureChangeError(
+          f"{self.api}: the returned carry has {what} at {path}. A scan carry keeps its "
+          f"Variables, shapes and dtypes from step to step."
+        )
+      var = fresh_at.get(i)
+      if var is not None and var._raw_value is not before and leaf is not var \
+          and value is not var._raw_value:
+        path = leaf_paths(arg, argname)[i]
+        raise StructureChangeError(
+          f"{self.api}: the carry Variable {path} was updated in the loop body, but the "
+          f"returned carry holds another value there, so the update would be lost. Return "
+          f"the updated carry (the same Module / Variables that were passed in)."
+        )
+      values.append(value)
+    return values
+
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    if check_tree_mode(self.api, self.graph, self.in_axes, self.out_axes):
+      return graph_branch(self.api, self, args, kwargs)
+    flat = flatten_args(args, self.check)
+    carry_idx, specs = self._leaf_specs(args, flat.plans)
+    names = arg_names(self.f, len(args))
+    kwnames = sorted(kwargs)
+    kwflat = flatten_args([kwargs[n] for n in kwnames])
+    pname = self.transform_metadata.get(PARTITION_NAME)
+    plans = flat.plans
+    if pname is not None:
+      plans = tuple(
+        p if a == carry_idx else strip_axis_names(p, s, v, pname)
+        for a, (p, s, v) in enumerate(zip(plans, specs, flat.values))
+      )
+    xs, x_pos = [], []
+    for a, (spec, vals) in enumerate(zip(specs, flat.values)):
+      if a == carry_idx:
+        continue
+      for i, s in enumerate(spec):
+        if s is not None:
+          xs.append(vals[i] if s == 0 else jnp.moveaxis(vals[i], s, 0))
+          x_pos.append((a, i))
+    carry_init = list(flat.values[carry_idx]) if carry_idx is not None else []
+    record: dict = {}
+    f, base, kwplans = self.f, flat.values, kwflat.plans
+
+    def body(carry: list, x: list):
+      values = [list(v) for v in base]
+      if carry_idx is not None:
+        values[carry_idx] = list(carry)
+      for (a, i), xv in zip(x_pos, x):
+        values[a][i] = xv
+      with InnerFrame("scan"):
+        rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, values)]
+        kwrebuilt = [rebuild_arg(p, v) for p, v in zip(kwplans, kwflat.values)]
+        out = f(*(a for a, _ in rebuilt), **{n: a for n, (a, _) in zip(kwnames, kwrebuilt)})
+        updates = {}
+        for a, (plan, (_, fresh), vals, spec) in enumerate(zip(plans, rebuilt, values, specs)):
+          if a == carry_idx:
+            continue
+          for i, var in zip(plan.var_idx, fresh):
+            if var._raw_value is vals[i]:
+              continue
+            if spec[i] is None:
+              self._broadcast_error(leaf_paths(args[a], names[a])[i])
+            updates[(a, i)] = var._raw_value
+        for n, plan, (_, fresh), vals in zip(kwnames, kwplans, kwrebuilt, kwflat.values):
+          for i, var in zip(plan.var_idx, fresh):
+            if var._raw_value is not vals[i]:
+              self._broadcast_error(leaf_paths(kwargs[n], n)[i])
+        carry_out, ys, ys_axes = self._split_out(out)
+        new_carry = []
+        if carry_idx is not None:
+          plan, (_, fresh) = plans[carry_idx], rebuilt[carry_idx]
+          new_carry = self._check_carry(plan, fresh, values[carry_idx], carry_out,
+                                        names[carry_idx], args[carry_idx])
+        yflat = flatten_args([ys])
+        yplan = yflat.plans[0]
+        yspecs = () if ys_axes is None else broadcast_prefix(
+          ys_axes, ys, yplan, self.api, "output", what="out_axes", leaf_ok=_is_int,
+          leaf_desc="an int or nnx.Carry")
+        record["ys"] = (yplan, yspecs)
+      return new_carry, (yflat.values[0], updates)
+
+    try:
+      carry_final, (ys_vals, updates) = jax.lax.scan(
+        body, carry_init, xs, length=self.length, reverse=self.reverse, unroll=self.unroll,
+        _split_transpose=self.split_transpose,
+      )
+    except (ValueError, IndexError) as e:  # JAX's errors about xs: name the leaf instead
+      if not isinstance(e, PynnxError):
+        scanned = [() if a == carry_idx else s for a, s in enumerate(specs)]
+        check_mapped_axes(self.api, args, names, flat.values, scanned, "scanned", self.length)
+      raise
+    per_arg_updates: list[dict] = [{} for _ in args]
+    for (a, i), value in updates.items():
+      axis = specs[a][i]
+      per_arg_updates[a][i] = value if axis == 0 else jnp.moveaxis(value, 0, axis)
+    carry = None
+    if carry_idx is not None:
+      cells, plan = flat.cells[carry_idx], flat.plans[carry_idx]
+      per_arg_updates[carry_idx] = {i: carry_final[i] for i in plan.var_idx}
+    write_back(flat, per_arg_updates)
+    if carry_idx is not None:
+      if len(plan.var_idx) == len(cells):
+        carry = args[carry_idx]
+      else:
+        leaves = [c if k is not None else v for c, k, v in zip(cells, plan.kinds, carry_final)]
+        carry = plan.treedef.unflatten(leaves)
+    yplan, yspecs = record["ys"]
+    leaves = []
+    for kind, spec, value in zip(yplan.kinds, yspecs, ys_vals):
+      if spec != 0:
+        value = jnp.moveaxis(value, 0, spec)
+      if kind is not None:
+        value = _new_var(kind, value)
+        if pname is not None:
+          add_axis_name(value, spec, pname)
+      leaves.append(value)
+    return self._join_out(carry, yplan.treedef.unflatten(leaves))
+
+  def _broadcast_error(self, path: str) -> None:
+    raise AxisSpecError(
+      f"{self.api}: the broadcast (in_axes=None) Variable {path} was updated in the loop body. "
+      f"Broadcast Variables are read-only in scan: every step sees the same value. Put it in "
+      f"the nnx.Carry argument to thread the update through the steps, or scan it (an int in "
+      f"in_axes) to keep one value per step."
+    )
+
+
+def scan(
+  f: Callable = MISSING, *, length: int | None = None, reverse: bool = False,
+  unroll: int | bool = 1, _split_transpose: bool = False, in_axes: Any = (Carry, 0),
+  out_axes: Any = (Carry, 0), transform_metadata: Mapping[str, Any] = _EMPTY,
+  graph: bool | None = None, graph_updates: bool | None = None,
+) -> Any:
+  """Lifted ``jax.lax.scan``: loop a function over slices of its arguments.
+
+  Args:
+    f: the loop body.
+    length, reverse, unroll, _split_transpose: as in ``jax.lax.scan``.
+    in_axes: per positional argument ``nnx.Carry`` (the loop carry, at most one), an int
+      (scan along that axis; a prefix of the argument is allowed) or ``None`` (broadcast).
+      Keyword arguments are broadcast.
+    out_axes: ``nnx.Carry`` for the output that is the next carry, ints for outputs stacked
+      along that axis; ``Carry`` must be in both or neither of in_axes and out_axes.
+    transform_metadata: ``{nnx.PARTITION_NAME: name}`` updates ``sharding_names``.
+    graph: ``None`` for the configured default (tree mode), ``True`` for graph mode.
+    graph_updates: graph mode only.
+
+  Example:
+    >>> class Stack(nnx.Module):
+    ...   def __init__(self):
+    ...     self.w = nnx.Param(jnp.arange(3.0))   # one weight per layer
+    ...     self.uses = nnx.BatchStat(jnp.zeros(3))
+    >>> @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+    ... def forward(layer, x):
+    ...   layer.uses[...] += 1
+    ...   return x * 2 + layer.w[...]
+    >>> m = Stack()
+    >>> forward(m, jnp.array(1.0)), m.uses[...]
+    (Array(12., dtype=float32), Array([1., 1., 1.], dtype=float32))
+  """
+  kw = dict(length=length, reverse=reverse, unroll=unroll, _split_transpose=_split_transpose,
+            in_axes=in_axes, out_axes=out_axes, transform_metadata=transform_metadata,
+            graph=graph, graph_updates=graph_updates)
+  if f is MISSING:
+    return lambda fn: ScanWrapped(fn, **kw)
+  return ScanWrapped(f, **kw)
