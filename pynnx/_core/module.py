@@ -15,7 +15,7 @@ from . import filters as filterlib
 from .errors import PynnxError
 from .pytree import _CACHE_KEYS, Dict, List, Pytree
 from .reprs import block
-from .variables import Intermediate, Perturbation, Variable, variable_type_from_name
+from .variables import Perturbation, Variable, variable_type_from_name
 
 Path = tuple[Hashable, ...]
 

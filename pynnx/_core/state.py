@@ -14,7 +14,7 @@ import jax
 from . import filters as filterlib
 from .errors import FilterError, StateMismatchError
 from .paths import format_path
-from .reprs import mapping_repr
+from .reprs import indent, mapping_repr
 from .variables import Variable
 
 Path = tuple[Hashable, ...]
@@ -264,7 +264,8 @@ class FlatState(Sequence):
     return State.from_flat_path(self._items)
 
   def __repr__(self) -> str:
-    return "FlatState([\n" + "".join(f"  ({p!r}, {v!r}),\n" for p, v in self._items) + "])"
+    entries = "".join(f"  ({p!r}, {indent(repr(v))}),\n" for p, v in self._items)
+    return "FlatState([\n" + entries + "])"
 
 
 def map_state(f: Callable[[Path, Any], Any], state: State) -> State:

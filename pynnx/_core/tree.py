@@ -166,8 +166,9 @@ def merge(graphdef: TreeGraphDef, state: Any, /, *states: Any, copy: bool = Fals
 
 
 def state(node: Any, *filters: Any) -> Any:
-  _, *states = split(node, *filters, api="pynnx.state") if filters else split(node, api="pynnx.state")
-  return states[0] if len(states) == 1 else tuple(states)
+  """The State of ``node``; with filters, one State per filter (unmatched leaves left out)."""
+  _, full = split(node, api="pynnx.state")
+  return full.filter(*filters) if filters else full
 
 
 def graphdef(node: Any) -> TreeGraphDef:
@@ -251,7 +252,8 @@ def pop(node: Any, *filters: Any) -> Any:
           walk(v, p)
 
   walk(node, ())
-  for parent, key in removals:
+  # Last first, so deleting a List item does not shift the indices of those still to go.
+  for parent, key in reversed(removals):
     parent._pynnx_delattr(key)
   states = tuple(State.from_flat_path(b) for b in buckets)
   return states[0] if len(states) == 1 else states
