@@ -303,7 +303,7 @@ class _Loop:
     val, fresh = rebuild_arg(self.plan, carry)
     if self.gs is None:
       return val, fresh, lambda out: out
-    (gval,), _, finish = graph_adapter.enter(self.gs, [val], {})
+    (gval,), _, finish = graph_adapter.enter(self.gs, [val], {}, carry=True)
     return gval, fresh, finish
 
   def cond(self, cond_fun: Callable) -> Callable:
@@ -379,7 +379,7 @@ class _Loop:
       leaves[i] = self.cells[i]
     out = self.plan.treedef.unflatten(leaves)
     if self.gs is not None:
-      out = graph_adapter.exit(self.gs, out)
+      out = graph_adapter.exit(self.gs, out, carry=True)
     return out
 
 

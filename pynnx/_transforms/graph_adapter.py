@@ -28,13 +28,15 @@ import jax
 
 from .._core import filters as filterlib
 from .._core.config import resolve_graph, resolve_graph_updates
-from .._core.errors import GraphModeRequiredError, StructureChangeError
+from .._core.errors import AxisSpecError, GraphModeRequiredError, StructureChangeError
+from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
 from .._core.state import State
 from .._core.variables import STRUCTURE, Variable
 from .._graph import api as graph_api
 from .._graph.flatten import plan as graph_plan
 from .._graph.api import GraphNode
+from .lift import argnames_of
 
 __all__ = ["DiffState", "StateAxes", "StateSharding"]
 
@@ -147,6 +149,7 @@ class GraphCall:
   graph_updates: bool
   api: str
   roots: tuple = dataclasses.field(default=(), compare=False, hash=False, repr=False)
+  root_filters: tuple = dataclasses.field(default=(), compare=False, hash=False, repr=False)
 
 
 class _InputRoot:
@@ -173,11 +176,17 @@ def to_tree(args: Sequence[Any], kwargs: Mapping[str, Any], api: str, graph_upda
   args, kwargs = tuple(args), dict(kwargs)
   fast = _fast_to_tree(args, kwargs, filters)
   if fast is not None:
-    wargs, wkwargs, roots = fast
+    wargs, wkwargs, roots, root_filters = fast
   else:
     wargs, wkwargs = graph_api.to_tree((args, kwargs), filters=filters)
-    roots = tuple(_roots((args, kwargs)))
-  return tuple(wargs), wkwargs, GraphCall(resolve_graph_updates(graph_updates), api, roots)
+    with_path = jax.tree_util.tree_flatten_with_path((args, kwargs), is_leaf=_is_root)[0]
+    found = [(jax_path_to_parts(p), x) for p, x in with_path if _is_root(x)]
+    roots = tuple(x for _, x in found)
+    root_filters = tuple(tuple(filters(p, x)) if callable(filters) else tuple(filters)
+                         for p, x in found)
+  return tuple(wargs), wkwargs, GraphCall(
+    resolve_graph_updates(graph_updates), api, roots, root_filters
+  )
 
 
 _NODE_CACHE = "_pynnx_graph_nodes"
@@ -206,16 +215,17 @@ def _fast_to_tree(args: tuple, kwargs: dict, filters: Callable | tuple) -> tuple
 
   Returns None (the general path) for nested roots, bare Variables or shared objects.
   """
-  wargs, roots, seen = [], [], frozenset()
+  wargs, roots, root_filters, seen = [], [], [], frozenset()
   for i, arg in enumerate(args):
     if isinstance(arg, Pytree):
-      fs = filters((0, i), arg) if callable(filters) else filters
-      hit = _cached_node(arg, tuple(fs))
+      fs = tuple(filters((0, i), arg) if callable(filters) else filters)
+      hit = _cached_node(arg, fs)
       if hit is None or not seen.isdisjoint(hit[1]):
         return None
       seen = seen | hit[1]
       wargs.append(hit[0])
       roots.append(arg)
+      root_filters.append(fs)
     elif _is_root(arg) or any(_is_root(x) for x in jax.tree.leaves(arg, is_leaf=_is_root)):
       return None
     else:
@@ -223,44 +233,61 @@ def _fast_to_tree(args: tuple, kwargs: dict, filters: Callable | tuple) -> tuple
   for v in kwargs.values():
     if any(_is_root(x) for x in jax.tree.leaves(v, is_leaf=_is_root)):
       return None
-  return wargs, dict(kwargs), tuple(roots)
+  return wargs, dict(kwargs), tuple(roots), tuple(root_filters)
 
 
 def _roots(tree: Any) -> list[Any]:
   return [x for x in jax.tree.leaves(tree, is_leaf=_is_root) if _is_root(x)]
 
 
-def enter(call: GraphCall, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple:
+def enter(call: GraphCall, args: Sequence[Any], kwargs: Mapping[str, Any], *,
+          carry: bool = False) -> tuple:
   """Inside the transform: rebuild Modules around the fresh Variables.
 
   Returns ``(args, kwargs, finish)``; ``finish(out)`` converts the user function's output.
+  With ``carry=True`` (loop and scan carries) an input returned comes back in its input
+  form — a GraphNode with the same filters, so the carry keeps its structure — and
+  structural changes raise; otherwise ``finish`` returns ``(out, structural_changes)``.
   """
-  in_nodes = [x for x in jax.tree.leaves((args, kwargs), is_leaf=_is_graph_node) if isinstance(x, GraphNode)]
+  in_nodes = _nodes((tuple(args), dict(kwargs)))
   args, kwargs = graph_api.from_tree((tuple(args), dict(kwargs)))
   roots = _roots((args, kwargs))
+  index = {id(r): i for i, r in enumerate(roots)}
+
+  def structural_changes() -> dict:
+    changes = {}
+    new_nodes = _nodes(graph_api.to_tree((tuple(args), dict(kwargs))))
+    for i, (old, new) in enumerate(zip(in_nodes, new_nodes)):
+      if old.graphdef != new.graphdef:
+        if carry or not call.graph_updates:
+          why = (
+            f"but {call.api.split('(')[0]} maps, scans or loops over it, so its structure must "
+            f"stay fixed; create the Variables before the transform (e.g. call init_cache "
+            f"first)" if carry
+            else "but graph_updates=False. Pass graph_updates=True to propagate structural "
+                 "changes, or keep the structure fixed"
+          )
+          raise StructureChangeError(
+            f"{call.api}: the function changed the structure of argument root {i} (Variables "
+            f"or sub-Modules were added, removed or replaced) {why}."
+          )
+        changes[i] = new
+    return changes
 
   def finish(out: Any) -> Any:
-    index = {id(r): i for i, r in enumerate(roots)}
+    if carry:
+      def filters(path: tuple, root: Any) -> tuple:
+        i = index.get(id(root))
+        return call.root_filters[i] if i is not None and i < len(call.root_filters) else ()
+
+      out = graph_api.to_tree(out, filters=filters)
+      structural_changes()
+      return out
     out = jax.tree.map(
       lambda x: _InputRoot(index[id(x)]) if _is_root(x) and id(x) in index else x,
       out, is_leaf=_is_root,
     )
-    out = graph_api.to_tree(out)
-    structural = {}
-    new_nodes = [
-      x for x in jax.tree.leaves(graph_api.to_tree((tuple(args), dict(kwargs))), is_leaf=_is_graph_node)
-      if isinstance(x, GraphNode)
-    ]
-    for i, (old, new) in enumerate(zip(in_nodes, new_nodes)):
-      if old.graphdef != new.graphdef:
-        if not call.graph_updates:
-          raise StructureChangeError(
-            f"{call.api}: the function changed the structure of argument root {i} (Variables "
-            f"or sub-Modules were added, removed or replaced) but graph_updates=False. Pass "
-            f"graph_updates=True to propagate structural changes, or keep the structure fixed."
-          )
-        structural[i] = new
-    return out, structural
+    return graph_api.to_tree(out), structural_changes()
 
   return args, kwargs, finish
 
@@ -269,17 +296,45 @@ def _is_graph_node(x: Any) -> bool:
   return isinstance(x, GraphNode)
 
 
-def exit(call: GraphCall, out: Any) -> Any:
-  """Outside: rebuild returned Modules, restore inputs by identity, apply structure changes."""
-  out, structural = out
+def _variable_ids(states: Any) -> frozenset:
+  return frozenset(
+    id(v) for v in jax.tree.leaves(states, is_leaf=lambda x: isinstance(x, Variable))
+    if isinstance(v, Variable)
+  )
+
+
+def exit(call: GraphCall, out: Any, *, carry: bool = False) -> Any:
+  """Outside: rebuild returned Modules, restore inputs by identity, apply structure changes.
+
+  An output GraphNode holding exactly an input root's Variables (a carry written back in
+  place) is that root: the caller gets its own object back.
+  """
   roots = call.roots
+  if carry:
+    structural: dict = {}
+  else:
+    out, structural = out
   for i, node in structural.items():
     _transplant(roots[i], graph_api.from_tree(node))
-  out = graph_api.from_tree(out)
-  return jax.tree.map(
-    lambda x: roots[x.index] if isinstance(x, _InputRoot) else x,
-    out, is_leaf=lambda x: isinstance(x, _InputRoot),
+  leaves, treedef = jax.tree_util.tree_flatten(
+    out, is_leaf=lambda x: isinstance(x, (GraphNode, _InputRoot))
   )
+  matches = {k: roots[x.index] for k, x in enumerate(leaves) if isinstance(x, _InputRoot)}
+  if carry and any(isinstance(x, GraphNode) for x in leaves):
+    root_ids = [
+      _variable_ids([o for o in graph_plan(r).objects if isinstance(o, Variable)]) for r in roots
+    ]
+    for k, x in enumerate(leaves):
+      if isinstance(x, GraphNode):
+        ids = _variable_ids(x.states)
+        for r, rid in zip(roots, root_ids):
+          if ids == rid and ids:
+            matches[k] = r
+            break
+  rebuilt = graph_api.from_tree([None if k in matches else x for k, x in enumerate(leaves)])
+  for k, r in matches.items():
+    rebuilt[k] = r
+  return treedef.unflatten(rebuilt)
 
 
 def _transplant(orig: Any, new: Any) -> None:
@@ -414,6 +469,7 @@ def call(api: str, transform: Any, args: tuple, kwargs: dict) -> Any:
       return spec_filters(per_arg[path[1]])
     return ()
 
+  check_shared_specs(api, "in_axes", args, per_arg, argnames_of(transform.f))
   wargs, wkwargs, gc = to_tree(args, kwargs, api, transform.graph_updates, filters)
   if isinstance(in_axes, (tuple, list)):
     new_axes = type(in_axes)(node_prefix(ax, a) for ax, a in zip(per_arg, wargs))
@@ -422,15 +478,8 @@ def call(api: str, transform: Any, args: tuple, kwargs: dict) -> Any:
   user_f = transform.f
 
   def adapted(*a: Any, **k: Any) -> Any:
-    objs, kobjs, finish = enter(gc, a, k)
-    out, structural = finish(user_f(*objs, **kobjs))
-    if structural:
-      raise StructureChangeError(
-        f"{api}: the function changed the structure of its Module arguments (Variables were "
-        f"added or removed). Structural changes cannot leave {api.split('(')[0]}; create the "
-        f"Variables before the transform (e.g. call init_cache first)."
-      )
-    return out
+    objs, kobjs, finish = enter(gc, a, k, carry=True)
+    return finish(user_f(*objs, **kobjs))
 
   tree_t = copy.copy(transform)
   tree_t.f = adapted
@@ -439,4 +488,41 @@ def call(api: str, transform: Any, args: tuple, kwargs: dict) -> Any:
   for cache in ("_specs", "_cache"):
     if hasattr(tree_t, cache):
       setattr(tree_t, cache, {})
-  return exit(gc, (tree_t(*wargs, **wkwargs), {}))
+  return exit(gc, tree_t(*wargs, **wkwargs), carry=True)
+
+
+def _spec_for(spec: Any, path: tuple, var: Variable) -> Any:
+  if isinstance(spec, StateAxes):
+    for f, axis in spec.items():
+      if filterlib.to_predicate(f)(path, var):
+        return axis
+    return _MISSING
+  return spec
+
+
+def check_shared_specs(api: str, what: str, args: Sequence[Any], specs: Sequence[Any],
+                       names: Sequence[str] | None = None) -> None:
+  """A Variable shared by two arguments must get the same spec from both (graph mode).
+
+  Raises AxisSpecError naming both paths when the two specs disagree.
+  """
+  if len(args) < 2:
+    return
+  seen: dict[int, tuple[int, str, Any]] = {}
+  for i, (arg, spec) in enumerate(zip(args, specs)):
+    if not _roots(arg):
+      continue
+    name = names[i] if names and i < len(names) else f"args[{i}]"
+    for path, x in graph_api.iter_graph(arg):
+      if not isinstance(x, Variable):
+        continue
+      mine = _spec_for(spec, path, x)
+      where = format_path(path, name)
+      first = seen.setdefault(id(x), (i, where, mine))
+      if first[0] != i and first[2] != mine:
+        raise AxisSpecError(
+          f"{api}: the same {type(x).__name__} is given two different {what}:\n"
+          f"  {first[1]}: {first[2]!r}\n  {where}: {mine!r}\n"
+          f"A Variable shared between arguments has one value, so it must be mapped the same "
+          f"way everywhere. Give both arguments the same {what} for it."
+        )

@@ -132,6 +132,8 @@ class ShardMapWrapped(MethodAware):
           return graph_adapter.spec_filters(arg_specs[path[1]])
         return ()
 
+      graph_adapter.check_shared_specs(self.api, "in_specs", args, arg_specs,
+                                       [self._argname(i) for i in range(len(args))])
       args, _, gs = graph_adapter.to_tree(args, {}, self.api, self.graph_updates, filters)
       arg_specs = [graph_adapter.node_prefix(s, a, default=PartitionSpec()) for s, a in zip(arg_specs, args)]
     flat = flatten_args(args, self.check)

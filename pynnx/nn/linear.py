@@ -92,9 +92,12 @@ class Linear(nnx.Module):
     self.preferred_element_type = preferred_element_type
 
   def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
-    if jnp.ndim(inputs) == 0 or jnp.shape(inputs)[-1] != self.in_features:
+    # The kernel's own first axis, not in_features: inside shard_map a sharded kernel and
+    # its input are both local shards.
+    expected = jnp.shape(self.kernel[...])[0]
+    if jnp.ndim(inputs) == 0 or jnp.shape(inputs)[-1] != expected:
       raise nnx.ShapeError(
-        f"Linear was built for {self.in_features} input features (last axis) but got an input "
+        f"Linear was built for {expected} input features (last axis) but got an input "
         f"of shape {jnp.shape(inputs)} ({jnp.shape(inputs)[-1:] or 'no'} features). Reshape the "
         f"input or build Linear({jnp.shape(inputs)[-1:] and jnp.shape(inputs)[-1]}, ...)."
       )
