@@ -350,10 +350,18 @@ class MultiHeadAttention(nnx.Module):
     name = "MultiHeadAttention"
     self.num_heads = check_size(name, "num_heads", num_heads)
     self.in_features = check_size(name, "in_features", in_features)
-    self.qkv_features = check_size(name, "qkv_features", qkv_features or in_features)
-    self.out_features = check_size(name, "out_features", out_features or in_features)
-    self.in_kv_features = check_size(name, "in_kv_features", in_kv_features or in_features)
-    self.num_kv_heads = check_size(name, "num_kv_heads", num_kv_heads or num_heads)
+    self.qkv_features = check_size(
+      name, "qkv_features", in_features if qkv_features is None else qkv_features
+    )
+    self.out_features = check_size(
+      name, "out_features", in_features if out_features is None else out_features
+    )
+    self.in_kv_features = check_size(
+      name, "in_kv_features", in_features if in_kv_features is None else in_kv_features
+    )
+    self.num_kv_heads = check_size(
+      name, "num_kv_heads", num_heads if num_kv_heads is None else num_kv_heads
+    )
     if self.qkv_features % self.num_heads:
       raise LayerArgumentError(
         f"{name}: qkv_features ({self.qkv_features}) must be divisible by num_heads "

@@ -11,8 +11,15 @@ B, T, H, D = 2, 5, 2, 3  # batch, length, heads, head_dim
 F = H * D
 
 
+def _bern(seed, p, shape):
+  mask = np.random.default_rng(seed).random(shape) < p
+  mask[..., 0] = True  # every query sees at least one key
+  return jnp.asarray(mask)
+
+
 def _x(shape, seed=0):
-  return jax.random.normal(jax.random.key(seed), shape)
+  # numpy draws: no XLA compilation per shape, which keeps the tests fast
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 def _reference_attention(q, k, v, mask=None, bias=None):
@@ -32,7 +39,7 @@ def _reference_attention(q, k, v, mask=None, bias=None):
 
 def test_dot_product_attention_matches_formula_with_mask_bias_and_extra_batch_dims():
   q, k, v = _x((2, 3, T, 4, D)), _x((2, 3, 6, 2, D), 1), _x((2, 3, 6, 2, D), 2)
-  mask = jax.random.bernoulli(jax.random.key(3), 0.7, (3, 1, T, 6)).at[..., 0].set(True)
+  mask = _bern(3, 0.7, (3, 1, T, 6))
   bias = _x((4, T, 6), 4)
 
   @jax.jit  # one compilation instead of many eager ops keeps the test fast
@@ -51,26 +58,36 @@ def test_dot_product_attention_matches_formula_with_mask_bias_and_extra_batch_di
 
 def test_attention_weights_causal_normalised_and_dropout():
   q, k = _x((B, T, H, D)), _x((B, T, H, D), 1)
-  w = nnx.dot_product_attention_weights(q, k, is_causal=True)
+
+  @jax.jit
+  def run(q, k, key):
+    w = nnx.dot_product_attention_weights(q, k, is_causal=True)
+    wd = nnx.dot_product_attention_weights(q, k, dropout_rate=0.5, dropout_rng=key, is_causal=True)
+    wd2 = nnx.dot_product_attention_weights(
+      q, k, dropout_rate=0.5, dropout_rng=key, broadcast_dropout=False
+    )
+    return w, wd, wd2
+
+  w, wd, wd2 = run(q, k, jax.random.key(0))
   np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
   assert float(jnp.abs(jnp.triu(w, 1)).max()) == 0.0
   # Dropout scales survivors by 1/keep and, broadcast, uses one mask for batch and heads.
-  wd = nnx.dot_product_attention_weights(
-    q, k, dropout_rate=0.5, dropout_rng=jax.random.key(0), is_causal=True
-  )
   dropped = wd == 0
   assert bool((dropped == dropped[:1, :1]).all())
   np.testing.assert_allclose(jnp.where(dropped, 0, wd), jnp.where(dropped, 0, 2 * w), rtol=1e-6)
-  wd2 = nnx.dot_product_attention_weights(
-    q, k, dropout_rate=0.5, dropout_rng=jax.random.key(0), broadcast_dropout=False
-  )
   assert not bool(((wd2 == 0) == (wd2 == 0)[:1, :1]).all())
 
 
 def test_attention_dtype_follows_inputs_and_override():
   q = _x((B, T, H, D)).astype(jnp.bfloat16)
-  assert nnx.dot_product_attention(q, q, q).dtype == jnp.bfloat16
-  assert nnx.dot_product_attention(q, q, q, dtype=jnp.float32).dtype == jnp.float32
+  shapes = jax.eval_shape(
+    lambda q: (
+      nnx.dot_product_attention(q, q, q),
+      nnx.dot_product_attention(q, q, q, dtype=jnp.float32),
+    ),
+    q,
+  )
+  assert [s.dtype for s in shapes] == [jnp.bfloat16, jnp.float32]
 
 
 def test_masks():
@@ -142,19 +159,24 @@ def test_mha_params_and_defaults():
   assert ln.query.kernel.dtype == jnp.bfloat16
   x = _x((B, T, F))
   # Self-attention defaults: inputs_k = inputs_q, inputs_v = inputs_k.
-  np.testing.assert_array_equal(ln(x), ln(x, x, x))
+  a, b = jax.jit(lambda m, x: (m(x), m(x, x, x)))(ln, x)
+  np.testing.assert_array_equal(a, b)
 
 
 def test_mha_matches_formula_cross_attention_and_mask():
   layer = _mha(in_kv_features=4, num_kv_heads=1)
   q_in, kv_in = _x((B, T, F)), _x((B, 7, 4), 1)
-  mask = jax.random.bernoulli(jax.random.key(2), 0.6, (B, 1, T, 7)).at[..., 0].set(True)
+  mask = _bern(2, 0.6, (B, 1, T, 7))
 
   @jax.jit
   def run(m, q_in, kv_in, mask):
     causal_mask = nnx.make_causal_mask(q_in[..., 0])
-    return (m(q_in, kv_in, mask=mask), _manual_mha(m, q_in, kv_in, mask),
-            m(q_in, q_in[..., :4], is_causal=True), _manual_mha(m, q_in, q_in[..., :4], causal_mask))
+    return (
+      m(q_in, kv_in, mask=mask),
+      _manual_mha(m, q_in, kv_in, mask),
+      m(q_in, q_in[..., :4], is_causal=True),
+      _manual_mha(m, q_in, q_in[..., :4], causal_mask),
+    )
 
   got, want, got_causal, want_causal = run(layer, q_in, kv_in, mask)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -166,7 +188,7 @@ def test_mha_under_jax_jit_and_grad():
   x = _x((B, T, F))
   out = jax.jit(lambda m, x: m(x, is_causal=True))(layer, x)
   np.testing.assert_allclose(out, layer(x, is_causal=True), rtol=1e-5, atol=1e-6)
-  grads = jax.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
+  grads = jax.jit(jax.grad(lambda m: jnp.sum(m(x) ** 2)))(layer)
   assert isinstance(grads, nnx.MultiHeadAttention)
   assert grads.query.kernel[...].shape == layer.query.kernel.shape
   assert float(jnp.abs(grads.key.kernel[...]).sum()) > 0
@@ -229,6 +251,8 @@ def test_mha_constructor_errors():
     _mha(dropout_rate=1.5)
   with pytest.raises(nnx.LayerArgumentError, match="num_heads must be an integer"):
     _mha(num_heads=0)
+  with pytest.raises(nnx.LayerArgumentError, match="qkv_features must be an integer"):
+    _mha(qkv_features=0)
   with pytest.raises(nnx.ShapeError, match="init_cache: input_shape"):
     _mha().init_cache((4,))
 
@@ -251,3 +275,17 @@ def test_mha_call_errors():
     _mha(dropout_rate=0.1)(x)
   with pytest.raises(nnx.RngError, match="keep_rngs=False"):
     _mha(dropout_rate=0.1, keep_rngs=False)(x, deterministic=False)
+
+
+def test_mha_decode_and_dropout_under_nnx_jit(graph):
+  layer = _mha(decode=True, dropout_rate=0.5, deterministic=True)
+  x = _x((B, T, F))
+  full = layer(x, decode=False, is_causal=True)
+  layer.init_cache(x.shape)
+  step = nnx.jit(lambda m, token: m(token), graph=graph)
+  outs = [step(layer, x[:, t : t + 1]) for t in range(T)]
+  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-5)
+  assert int(layer.cache_index[...]) == T  # cache updates were written back
+  train = nnx.jit(lambda m, x: m(x, decode=False, deterministic=False), graph=graph)
+  a, b = train(layer, x), train(layer, x)
+  assert not np.allclose(a, b) and int(layer.rngs.count[...]) == 2

@@ -24,7 +24,9 @@ def _key_name(k):
 
 
 def _params_pynnx(layer):
-  leaves = jax.tree_util.tree_flatten_with_path(layer, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  leaves = jax.tree_util.tree_flatten_with_path(
+    layer, is_leaf=lambda x: isinstance(x, nnx.Variable)
+  )
   return {
     tuple(str(_key_name(k)) for k in kp): v for kp, v in leaves[0] if isinstance(v, nnx.Param)
   }
@@ -43,22 +45,34 @@ def _sync(f_layer, p_layer, seed=7):
     assert type(fv).__name__ == type(pv).__name__, path
     assert fv[...].shape == pv[...].shape and fv[...].dtype == pv[...].dtype, path
     np.testing.assert_allclose(fv[...], pv[...], rtol=1e-6, atol=1e-6, err_msg=str(path))
-    noise = 0.3 * jax.random.normal(jax.random.key(seed + i), fv[...].shape, fv[...].dtype)
-    fv[...] = fv[...] + noise
+    noise = 0.3 * np.random.default_rng(seed + i).standard_normal(fv[...].shape)
+    fv[...] = jnp.asarray(np.asarray(fv[...]) + noise, fv[...].dtype)
     pv[...] = fv[...]
 
 
+def _bern(seed, p, shape):
+  mask = np.random.default_rng(seed).random(shape) < p
+  mask[..., 0] = True  # every query sees at least one key
+  return jnp.asarray(mask)
+
+
 def _x(shape, seed=1):
-  return jax.random.normal(jax.random.key(seed), shape)
+  # numpy draws: no XLA compilation per shape, which keeps the tests fast
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 MHA_CASES = {
-  "self": (dict(num_heads=2, in_features=6), {}),
-  "cross_gqa": (dict(num_heads=4, in_features=6, qkv_features=8, out_features=5, num_kv_heads=2,
-                     in_kv_features=3), {}),
-  "qk_norm_no_bias": (dict(num_heads=2, in_features=6, normalize_qk=True, use_bias=False), {}),
-  "masked": (dict(num_heads=3, in_features=6, qkv_features=9), {"mask": True}),
-  "causal": (dict(num_heads=2, in_features=4), {"is_causal": True}),
+  "cross_gqa": (
+    dict(
+      num_heads=4, in_features=6, qkv_features=8, out_features=5, num_kv_heads=2, in_kv_features=3
+    ),
+    {},
+  ),
+  "qk_norm_masked": (
+    dict(num_heads=3, in_features=6, qkv_features=9, normalize_qk=True, use_bias=False),
+    {"mask": True},
+  ),
+  "causal": (dict(num_heads=2, in_features=6), {"is_causal": True}),
 }
 
 
@@ -73,7 +87,7 @@ def test_multi_head_attention(case):
   args = (q,) if case != "cross_gqa" else (q, kv)
   extra = {}
   if call.get("mask"):
-    extra["mask"] = jax.random.bernoulli(jax.random.key(3), 0.7, (2, 1, 5, 5)).at[..., 0].set(True)
+    extra["mask"] = _bern(3, 0.7, (2, 1, 5, 5))
   if call.get("is_causal"):
     extra["is_causal"] = True
   # Jitted (flax's layer as a closed-over constant) so each side compiles once.
@@ -102,13 +116,13 @@ def test_multi_head_attention_decode_matches_flax():
   f = fnnx.MultiHeadAttention(**kwargs, rngs=fnnx.Rngs(0))
   p = nnx.MultiHeadAttention(**kwargs, rngs=nnx.Rngs(0))
   _sync(f, p)
-  f.init_cache((2, 4, 4))
-  p.init_cache((2, 4, 4))
-  x = _x((2, 4, 4))
-  for t in range(4):
+  f.init_cache((2, 3, 4))
+  p.init_cache((2, 3, 4))
+  x = _x((2, 3, 4))
+  for t in range(3):
     np.testing.assert_allclose(f(x[:, t : t + 1]), p(x[:, t : t + 1]), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(f.cached_key[...], p.cached_key[...], rtol=1e-6)
-  assert int(f.cache_index[...]) == int(p.cache_index[...]) == 4
+  assert int(f.cache_index[...]) == int(p.cache_index[...]) == 3
 
 
 def _attention_functions(lib, q, k, v, bias, mask, ids):
@@ -127,10 +141,9 @@ def _attention_functions(lib, q, k, v, bias, mask, ids):
 
 
 def test_attention_functions_match_flax():
-  q, k, v = _x((2, 3, 5, 4, 8)), _x((2, 3, 6, 2, 8), 2), _x((2, 3, 6, 2, 8), 3)
-  # flax's fused path flattens the batch with a reshape, so give it full-batch masks.
-  mask = jax.random.bernoulli(jax.random.key(4), 0.8, (2, 3, 1, 5, 6)).at[..., 0].set(True)
-  bias = _x((2, 3, 4, 5, 6), 5)
+  q, k, v = _x((2, 5, 4, 8)), _x((2, 6, 2, 8), 2), _x((2, 6, 2, 8), 3)
+  mask = _bern(4, 0.8, (2, 1, 5, 6))
+  bias = _x((1, 4, 5, 6), 5)
   ids = jnp.array([[1, 2, 0], [3, 0, 0]])
   args = (q, k, v, bias, mask, ids)
   want = jax.jit(lambda *a: _attention_functions(fnnx, *a))(*args)
