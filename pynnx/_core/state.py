@@ -84,7 +84,11 @@ class State(MutableMapping):
   def __eq__(self, other: object) -> bool:
     if not isinstance(other, State):
       return NotImplemented
-    return self.flat_state()._items == other.flat_state()._items
+    mine, theirs = self.flat_state()._items, other.flat_state()._items
+    # Same paths holding the same objects (Variables compare elementwise, so use identity).
+    return len(mine) == len(theirs) and all(
+      p == q and a is b for (p, a), (q, b) in zip(mine, theirs)
+    )
 
   __hash__ = None  # type: ignore[assignment]
 

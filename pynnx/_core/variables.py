@@ -283,6 +283,7 @@ for _name, _op in [
   setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
 for _name, _op in [
   ("lt", operator.lt), ("le", operator.le), ("gt", operator.gt), ("ge", operator.ge),
+  ("eq", operator.eq), ("ne", operator.ne),  # elementwise, like arrays (and Flax)
 ]:
   setattr(Variable, f"__{_name}__", _binary(_op))
 for _name, _op in [("neg", operator.neg), ("pos", operator.pos), ("abs", operator.abs),

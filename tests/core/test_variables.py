@@ -304,3 +304,10 @@ def test_leaked_tracer_raises():
   f(jnp.ones(()))
   with pytest.raises(nnx.LeakedTracerError, match="holds a traced value"):
     v.get_value()
+
+
+def test_comparisons_are_elementwise_like_arrays():
+  v = nnx.Param(jnp.arange(3))
+  np.testing.assert_array_equal(v == 1, jnp.array([False, True, False]))
+  np.testing.assert_array_equal(v != 1, jnp.array([True, False, True]))
+  assert hash(v) == hash(v)  # still usable as a dict key (by identity)
