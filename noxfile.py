@@ -24,8 +24,18 @@ def types(session):
 def tests(session):
   session.install("-e", ".[test]")
   session.run("python", "-m", "pytest", "tests", env=XLA)
-  session.run("python", "-m", "pytest", "../shared/acceptance", "-p", "no:cacheprovider",
-              "-o", "addopts=", env=XLA, success_codes=[0, 5])
+  session.run(
+    "python",
+    "-m",
+    "pytest",
+    "../shared/acceptance",
+    "-p",
+    "no:cacheprovider",
+    "-o",
+    "addopts=",
+    env=XLA,
+    success_codes=[0, 5],
+  )
 
 
 @nox.session

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -213,6 +214,7 @@ def build(layers: int):
           loss, g = fnnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2), graph=graph)(m)
           opt.update(m, g)
           return loss
+
         return ftrain
 
       ft = make_train()

@@ -4,7 +4,7 @@ Tree mode (Modules as plain JAX pytrees) is the default; graph mode (shared refe
 DiffState, StateAxes, StateSharding) is opt-in with ``graph=True`` or ``nnx.set_graph_mode``.
 """
 
-from ._core import filters as filterlib
+from ._core import filters as filterlib  # noqa: F401  (public module alias)
 from ._core.config import set_graph_mode as set_graph_mode
 from ._core.config import set_graph_updates as set_graph_updates
 from ._core.errors import AxisSpecError as AxisSpecError
@@ -23,7 +23,7 @@ from ._core.errors import StaticAttributeError as StaticAttributeError
 from ._core.errors import StructureChangeError as StructureChangeError
 from ._core.errors import TraceContextError as TraceContextError
 from ._core.filters import All as All
-from ._core.filters import Any_ as Any
+from ._core.filters import Any_ as Any  # noqa: F401  (Flax name)
 from ._core.filters import Everything as Everything
 from ._core.filters import Not as Not
 from ._core.filters import Nothing as Nothing
@@ -40,8 +40,8 @@ from ._core.pytree import List as List
 from ._core.pytree import Pytree as Pytree
 from ._core.pytree import data as data
 from ._core.pytree import static as static
-from ._core.rngs import RngStream as RngStream
 from ._core.rngs import Rngs as Rngs
+from ._core.rngs import RngStream as RngStream
 from ._core.rngs import fork_rngs as fork_rngs
 from ._core.rngs import reseed as reseed
 from ._core.rngs import split_rngs as split_rngs

@@ -7,7 +7,8 @@ tree-mode implementation (``_core/tree.py``) or the graph-mode one (``_graph/api
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ._core import tree
 from ._core.config import resolve_graph

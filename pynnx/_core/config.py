@@ -13,7 +13,8 @@ and ``nnx.set_graph_mode.current_value()`` reads the setting.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import ConfigError
 

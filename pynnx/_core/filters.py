@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 from .errors import FilterError
 

@@ -7,7 +7,8 @@ conveniences of Flax NNX: ``sow``, ``perturb``, ``train()`` / ``eval()``,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -18,7 +19,6 @@ from .reprs import block
 from .variables import Perturbation, Variable, variable_type_from_name
 
 Path = tuple[Hashable, ...]
-
 
 
 def _append(prev: tuple, value: Any) -> tuple:

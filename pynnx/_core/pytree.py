@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Any, Hashable, Iterator
+from collections.abc import Hashable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -470,5 +471,6 @@ def _wrap_container(value: Any) -> Any:
   if type(value) is dict and is_data_value(value) and all(isinstance(k, str) for k in value):
     return Dict(value)
   return value
+
 
 _register(Pytree)

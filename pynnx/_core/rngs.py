@@ -8,7 +8,8 @@ that is asked for but missing falls back to ``default``. Keys and counters are V
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -214,13 +215,15 @@ def _decorator_or_apply(apply: Callable[[Any], _Restore], node: Any) -> Any:
 _MISSING: Any = object()
 
 
-def split_rngs(node: Any = _MISSING, /, *, splits: int | tuple[int, ...], only: Any = ...,
-               squeeze: bool = False) -> Any:
+def split_rngs(
+  node: Any = _MISSING, /, *, splits: int | tuple[int, ...], only: Any = ..., squeeze: bool = False
+) -> Any:
   """Splits the keys of the matching streams into ``splits`` keys (for vmap/scan).
 
   As a call it returns a context manager that restores the streams; as a decorator
   (``@nnx.split_rngs(splits=4)``) it splits around every call of the function.
   """
+
   def make(path: tuple, stream: RngStream) -> Any:
     key = stream()
     return key if squeeze and splits == 1 else jax.random.split(key, splits)
@@ -230,6 +233,7 @@ def split_rngs(node: Any = _MISSING, /, *, splits: int | tuple[int, ...], only: 
 
 def fork_rngs(node: Any = _MISSING, /, *, split: Any = None) -> Any:
   """Gives matching streams a fresh forked key (``split``: int or {filter: int})."""
+
   def make(path: tuple, stream: RngStream) -> Any:
     n = _splits_for(split, path, stream)
     key = stream()
@@ -240,6 +244,7 @@ def fork_rngs(node: Any = _MISSING, /, *, split: Any = None) -> Any:
 
 def with_rngs(node: Any = _MISSING, /, *, split: Any = None, fork: Any = None) -> Any:
   """Splits streams matching ``split`` ({filter: int}) and forks those matching ``fork``."""
+
   def make(path: tuple, stream: RngStream) -> Any:
     n = _splits_for(split, path, stream) if split is not None else None
     if n is not None:
@@ -253,7 +258,7 @@ def with_rngs(node: Any = _MISSING, /, *, split: Any = None, fork: Any = None) -
 
 def reseed(node: Any, /, **stream_seeds: Any) -> None:
   """Resets the named streams of ``node`` to new seeds (counts back to 0)."""
-  for path, stream in _find_streams(node):
+  for _, stream in _find_streams(node):
     if stream.tag in stream_seeds:
       key = _as_key(stream_seeds[stream.tag])
       old = stream.key[...]

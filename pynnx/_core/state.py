@@ -6,8 +6,8 @@ indices or dict keys; leaves are Variables (or plain arrays held directly by a M
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any
 
 import jax
 
@@ -147,7 +147,8 @@ class State(MutableMapping):
     if unmatched:
       raise FilterError(
         "State.split: these leaves match none of the filters "
-        f"{all_filters}: " + ", ".join(format_path(p, "state") for p in unmatched[:8])
+        f"{all_filters}: "
+        + ", ".join(format_path(p, "state") for p in unmatched[:8])
         + (" ..." if len(unmatched) > 8 else "")
         + ". Add `...` as the last filter to collect the rest."
       )
@@ -177,6 +178,7 @@ class State(MutableMapping):
   # -- pure dicts ----------------------------------------------------------------------------
   def to_pure_dict(self, extract_fn: Callable[[Path, Any], Any] | None = None) -> dict:
     """A nested dict of raw values (Variables replaced by their values), e.g. for orbax."""
+
     def conv(path: Path, leaf: Any) -> Any:
       if extract_fn is not None:
         return extract_fn(path, leaf)
@@ -196,6 +198,7 @@ class State(MutableMapping):
     """Sets every leaf's value from ``pure_dict``; its keys must match exactly."""
     flat_pure = dict(_flatten_mapping(pure_dict))
     mine = dict(self.flat_state())
+
     # Keys may have been stringified (e.g. by a checkpoint format): match int keys as str.
     def norm(path: Path) -> Path:
       return tuple(str(k) for k in path)
@@ -211,7 +214,8 @@ class State(MutableMapping):
       if extra:
         parts.append("not in the State: " + ", ".join(format_path(p, "state") for p in extra))
       raise StateMismatchError(
-        "replace_by_pure_dict: the pure dict does not match the State (" + "; ".join(parts)
+        "replace_by_pure_dict: the pure dict does not match the State ("
+        + "; ".join(parts)
         + "). Every leaf must be given exactly once so no value is left stale."
       )
     for n, path in mine_by_norm.items():

@@ -7,7 +7,8 @@ shared references). A frozen Module's flatten plan — its Variables in order an
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterator
+from collections.abc import Hashable, Iterator
+from typing import Any
 
 import jax
 
@@ -118,7 +119,8 @@ def split(node: Any, *filters: Any, api: str = "pynnx.split") -> tuple:
   if unmatched:
     raise FilterError(
       f"{api}: the filters {filters} leave these Variables unmatched: "
-      + ", ".join(format_path(p) for p in unmatched[:8]) + (" ..." if len(unmatched) > 8 else "")
+      + ", ".join(format_path(p) for p in unmatched[:8])
+      + (" ..." if len(unmatched) > 8 else "")
       + ". Every Variable must go to some State; add `...` as the last filter to collect the rest."
     )
   return (graphdef, *(State.from_flat_path(b) for b in buckets))
@@ -204,6 +206,7 @@ def clone(node: Any) -> Any:
 
 def iter_graph(node: Any) -> Iterator[tuple[Path, Any]]:
   """Yields ``(path, value)`` for every Pytree node and leaf, children before parents."""
+
   def walk(x: Any, path: Path) -> Iterator[tuple[Path, Any]]:
     if isinstance(x, Variable):
       yield path, x
@@ -265,11 +268,14 @@ def flatten(node: Any) -> tuple[TreeGraphDef, FlatState]:
 
 
 def unflatten(graphdef: TreeGraphDef, flat_state: Any) -> Any:
-  return merge(graphdef, FlatState(flat_state) if not isinstance(flat_state, FlatState) else flat_state)
+  return merge(
+    graphdef, FlatState(flat_state) if not isinstance(flat_state, FlatState) else flat_state
+  )
 
 
 def as_abstract(node: Any) -> Any:
   """A copy of ``node`` whose array values are ``jax.ShapeDtypeStruct``s."""
+
   def abstract(x: Any) -> Any:
     if hasattr(x, "shape") and hasattr(x, "dtype"):
       return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))

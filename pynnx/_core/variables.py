@@ -8,14 +8,15 @@ so ``jax.tree.map(f, module)`` maps over values and keeps Variable types.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, ClassVar, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
 
 import jax
 import jax.extend.core as jex_core
 import numpy as np
 
-from .reprs import variable_repr
 from .errors import LeakedTracerError, NotAVariableError, TraceContextError
+from .reprs import variable_repr
 
 A = TypeVar("A")
 
@@ -54,7 +55,9 @@ def pop_frame(frame: Frame) -> None:
 
 
 def _check_not_leaked(value: Any, var: Variable) -> Any:
-  if isinstance(value, jax.core.Tracer) and type(jex_core.find_top_trace(())).__name__ == "EvalTrace":
+  if (
+    isinstance(value, jax.core.Tracer) and type(jex_core.find_top_trace(())).__name__ == "EvalTrace"
+  ):
     raise LeakedTracerError(
       f"{type(var).__name__} holds a traced value ({type(value).__name__}) from a JAX "
       "transformation that has already finished: its update leaked out of the trace. This "
@@ -264,30 +267,50 @@ def _raise_outer_write(var: Variable, frame: Frame) -> None:
 
 def _binary(op: Callable, reflected: bool = False):
   if reflected:
+
     def method(self, other):
       return op(other.get_value() if isinstance(other, Variable) else other, self.get_value())
   else:
+
     def method(self, other):
       return op(self.get_value(), other.get_value() if isinstance(other, Variable) else other)
+
   return method
 
 
 for _name, _op in [
-  ("add", operator.add), ("sub", operator.sub), ("mul", operator.mul),
-  ("truediv", operator.truediv), ("floordiv", operator.floordiv), ("mod", operator.mod),
-  ("pow", operator.pow), ("matmul", operator.matmul), ("and", operator.and_),
-  ("or", operator.or_), ("xor", operator.xor), ("lshift", operator.lshift),
-  ("rshift", operator.rshift), ("divmod", divmod),
+  ("add", operator.add),
+  ("sub", operator.sub),
+  ("mul", operator.mul),
+  ("truediv", operator.truediv),
+  ("floordiv", operator.floordiv),
+  ("mod", operator.mod),
+  ("pow", operator.pow),
+  ("matmul", operator.matmul),
+  ("and", operator.and_),
+  ("or", operator.or_),
+  ("xor", operator.xor),
+  ("lshift", operator.lshift),
+  ("rshift", operator.rshift),
+  ("divmod", divmod),
 ]:
   setattr(Variable, f"__{_name}__", _binary(_op))
   setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
 for _name, _op in [
-  ("lt", operator.lt), ("le", operator.le), ("gt", operator.gt), ("ge", operator.ge),
-  ("eq", operator.eq), ("ne", operator.ne),  # elementwise, like arrays (and Flax)
+  ("lt", operator.lt),
+  ("le", operator.le),
+  ("gt", operator.gt),
+  ("ge", operator.ge),
+  ("eq", operator.eq),
+  ("ne", operator.ne),  # elementwise, like arrays (and Flax)
 ]:
   setattr(Variable, f"__{_name}__", _binary(_op))
-for _name, _op in [("neg", operator.neg), ("pos", operator.pos), ("abs", operator.abs),
-                   ("invert", operator.invert)]:
+for _name, _op in [
+  ("neg", operator.neg),
+  ("pos", operator.pos),
+  ("abs", operator.abs),
+  ("invert", operator.invert),
+]:
   setattr(Variable, f"__{_name}__", (lambda op: lambda self: op(self.get_value()))(_op))
 
 
@@ -369,7 +392,9 @@ _NAME_TO_TYPE: dict[str, type[Variable]] = {}
 _TYPE_TO_NAME: dict[type[Variable], str] = {}
 
 
-def register_variable_name(name: str, typ: type[Variable] | None = None, *, overwrite: bool = False):
+def register_variable_name(
+  name: str, typ: type[Variable] | None = None, *, overwrite: bool = False
+):
   """Associates a collection name (e.g. ``'params'``) with a Variable type.
 
   Usable directly or as a class decorator (``@nnx.register_variable_name('stats')``).
@@ -411,7 +436,12 @@ def variable_type_from_name(name: str, *, allow_register: bool = False) -> type[
   raise ValueError(f"No Variable type is registered under the name {name!r}.")
 
 
-for _n, _t in [("params", Param), ("batch_stats", BatchStat), ("cache", Cache),
-               ("intermediates", Intermediate), ("perturbations", Perturbation),
-               ("rngs", RngState)]:
+for _n, _t in [
+  ("params", Param),
+  ("batch_stats", BatchStat),
+  ("cache", Cache),
+  ("intermediates", Intermediate),
+  ("perturbations", Perturbation),
+  ("rngs", RngState),
+]:
   register_variable_name(_n, _t)

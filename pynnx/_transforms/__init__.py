@@ -1,24 +1,45 @@
 """The lifted transforms (see README.md in this folder for the lift)."""
 
 from .autodiff import grad as grad
-from .graph_adapter import DiffState as DiffState
-from .graph_adapter import StateAxes as StateAxes
-from .graph_adapter import StateSharding as StateSharding
 from .autodiff import value_and_grad as value_and_grad
-from .jit import jit as jit
-from .scan import Carry as Carry
-from .scan import scan as scan
-from .vmap import PARTITION_NAME as PARTITION_NAME
-from .vmap import vmap as vmap
-from .linearize import jvp as jvp
-from .linearize import vjp as vjp
-from .custom_vjp import custom_vjp as custom_vjp
 from .control_flow import cond as cond
 from .control_flow import fori_loop as fori_loop
 from .control_flow import switch as switch
 from .control_flow import while_loop as while_loop
-from .shard_map import shard_map as shard_map
+from .custom_vjp import custom_vjp as custom_vjp
 from .eval_shape import eval_shape as eval_shape
+from .graph_adapter import DiffState as DiffState
+from .graph_adapter import StateAxes as StateAxes
+from .graph_adapter import StateSharding as StateSharding
+from .jit import jit as jit
+from .linearize import jvp as jvp
+from .linearize import vjp as vjp
 from .remat import remat as remat
+from .scan import Carry as Carry
+from .scan import scan as scan
+from .shard_map import shard_map as shard_map
+from .vmap import PARTITION_NAME as PARTITION_NAME
+from .vmap import vmap as vmap
 
-__all__ = ["DiffState", "StateAxes", "StateSharding", "eval_shape", "remat", "shard_map", "vmap", "scan", "Carry", "PARTITION_NAME", "cond", "switch", "while_loop", "fori_loop", "grad", "value_and_grad", "jit", "vjp", "jvp", "custom_vjp"]
+__all__ = [
+  "DiffState",
+  "StateAxes",
+  "StateSharding",
+  "eval_shape",
+  "remat",
+  "shard_map",
+  "vmap",
+  "scan",
+  "Carry",
+  "PARTITION_NAME",
+  "cond",
+  "switch",
+  "while_loop",
+  "fori_loop",
+  "grad",
+  "value_and_grad",
+  "jit",
+  "vjp",
+  "jvp",
+  "custom_vjp",
+]

@@ -9,24 +9,25 @@ statistics and dropout just work. Their updates are written back like in any tra
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from .._core.variables import Param, Variable
+from .._core.variables import Param
 from . import graph_adapter
 from .lift import (
   MISSING,
   InnerFrame,
   MethodAware,
   SharingCheck,
+  _new_var,
   argnames_of,
   changed,
   flatten_args,
   rebuild_arg,
   write_back,
-  _new_var,
 )
 
 __all__ = ["grad", "value_and_grad"]
@@ -69,9 +70,18 @@ def grad_like(plan: Any, mask: Sequence[bool], grads: Sequence[Any]) -> Any:
 class GradWrapped(MethodAware):
   """A function transformed by ``nnx.grad`` / ``nnx.value_and_grad``."""
 
-  def __init__(self, f: Callable, *, argnums: int | Sequence[int], has_aux: bool,
-               holomorphic: bool, allow_int: bool, return_value: bool, graph: Any,
-               graph_updates: Any):
+  def __init__(
+    self,
+    f: Callable,
+    *,
+    argnums: int | Sequence[int],
+    has_aux: bool,
+    holomorphic: bool,
+    allow_int: bool,
+    return_value: bool,
+    graph: Any,
+    graph_updates: Any,
+  ):
     functools.update_wrapper(self, f)
     self.f = f
     self.argnums = argnums
@@ -110,9 +120,12 @@ class GradWrapped(MethodAware):
     if call is None:
       masks = {i: diff_mask(flat.plans[i], flat.values[i], self.allow_int) for i in argnums}
     else:
-      masks = {i: graph_adapter.selected_mask(args[i], flat.cells[i], flat.values[i],
-                                              lambda v: _inexact(v, self.allow_int))
-               for i in argnums}
+      masks = {
+        i: graph_adapter.selected_mask(
+          args[i], flat.cells[i], flat.values[i], lambda v: _inexact(v, self.allow_int)
+        )
+        for i in argnums
+      }
     diff = tuple([v for v, m in zip(flat.values[i], masks[i]) if m] for i in argnums)
     f, has_aux, plans, values = self.f, self.has_aux, flat.plans, flat.values
 
@@ -156,11 +169,26 @@ class GradWrapped(MethodAware):
 
 
 def _make(return_value: bool):
-  def transform(f: Callable = MISSING, *, argnums: int | Sequence[int] = 0, has_aux: bool = False,
-                holomorphic: bool = False, allow_int: bool = False, reduce_axes: Sequence = (),
-                graph: bool | None = None, graph_updates: bool | None = None) -> Any:
-    kw = dict(argnums=argnums, has_aux=has_aux, holomorphic=holomorphic, allow_int=allow_int,
-              return_value=return_value, graph=graph, graph_updates=graph_updates)
+  def transform(
+    f: Callable = MISSING,
+    *,
+    argnums: int | Sequence[int] = 0,
+    has_aux: bool = False,
+    holomorphic: bool = False,
+    allow_int: bool = False,
+    reduce_axes: Sequence = (),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+  ) -> Any:
+    kw = dict(
+      argnums=argnums,
+      has_aux=has_aux,
+      holomorphic=holomorphic,
+      allow_int=allow_int,
+      return_value=return_value,
+      graph=graph,
+      graph_updates=graph_updates,
+    )
     if f is MISSING:
       return lambda fn: GradWrapped(fn, **kw)
     return GradWrapped(f, **kw)

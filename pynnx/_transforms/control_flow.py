@@ -79,8 +79,9 @@ def _same_structure(plan: Any, tree: Any) -> tuple[bool, list]:
   return treedef == plan.treedef and tuple(map(_kind, leaves)) == plan.kinds, leaves
 
 
-def _check_args_kept(api: str, who: str, plans: Sequence, before: Sequence, after: Sequence,
-                     roots: Sequence[str]) -> None:
+def _check_args_kept(
+  api: str, who: str, plans: Sequence, before: Sequence, after: Sequence, roots: Sequence[str]
+) -> None:
   """Raises if ``who`` added/removed Variables or changed their metadata in an argument."""
   for plan, b, a, root in zip(plans, before, after, roots, strict=True):
     if not _same_structure(plan, a)[0]:
@@ -147,8 +148,15 @@ def _write_vars(flat: Any, new: Sequence) -> None:
 # --- cond / switch ----------------------------------------------------------------------------
 
 
-def _branches(api: str, names: Sequence[str], funs: Sequence[Callable], select: Callable,
-              operands: tuple, graph: Any, graph_updates: Any) -> Any:
+def _branches(
+  api: str,
+  names: Sequence[str],
+  funs: Sequence[Callable],
+  select: Callable,
+  operands: tuple,
+  graph: Any,
+  graph_updates: Any,
+) -> Any:
   gs = None
   if resolve_graph(graph):
     operands, _, gs = graph_adapter.to_tree(tuple(operands), {}, api, graph_updates)
@@ -201,8 +209,15 @@ def _branches(api: str, names: Sequence[str], funs: Sequence[Callable], select: 
   return out
 
 
-def _diagnose(api: str, names: Sequence[str], fns: Sequence[Callable], flat: Any,
-              operands: tuple, roots: Sequence[str], error: Exception) -> None:
+def _diagnose(
+  api: str,
+  names: Sequence[str],
+  fns: Sequence[Callable],
+  flat: Any,
+  operands: tuple,
+  roots: Sequence[str],
+  error: Exception,
+) -> None:
   """After JAX rejected the branches' outputs: name the operand leaf that differs."""
   try:
     shapes = [jax.eval_shape(fn, *flat.values) for fn in fns]
@@ -230,8 +245,14 @@ def _diagnose(api: str, names: Sequence[str], fns: Sequence[Callable], flat: Any
       ) from error
 
 
-def cond(pred: Any, true_fun: Callable, false_fun: Callable, *operands: Any,
-         graph: bool | None = None, graph_updates: bool | None = None) -> Any:
+def cond(
+  pred: Any,
+  true_fun: Callable,
+  false_fun: Callable,
+  *operands: Any,
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
+) -> Any:
   """Lifted ``jax.lax.cond``: Variable updates made in the taken branch persist.
 
   Both branches take the operands (Modules included) and must return outputs of the same
@@ -251,14 +272,23 @@ def cond(pred: Any, true_fun: Callable, false_fun: Callable, *operands: Any,
     1
   """
   return _branches(
-    "pynnx.cond", ("true_fun", "false_fun"), (true_fun, false_fun),
+    "pynnx.cond",
+    ("true_fun", "false_fun"),
+    (true_fun, false_fun),
     lambda fns, values: jax.lax.cond(pred, fns[0], fns[1], *values),
-    operands, graph, graph_updates,
+    operands,
+    graph,
+    graph_updates,
   )
 
 
-def switch(index: Any, branches: Sequence[Callable], *operands: Any,
-           graph: bool | None = None, graph_updates: bool | None = None) -> Any:
+def switch(
+  index: Any,
+  branches: Sequence[Callable],
+  *operands: Any,
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
+) -> Any:
   """Lifted ``jax.lax.switch``: applies ``branches[index]``; its Variable updates persist.
 
   Example:
@@ -277,9 +307,13 @@ def switch(index: Any, branches: Sequence[Callable], *operands: Any,
   branches = tuple(branches)
   names = tuple(f"branches[{k}]" for k in range(len(branches)))
   return _branches(
-    "pynnx.switch", names, branches,
+    "pynnx.switch",
+    names,
+    branches,
     lambda fns, values: jax.lax.switch(index, fns, *values),
-    operands, graph, graph_updates,
+    operands,
+    graph,
+    graph_updates,
   )
 
 
@@ -383,8 +417,14 @@ class _Loop:
     return out
 
 
-def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any, *,
-               graph: bool | None = None, graph_updates: bool | None = None) -> Any:
+def while_loop(
+  cond_fun: Callable,
+  body_fun: Callable,
+  init_val: Any,
+  *,
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
+) -> Any:
   """Lifted ``jax.lax.while_loop``: ``init_val`` may hold Modules; their updates persist.
 
   ``body_fun`` must return a value with the structure of ``init_val`` (same Variables at the
@@ -405,9 +445,16 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any, *,
   return loop.finish(final)
 
 
-def fori_loop(lower: Any, upper: Any, body_fun: Callable, init_val: Any, *,
-              unroll: int | bool | None = None, graph: bool | None = None,
-              graph_updates: bool | None = None) -> Any:
+def fori_loop(
+  lower: Any,
+  upper: Any,
+  body_fun: Callable,
+  init_val: Any,
+  *,
+  unroll: int | bool | None = None,
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
+) -> Any:
   """Lifted ``jax.lax.fori_loop``: ``body_fun(i, val)`` returns the next ``val``.
 
   Example:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -93,7 +94,9 @@ def _graph_mode(cvjp: CustomVjp, args: tuple) -> Any:
         f"{cvjp.api}: bwd must return a tuple with one cotangent per differentiable argument "
         f"({len(diff_args)}), got {type(cts).__name__}."
       )
-    return tuple(graph_adapter.cotangent_node(cvjp.api, wargs[i], ct) for i, ct in zip(diff_args, cts))
+    return tuple(
+      graph_adapter.cotangent_node(cvjp.api, wargs[i], ct) for i, ct in zip(diff_args, cts)
+    )
 
   def masks(flat: Any) -> list:
     return [

@@ -67,12 +67,19 @@ def add_shardings(tree: Any, mesh: Any) -> None:
     if not _replicated(value.sharding) or not _names_fit(names, len(value.shape), mesh):
       continue
     sharding = NamedSharding(mesh, PartitionSpec(*names))
-    _RAW.__set__(leaf, jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding,
-                                            weak_type=value.weak_type))
+    _RAW.__set__(
+      leaf,
+      jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding, weak_type=value.weak_type),
+    )
 
 
-def eval_shape(f: Callable, *args: Any, graph: bool | None = None,
-               graph_updates: bool | None = None, **kwargs: Any) -> Any:
+def eval_shape(
+  f: Callable,
+  *args: Any,
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
+  **kwargs: Any,
+) -> Any:
   """Lifted ``jax.eval_shape``: shapes and dtypes of ``f(*args, **kwargs)`` without FLOPs.
 
   Arguments may be Modules (concrete or abstract). Modules in the output hold

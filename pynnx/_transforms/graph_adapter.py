@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 
@@ -34,8 +35,8 @@ from .._core.pytree import Pytree
 from .._core.state import State
 from .._core.variables import STRUCTURE, Variable
 from .._graph import api as graph_api
-from .._graph.flatten import plan as graph_plan
 from .._graph.api import GraphNode
+from .._graph.flatten import plan as graph_plan
 from .lift import argnames_of
 
 __all__ = ["DiffState", "StateAxes", "StateSharding"]
@@ -67,7 +68,9 @@ class StateAxes:
   def __init__(self, filter_axes: Mapping[Any, Any] | Sequence[tuple[Any, Any]]):
     items = filter_axes.items() if isinstance(filter_axes, Mapping) else filter_axes
     self.filters = tuple(f for f, _ in items)
-    self.axes = tuple(a for _, a in (filter_axes.items() if isinstance(filter_axes, Mapping) else filter_axes))
+    self.axes = tuple(
+      a for _, a in (filter_axes.items() if isinstance(filter_axes, Mapping) else filter_axes)
+    )
 
   def items(self):
     return zip(self.filters, self.axes)
@@ -76,7 +79,9 @@ class StateAxes:
     return f"StateAxes({dict(self.items())!r})"
 
   def __eq__(self, other: object) -> bool:
-    return isinstance(other, StateAxes) and self.filters == other.filters and self.axes == other.axes
+    return (
+      isinstance(other, StateAxes) and self.filters == other.filters and self.axes == other.axes
+    )
 
   def __hash__(self) -> int:
     return hash((self.filters, self.axes))
@@ -170,8 +175,13 @@ def _is_root(x: Any) -> bool:
   return isinstance(x, (Pytree, Variable))
 
 
-def to_tree(args: Sequence[Any], kwargs: Mapping[str, Any], api: str, graph_updates: Any,
-            filters: Callable | tuple = ()) -> tuple[tuple, dict, GraphCall]:
+def to_tree(
+  args: Sequence[Any],
+  kwargs: Mapping[str, Any],
+  api: str,
+  graph_updates: Any,
+  filters: Callable | tuple = (),
+) -> tuple[tuple, dict, GraphCall]:
   """Arguments with each graph root replaced by a GraphNode (sharing deduplicated)."""
   args, kwargs = tuple(args), dict(kwargs)
   fast = _fast_to_tree(args, kwargs, filters)
@@ -182,10 +192,13 @@ def to_tree(args: Sequence[Any], kwargs: Mapping[str, Any], api: str, graph_upda
     with_path = jax.tree_util.tree_flatten_with_path((args, kwargs), is_leaf=_is_root)[0]
     found = [(jax_path_to_parts(p), x) for p, x in with_path if _is_root(x)]
     roots = tuple(x for _, x in found)
-    root_filters = tuple(tuple(filters(p, x)) if callable(filters) else tuple(filters)
-                         for p, x in found)
-  return tuple(wargs), wkwargs, GraphCall(
-    resolve_graph_updates(graph_updates), api, roots, root_filters
+    root_filters = tuple(
+      tuple(filters(p, x)) if callable(filters) else tuple(filters) for p, x in found
+    )
+  return (
+    tuple(wargs),
+    wkwargs,
+    GraphCall(resolve_graph_updates(graph_updates), api, roots, root_filters),
   )
 
 
@@ -240,8 +253,9 @@ def _roots(tree: Any) -> list[Any]:
   return [x for x in jax.tree.leaves(tree, is_leaf=_is_root) if _is_root(x)]
 
 
-def enter(call: GraphCall, args: Sequence[Any], kwargs: Mapping[str, Any], *,
-          carry: bool = False) -> tuple:
+def enter(
+  call: GraphCall, args: Sequence[Any], kwargs: Mapping[str, Any], *, carry: bool = False
+) -> tuple:
   """Inside the transform: rebuild Modules around the fresh Variables.
 
   Returns ``(args, kwargs, finish)``; ``finish(out)`` converts the user function's output.
@@ -263,9 +277,10 @@ def enter(call: GraphCall, args: Sequence[Any], kwargs: Mapping[str, Any], *,
           why = (
             f"but {call.api.split('(')[0]} maps, scans or loops over it, so its structure must "
             f"stay fixed; create the Variables before the transform (e.g. call init_cache "
-            f"first)" if carry
+            f"first)"
+            if carry
             else "but graph_updates=False. Pass graph_updates=True to propagate structural "
-                 "changes, or keep the structure fixed"
+            "changes, or keep the structure fixed"
           )
           raise StructureChangeError(
             f"{call.api}: the function changed the structure of argument root {i} (Variables "
@@ -276,6 +291,7 @@ def enter(call: GraphCall, args: Sequence[Any], kwargs: Mapping[str, Any], *,
 
   def finish(out: Any) -> Any:
     if carry:
+
       def filters(path: tuple, root: Any) -> tuple:
         i = index.get(id(root))
         return call.root_filters[i] if i is not None and i < len(call.root_filters) else ()
@@ -285,7 +301,8 @@ def enter(call: GraphCall, args: Sequence[Any], kwargs: Mapping[str, Any], *,
       return out
     out = jax.tree.map(
       lambda x: _InputRoot(index[id(x)]) if _is_root(x) and id(x) in index else x,
-      out, is_leaf=_is_root,
+      out,
+      is_leaf=_is_root,
     )
     return graph_api.to_tree(out), structural_changes()
 
@@ -298,7 +315,8 @@ def _is_graph_node(x: Any) -> bool:
 
 def _variable_ids(states: Any) -> frozenset:
   return frozenset(
-    id(v) for v in jax.tree.leaves(states, is_leaf=lambda x: isinstance(x, Variable))
+    id(v)
+    for v in jax.tree.leaves(states, is_leaf=lambda x: isinstance(x, Variable))
     if isinstance(v, Variable)
   )
 
@@ -368,7 +386,9 @@ _MISSING: Any = object()
 def node_prefix(spec: Any, node: Any, *, default: Any = None) -> Any:
   """A GraphNode-shaped prefix giving each of ``node``'s per-filter States its spec."""
   if isinstance(spec, StateAxes) and isinstance(node, GraphNode):
-    return GraphNode(node.graphdef, tuple(spec.axes) + ((default,) if len(node.states) > len(spec.axes) else ()))
+    return GraphNode(
+      node.graphdef, tuple(spec.axes) + ((default,) if len(node.states) > len(spec.axes) else ())
+    )
   return spec
 
 
@@ -386,12 +406,14 @@ def spec_filters(spec: Any) -> tuple:
   return ()
 
 
-def selected_mask(warg: Any, cells: Sequence[Any], values: Sequence[Any],
-                  inexact: Callable[[Any], bool]) -> tuple[bool, ...]:
+def selected_mask(
+  warg: Any, cells: Sequence[Any], values: Sequence[Any], inexact: Callable[[Any], bool]
+) -> tuple[bool, ...]:
   """Leaves of a wrapped argument that sit in a GraphNode's first (selected) State."""
   selected = {
     id(leaf)
-    for node in jax.tree.leaves(warg, is_leaf=_is_graph_node) if isinstance(node, GraphNode)
+    for node in jax.tree.leaves(warg, is_leaf=_is_graph_node)
+    if isinstance(node, GraphNode)
     for leaf in jax.tree.leaves(node.states[0], is_leaf=lambda x: isinstance(x, Variable))
   }
   return tuple(id(c) in selected and inexact(v) for c, v in zip(cells, values))
@@ -399,13 +421,18 @@ def selected_mask(warg: Any, cells: Sequence[Any], values: Sequence[Any],
 
 def selected_state(grads: Any) -> Any:
   """A GraphNode-shaped gradient -> the State of its selected substate (graph mode)."""
+
   def conv(x: Any) -> Any:
     if isinstance(x, GraphNode):
       state = x.states[0]
       if isinstance(state, Variable):
         return state
       return State.from_flat_path(
-        [(p, v) for p, v in state.flat_state() if not (isinstance(v, Variable) and v.raw_value is None)]
+        [
+          (p, v)
+          for p, v in state.flat_state()
+          if not (isinstance(v, Variable) and v.raw_value is None)
+        ]
       )
     return x
 
@@ -424,8 +451,10 @@ def zero_state(warg: Any) -> Any:
   nodes = _nodes(warg)
   if not nodes or not isinstance(warg, GraphNode):
     return None
+
   def zero(v: Any) -> Any:
     return v.replace(jax.numpy.zeros_like(v.raw_value)) if isinstance(v, Variable) else v
+
   merged = State.merge(*[s for s in warg.states if isinstance(s, State)])
   return jax.tree.map(zero, merged, is_leaf=lambda x: isinstance(x, Variable))
 
@@ -448,8 +477,10 @@ def cotangent_node(api: str, warg: Any, ct: Any) -> Any:
       + ", ".join(".".join(map(str, p)) for p in missing)
       + "; return a cotangent for every Variable selected by the DiffState."
     )
+
   def value(v: Any) -> Any:
     return v.raw_value if isinstance(v, Variable) else v
+
   first = State.from_flat_path([(p, v.replace(value(given[p]))) for p, v in selected.flat_state()])
   return GraphNode(warg.graphdef, (first, *warg.states[1:]))
 
@@ -500,8 +531,9 @@ def _spec_for(spec: Any, path: tuple, var: Variable) -> Any:
   return spec
 
 
-def check_shared_specs(api: str, what: str, args: Sequence[Any], specs: Sequence[Any],
-                       names: Sequence[str] | None = None) -> None:
+def check_shared_specs(
+  api: str, what: str, args: Sequence[Any], specs: Sequence[Any], names: Sequence[str] | None = None
+) -> None:
   """A Variable shared by two arguments must get the same spec from both (graph mode).
 
   Raises AxisSpecError naming both paths when the two specs disagree.

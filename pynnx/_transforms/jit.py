@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 
@@ -14,8 +15,8 @@ from .lift import (
   InnerFrame,
   MethodAware,
   SharingCheck,
-  argnames_of,
   all_values,
+  argnames_of,
   changed,
   check_not_bound,
   flatten_args,
@@ -34,7 +35,9 @@ def _as_tuple(x: Any, kind: type) -> tuple:
   return tuple(x)
 
 
-def _resolve(nums: Any, names: Any, argnames: list[str] | None) -> tuple[tuple[int, ...], tuple[str, ...]]:
+def _resolve(
+  nums: Any, names: Any, argnames: list[str] | None
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
   """Like jax.jit: one of argnums/argnames given -> the other inferred from the signature."""
   nums, names = _as_tuple(nums, int), _as_tuple(names, str)
   if argnames is not None:
@@ -48,10 +51,23 @@ def _resolve(nums: Any, names: Any, argnames: list[str] | None) -> tuple[tuple[i
 class JitWrapped(MethodAware):
   """A function transformed by ``nnx.jit``; call it like the original."""
 
-  def __init__(self, fun: Callable, *, in_shardings: Any, out_shardings: Any,
-               static_argnums: Any, static_argnames: Any, donate_argnums: Any,
-               donate_argnames: Any, keep_unused: bool, device: Any, backend: Any,
-               inline: bool, graph: bool | None, graph_updates: bool | None):
+  def __init__(
+    self,
+    fun: Callable,
+    *,
+    in_shardings: Any,
+    out_shardings: Any,
+    static_argnums: Any,
+    static_argnames: Any,
+    donate_argnums: Any,
+    donate_argnames: Any,
+    keep_unused: bool,
+    device: Any,
+    backend: Any,
+    inline: bool,
+    graph: bool | None,
+    graph_updates: bool | None,
+  ):
     check_not_bound(fun, "jit")
     functools.update_wrapper(self, fun)
     self.fun = fun
@@ -93,7 +109,7 @@ class JitWrapped(MethodAware):
           fresh.append(fr)
         kwargs = {}
         kwfresh = {}
-        for (name, plan) in kwplans:
+        for name, plan in kwplans:
           kwargs[name], kwfresh[name] = rebuild_arg(plan, kwvalues[name])
         for pos, value in zip(static_argnums_, static_args):
           args.insert(pos, value)
@@ -158,7 +174,9 @@ class JitWrapped(MethodAware):
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     if resolve_graph(self.graph):
-      wargs, wkwargs, graph_static = graph_adapter.to_tree(args, kwargs, self.api, self.graph_updates)
+      wargs, wkwargs, graph_static = graph_adapter.to_tree(
+        args, kwargs, self.api, self.graph_updates
+      )
       static, flat, kwvalues, kwflat = self._prepare_tree(wargs, wkwargs, graph_static)
     else:
       static, flat, kwvalues, kwflat = self._prepare_tree(args, kwargs, None)
@@ -188,13 +206,20 @@ class JitWrapped(MethodAware):
 
 
 def jit(
-  fun: Callable = MISSING, *, in_shardings: Any = None, out_shardings: Any = None,
+  fun: Callable = MISSING,
+  *,
+  in_shardings: Any = None,
+  out_shardings: Any = None,
   static_argnums: int | Sequence[int] | None = None,
   static_argnames: str | Sequence[str] | None = None,
   donate_argnums: int | Sequence[int] | None = None,
   donate_argnames: str | Sequence[str] | None = None,
-  keep_unused: bool = False, device: Any = None, backend: str | None = None,
-  inline: bool = False, graph: bool | None = None, graph_updates: bool | None = None,
+  keep_unused: bool = False,
+  device: Any = None,
+  backend: str | None = None,
+  inline: bool = False,
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
 ) -> Any:
   """Lifted ``jax.jit``: Modules are arguments, Variable updates are written back.
 
@@ -209,11 +234,20 @@ def jit(
     >>> c = Counter(); step(c); step(c); int(c.count[...])
     2
   """
-  kw = dict(in_shardings=in_shardings, out_shardings=out_shardings,
-            static_argnums=static_argnums, static_argnames=static_argnames,
-            donate_argnums=donate_argnums, donate_argnames=donate_argnames,
-            keep_unused=keep_unused, device=device, backend=backend, inline=inline,
-            graph=graph, graph_updates=graph_updates)
+  kw = dict(
+    in_shardings=in_shardings,
+    out_shardings=out_shardings,
+    static_argnums=static_argnums,
+    static_argnames=static_argnames,
+    donate_argnums=donate_argnums,
+    donate_argnames=donate_argnames,
+    keep_unused=keep_unused,
+    device=device,
+    backend=backend,
+    inline=inline,
+    graph=graph,
+    graph_updates=graph_updates,
+  )
   if fun is MISSING:
     return lambda f: JitWrapped(f, **kw)
   return JitWrapped(fun, **kw)

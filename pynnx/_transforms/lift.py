@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
 from .._core.tree import shared_reference_error
-from .._graph.api import GraphNode
 from .._core.variables import FRAMES, STRUCTURE, Variable, is_variable, pop_frame, push_frame
+from .._graph.api import GraphNode
 
 _RAW = Variable._raw_value  # slot descriptors: the hot path bypasses __setattr__
 _META = Variable._metadata
@@ -168,6 +169,9 @@ class SharingCheck:
           first[id(leaf)] = where
 
 
+_ARRAY_PLAN = ArgPlan(jax.tree_util.tree_structure(0), (None,), [0])
+
+
 def flatten_args(args: Sequence[Any], check: SharingCheck | None = None) -> Flat:
   """Flattens each argument into raw values plus its (cached) static plan.
 
@@ -177,6 +181,12 @@ def flatten_args(args: Sequence[Any], check: SharingCheck | None = None) -> Flat
   plans, values, cells, entries = [], [], [], []
   stamp = STRUCTURE.writes
   for arg in args:
+    if isinstance(arg, jax.Array):  # the common bare-array argument: a constant plan
+      plans.append(_ARRAY_PLAN)
+      cells.append([arg])
+      values.append([arg])
+      entries.append(None)
+      continue
     entry = _entry_of(arg) if isinstance(arg, (Pytree, GraphNode)) else None
     if entry is None:
       leaves, plan = _plan_of(arg)
@@ -328,7 +338,8 @@ def argnames_of(f: Callable) -> list[str] | None:
   except (TypeError, ValueError):
     return None
   return [
-    p.name for p in params
+    p.name
+    for p in params
     if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
   ]
 

@@ -11,17 +11,17 @@ are written back once, when the forward pass runs.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from .._core.config import resolve_graph
-from .._core.variables import Param
 from .._core.errors import ConfigError, StructureChangeError
-from .._core.variables import Variable, is_variable
-from .autodiff import diff_mask, grad_like
+from .._core.variables import Param, Variable, is_variable
 from . import graph_adapter
+from .autodiff import diff_mask, grad_like
 from .lift import (
   MISSING,
   Flat,
@@ -45,6 +45,7 @@ def _param_filters(path: tuple, root: Any) -> tuple:
 
 def _adapt(f: Callable, gc: Any, has_aux: bool) -> Callable:
   """``f`` on GraphNode-wrapped arguments (graph mode): aux is converted for exit."""
+
   def adapted(*wrapped: Any) -> Any:
     objs, _, finish = graph_adapter.enter(gc, list(wrapped), {})
     out = f(*objs)
@@ -56,8 +57,9 @@ def _adapt(f: Callable, gc: Any, has_aux: bool) -> Callable:
   return adapted
 
 
-def _vjp_graph(f: Callable, primals: tuple, has_aux: bool, check: SharingCheck, api: str,
-               graph_updates: Any) -> tuple:
+def _vjp_graph(
+  f: Callable, primals: tuple, has_aux: bool, check: SharingCheck, api: str, graph_updates: Any
+) -> tuple:
   """Graph mode: cotangents of Module primals are States of their Params."""
   wrapped, _, gc = graph_adapter.to_tree(primals, {}, api, graph_updates, _param_filters)
   result = _vjp_call(_adapt(f, gc, has_aux), wrapped, has_aux, check, api)
@@ -71,8 +73,9 @@ def _vjp_graph(f: Callable, primals: tuple, has_aux: bool, check: SharingCheck, 
   return result[0], vjp_fn
 
 
-def _jvp_graph(f: Callable, primals: Any, tangents: Any, has_aux: bool, api: str,
-               graph_updates: Any) -> tuple:
+def _jvp_graph(
+  f: Callable, primals: Any, tangents: Any, has_aux: bool, api: str, graph_updates: Any
+) -> tuple:
   """Graph mode: Module primals and tangents are graph-flattened alike."""
   wrapped, _, gc = graph_adapter.to_tree(tuple(primals), {}, api, graph_updates, _param_filters)
   wtangents, _, _ = graph_adapter.to_tree(tuple(tangents), {}, api, graph_updates, _param_filters)

@@ -25,7 +25,6 @@ from .graph_adapter import GRAPH_SPECS
 __all__ = ["broadcast_prefix", "is_spec_leaf", "graph_only_spec"]
 
 
-
 def _is_node(x: Any) -> bool:
   return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(x))
 
@@ -74,8 +73,9 @@ def _describe(x: Any) -> str:
 
 
 class _Matcher:
-  def __init__(self, api: str, argname: str, what: str, leaf_ok: Callable[[Any], bool] | None,
-               leaf_desc: str):
+  def __init__(
+    self, api: str, argname: str, what: str, leaf_ok: Callable[[Any], bool] | None, leaf_desc: str
+  ):
     self.api = api
     self.argname = argname
     self.what = what
@@ -111,8 +111,9 @@ class _Matcher:
   def match(self, prefix: Any, arg: Any, path: tuple) -> None:
     if isinstance(prefix, Variable):
       if not isinstance(arg, Variable):
-        self.fail(path, f"the spec has a {type(prefix).__name__} where the argument has "
-                        f"{_describe(arg)}")
+        self.fail(
+          path, f"the spec has a {type(prefix).__name__} where the argument has {_describe(arg)}"
+        )
       self.out.append(self.leaf(prefix.raw_value, path))
       return
     if is_spec_leaf(prefix):
@@ -129,9 +130,17 @@ class _Matcher:
       self.match(p_child, a_child, (*path, key))
 
 
-def broadcast_prefix(prefix: Any, arg: Any, plan: Any, api: str, argname: str, *,
-                     what: str = "in_axes", leaf_ok: Callable[[Any], bool] | None = None,
-                     leaf_desc: str = "") -> tuple:
+def broadcast_prefix(
+  prefix: Any,
+  arg: Any,
+  plan: Any,
+  api: str,
+  argname: str,
+  *,
+  what: str = "in_axes",
+  leaf_ok: Callable[[Any], bool] | None = None,
+  leaf_desc: str = "",
+) -> tuple:
   """One spec per leaf of ``plan`` (the lift plan of ``arg``), from a prefix of ``arg``.
 
   Args:

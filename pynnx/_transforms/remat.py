@@ -35,8 +35,16 @@ __all__ = ["remat"]
 class RematWrapped(MethodAware):
   """A function transformed by ``nnx.remat``; call it like the original."""
 
-  def __init__(self, f: Callable, *, prevent_cse: bool, static_argnums: Any, policy: Any,
-               graph: bool | None, graph_updates: bool | None):
+  def __init__(
+    self,
+    f: Callable,
+    *,
+    prevent_cse: bool,
+    static_argnums: Any,
+    policy: Any,
+    graph: bool | None,
+    graph_updates: bool | None,
+  ):
     check_not_bound(f, "remat")
     functools.update_wrapper(self, f)
     self.f = f
@@ -90,9 +98,15 @@ class RematWrapped(MethodAware):
     return out
 
 
-def remat(f: Callable = MISSING, *, prevent_cse: bool = True, static_argnums: Any = (),
-          policy: Callable[..., bool] | None = None, graph: bool | None = None,
-          graph_updates: bool | None = None) -> Any:
+def remat(
+  f: Callable = MISSING,
+  *,
+  prevent_cse: bool = True,
+  static_argnums: Any = (),
+  policy: Callable[..., bool] | None = None,
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
+) -> Any:
   """Lifted ``jax.checkpoint`` (``jax.remat``): recompute ``f``'s intermediates on the
   backward pass instead of storing them.
 
@@ -104,8 +118,13 @@ def remat(f: Callable = MISSING, *, prevent_cse: bool = True, static_argnums: An
     >>> grads.kernel[...].shape
     (2, 3)
   """
-  kw = dict(prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy, graph=graph,
-            graph_updates=graph_updates)
+  kw = dict(
+    prevent_cse=prevent_cse,
+    static_argnums=static_argnums,
+    policy=policy,
+    graph=graph,
+    graph_updates=graph_updates,
+  )
   if f is MISSING:
     return lambda fn: RematWrapped(fn, **kw)
   return RematWrapped(f, **kw)

@@ -52,6 +52,7 @@ from .vmap import (
 
 __all__ = ["scan", "Carry"]
 
+
 class Carry:
   """Marks the loop carry in :func:`scan`'s ``in_axes`` and ``out_axes`` (use the class).
 
@@ -124,9 +125,20 @@ def _typeof(x: Any) -> tuple:
 class ScanWrapped(MethodAware):
   """A function transformed by ``nnx.scan``; call it like the original."""
 
-  def __init__(self, f: Callable, *, length: int | None, reverse: bool, unroll: int | bool,
-               _split_transpose: bool, in_axes: Any, out_axes: Any,
-               transform_metadata: Mapping, graph: bool | None, graph_updates: bool | None):
+  def __init__(
+    self,
+    f: Callable,
+    *,
+    length: int | None,
+    reverse: bool,
+    unroll: int | bool,
+    _split_transpose: bool,
+    in_axes: Any,
+    out_axes: Any,
+    transform_metadata: Mapping,
+    graph: bool | None,
+    graph_updates: bool | None,
+  ):
     check_not_bound(f, "scan")
     functools.update_wrapper(self, f)
     self.f = f
@@ -164,8 +176,11 @@ class ScanWrapped(MethodAware):
         carry_idx = a
         specs.append((Carry,) * len(plan.kinds))
       else:
-        specs.append(broadcast_prefix(ax, arg, plan, self.api, name, leaf_ok=is_axis,
-                                      leaf_desc="an int, None or nnx.Carry"))
+        specs.append(
+          broadcast_prefix(
+            ax, arg, plan, self.api, name, leaf_ok=is_axis, leaf_desc="an int, None or nnx.Carry"
+          )
+        )
     hit = (carry_idx, tuple(specs))
     if len(self._specs) > 64:
       self._specs.clear()
@@ -199,8 +214,9 @@ class ScanWrapped(MethodAware):
       return (*ys[:idx], carry, *ys[idx:])
     return ys
 
-  def _check_carry(self, plan: Any, fresh: list, carry_in: list, carry_out: Any,
-                   argname: str, arg: Any) -> list:
+  def _check_carry(
+    self, plan: Any, fresh: list, carry_in: list, carry_out: Any, argname: str, arg: Any
+  ) -> list:
     """The carry output's values, after checking it has the carry input's structure."""
     leaves, treedef = jax.tree_util.tree_flatten(carry_out, is_leaf=is_variable)
     if treedef != plan.treedef:
@@ -208,9 +224,13 @@ class ScanWrapped(MethodAware):
       out_paths = leaf_paths(carry_out, argname)
       gone = [p for p in in_paths if p not in out_paths]
       new = [p for p in out_paths if p not in in_paths]
-      detail = (f"{gone[0]} is missing from the returned carry" if gone else
-                f"{new[0]} is new in the returned carry" if new else
-                "its static structure (attributes, container types) changed")
+      detail = (
+        f"{gone[0]} is missing from the returned carry"
+        if gone
+        else f"{new[0]} is new in the returned carry"
+        if new
+        else "its static structure (attributes, container types) changed"
+      )
       raise StructureChangeError(
         f"{self.api}: the carry must keep its structure from step to step, but {detail}. "
         f"Return a carry with exactly the structure of {argname!r}."
@@ -220,12 +240,16 @@ class ScanWrapped(MethodAware):
     for i, (kind, leaf, before) in enumerate(zip(plan.kinds, leaves, carry_in)):
       is_var = isinstance(leaf, Variable)
       value = leaf._raw_value if is_var else leaf
-      if (kind is None) == is_var or (is_var and type(leaf) is not kind[0]) or \
-          _typeof(value) != _typeof(before):
+      if (
+        (kind is None) == is_var
+        or (is_var and type(leaf) is not kind[0])
+        or _typeof(value) != _typeof(before)
+      ):
         path = leaf_paths(arg, argname)[i]
         if (kind is None) == is_var or (is_var and type(leaf) is not kind[0]):
           what = f"a {type(leaf).__name__} where the input carry has " + (
-            "a plain value" if kind is None else f"a {kind[0].__name__}")
+            "a plain value" if kind is None else f"a {kind[0].__name__}"
+          )
         else:
           (s0, d0), (s1, d1) = _typeof(before), _typeof(value)
           what = f"shape {s1} dtype {d1} where the input carry has shape {s0} dtype {d0}"
@@ -234,8 +258,12 @@ class ScanWrapped(MethodAware):
           f"Variables, shapes and dtypes from step to step."
         )
       var = fresh_at.get(i)
-      if var is not None and var._raw_value is not before and leaf is not var \
-          and value is not var._raw_value:
+      if (
+        var is not None
+        and var._raw_value is not before
+        and leaf is not var
+        and value is not var._raw_value
+      ):
         path = leaf_paths(arg, argname)[i]
         raise StructureChangeError(
           f"{self.api}: the carry Variable {path} was updated in the loop body, but the "
@@ -300,19 +328,36 @@ class ScanWrapped(MethodAware):
         new_carry = []
         if carry_idx is not None:
           plan, (_, fresh) = plans[carry_idx], rebuilt[carry_idx]
-          new_carry = self._check_carry(plan, fresh, values[carry_idx], carry_out,
-                                        names[carry_idx], args[carry_idx])
+          new_carry = self._check_carry(
+            plan, fresh, values[carry_idx], carry_out, names[carry_idx], args[carry_idx]
+          )
         yflat = flatten_args([ys])
         yplan = yflat.plans[0]
-        yspecs = () if ys_axes is None else broadcast_prefix(
-          ys_axes, ys, yplan, self.api, "output", what="out_axes", leaf_ok=_is_int,
-          leaf_desc="an int or nnx.Carry")
+        yspecs = (
+          ()
+          if ys_axes is None
+          else broadcast_prefix(
+            ys_axes,
+            ys,
+            yplan,
+            self.api,
+            "output",
+            what="out_axes",
+            leaf_ok=_is_int,
+            leaf_desc="an int or nnx.Carry",
+          )
+        )
         record["ys"] = (yplan, yspecs)
       return new_carry, (yflat.values[0], updates)
 
     try:
       carry_final, (ys_vals, updates) = jax.lax.scan(
-        body, carry_init, xs, length=self.length, reverse=self.reverse, unroll=self.unroll,
+        body,
+        carry_init,
+        xs,
+        length=self.length,
+        reverse=self.reverse,
+        unroll=self.unroll,
         _split_transpose=self.split_transpose,
       )
     except (ValueError, IndexError) as e:  # JAX's errors about xs: name the leaf instead
@@ -357,10 +402,17 @@ class ScanWrapped(MethodAware):
 
 
 def scan(
-  f: Callable = MISSING, *, length: int | None = None, reverse: bool = False,
-  unroll: int | bool = 1, _split_transpose: bool = False, in_axes: Any = (Carry, 0),
-  out_axes: Any = (Carry, 0), transform_metadata: Mapping[str, Any] = _EMPTY,
-  graph: bool | None = None, graph_updates: bool | None = None,
+  f: Callable = MISSING,
+  *,
+  length: int | None = None,
+  reverse: bool = False,
+  unroll: int | bool = 1,
+  _split_transpose: bool = False,
+  in_axes: Any = (Carry, 0),
+  out_axes: Any = (Carry, 0),
+  transform_metadata: Mapping[str, Any] = _EMPTY,
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
 ) -> Any:
   """Lifted ``jax.lax.scan``: loop a function over slices of its arguments.
 
@@ -389,9 +441,17 @@ def scan(
     >>> forward(m, jnp.array(1.0)), m.uses[...]
     (Array(12., dtype=float32), Array([1., 1., 1.], dtype=float32))
   """
-  kw = dict(length=length, reverse=reverse, unroll=unroll, _split_transpose=_split_transpose,
-            in_axes=in_axes, out_axes=out_axes, transform_metadata=transform_metadata,
-            graph=graph, graph_updates=graph_updates)
+  kw = dict(
+    length=length,
+    reverse=reverse,
+    unroll=unroll,
+    _split_transpose=_split_transpose,
+    in_axes=in_axes,
+    out_axes=out_axes,
+    transform_metadata=transform_metadata,
+    graph=graph,
+    graph_updates=graph_updates,
+  )
   if f is MISSING:
     return lambda fn: ScanWrapped(fn, **kw)
   return ScanWrapped(f, **kw)

@@ -43,8 +43,11 @@ def _spec_ok(spec: Any) -> bool:
 
 
 def _none_to_replicated(specs: Any) -> Any:
-  return jax.tree.map(lambda s: _REPLICATED if s is None else s, specs,
-                      is_leaf=lambda s: s is None or isinstance(s, PartitionSpec))
+  return jax.tree.map(
+    lambda s: _REPLICATED if s is None else s,
+    specs,
+    is_leaf=lambda s: s is None or isinstance(s, PartitionSpec),
+  )
 
 
 def _fit(spec: Any, value: Any) -> Any:
@@ -63,8 +66,18 @@ def _fit(spec: Any, value: Any) -> Any:
 class ShardMapWrapped(MethodAware):
   """A function transformed by ``nnx.shard_map``; call it like the original."""
 
-  def __init__(self, f: Callable, *, mesh: Any, in_specs: Any, out_specs: Any, axis_names: Any,
-               check_vma: bool, graph: bool | None, graph_updates: bool | None):
+  def __init__(
+    self,
+    f: Callable,
+    *,
+    mesh: Any,
+    in_specs: Any,
+    out_specs: Any,
+    axis_names: Any,
+    check_vma: bool,
+    graph: bool | None,
+    graph_updates: bool | None,
+  ):
     check_not_bound(f, "shard_map")
     functools.update_wrapper(self, f)
     self.f = f
@@ -106,8 +119,16 @@ class ShardMapWrapped(MethodAware):
     leaf_specs = self._cache.get(plans)
     if leaf_specs is None:
       leaf_specs = [
-        broadcast_prefix(spec, arg, plan, self.api, self._argname(i), what="in_specs",
-                         leaf_ok=_spec_ok, leaf_desc="a PartitionSpec or None")
+        broadcast_prefix(
+          spec,
+          arg,
+          plan,
+          self.api,
+          self._argname(i),
+          what="in_specs",
+          leaf_ok=_spec_ok,
+          leaf_desc="a PartitionSpec or None",
+        )
         for i, (spec, arg, plan) in enumerate(zip(arg_specs, args, plans, strict=True))
       ]
       if len(self._cache) > 32:
@@ -132,10 +153,13 @@ class ShardMapWrapped(MethodAware):
           return graph_adapter.spec_filters(arg_specs[path[1]])
         return ()
 
-      graph_adapter.check_shared_specs(self.api, "in_specs", args, arg_specs,
-                                       [self._argname(i) for i in range(len(args))])
+      graph_adapter.check_shared_specs(
+        self.api, "in_specs", args, arg_specs, [self._argname(i) for i in range(len(args))]
+      )
       args, _, gs = graph_adapter.to_tree(args, {}, self.api, self.graph_updates, filters)
-      arg_specs = [graph_adapter.node_prefix(s, a, default=PartitionSpec()) for s, a in zip(arg_specs, args)]
+      arg_specs = [
+        graph_adapter.node_prefix(s, a, default=PartitionSpec()) for s, a in zip(arg_specs, args)
+      ]
     flat = flatten_args(args, self.check)
     plans = flat.plans
     leaf_specs = self._leaf_specs(args, plans, arg_specs)
@@ -159,8 +183,14 @@ class ShardMapWrapped(MethodAware):
         new = [[_get_raw(v) for v in fresh] for _, fresh in rebuilt]
       return out, new
 
-    mapped = jax.shard_map(inner, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
-                           axis_names=self.axis_names, check_vma=self.check_vma)
+    mapped = jax.shard_map(
+      inner,
+      mesh=self.mesh,
+      in_specs=in_specs,
+      out_specs=out_specs,
+      axis_names=self.axis_names,
+      check_vma=self.check_vma,
+    )
     out, new = mapped(*flat.values)
     updates = [dict(zip(p.var_idx, vals, strict=True)) for p, vals in zip(plans, new, strict=True)]
     write_back(flat, updates)
@@ -169,9 +199,17 @@ class ShardMapWrapped(MethodAware):
     return out
 
 
-def shard_map(f: Callable = MISSING, *, mesh: Any, in_specs: Any, out_specs: Any,
-              axis_names: Any = frozenset(), check_vma: bool = True,
-              graph: bool | None = None, graph_updates: bool | None = None) -> Any:
+def shard_map(
+  f: Callable = MISSING,
+  *,
+  mesh: Any,
+  in_specs: Any,
+  out_specs: Any,
+  axis_names: Any = frozenset(),
+  check_vma: bool = True,
+  graph: bool | None = None,
+  graph_updates: bool | None = None,
+) -> Any:
   """Lifted ``jax.shard_map``: Modules are arguments, Variable updates are written back.
 
   ``in_specs`` has one entry per argument: a ``PartitionSpec`` (or ``None``: replicated)
@@ -188,8 +226,15 @@ def shard_map(f: Callable = MISSING, *, mesh: Any, in_specs: Any, out_specs: Any
     >>> f(m, jnp.ones((4, 2))).shape
     (4, 3)
   """
-  kw = dict(mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=axis_names,
-            check_vma=check_vma, graph=graph, graph_updates=graph_updates)
+  kw = dict(
+    mesh=mesh,
+    in_specs=in_specs,
+    out_specs=out_specs,
+    axis_names=axis_names,
+    check_vma=check_vma,
+    graph=graph,
+    graph_updates=graph_updates,
+  )
   if f is MISSING:
     return lambda fn: ShardMapWrapped(fn, **kw)
   return ShardMapWrapped(f, **kw)

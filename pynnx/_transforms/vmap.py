@@ -82,9 +82,15 @@ def leaf_paths(arg: Any, argname: str) -> list[str]:
   return [format_path(jax_path_to_parts(p), argname) for p, _ in items]
 
 
-def check_mapped_axes(api: str, args: Sequence[Any], names: Sequence[str],
-                      values: Sequence[Sequence[Any]], specs: Sequence[Sequence[Any]],
-                      what: str = "mapped", size: int | None = None) -> None:
+def check_mapped_axes(
+  api: str,
+  args: Sequence[Any],
+  names: Sequence[str],
+  values: Sequence[Sequence[Any]],
+  specs: Sequence[Sequence[Any]],
+  what: str = "mapped",
+  size: int | None = None,
+) -> None:
   """Error path only: names the argument leaf whose mapped axis is missing or mis-sized."""
   first: tuple[str, int] | None = None
   for a, (arg_vals, arg_specs) in enumerate(zip(values, specs)):
@@ -94,8 +100,11 @@ def check_mapped_axes(api: str, args: Sequence[Any], names: Sequence[str],
       shape = jnp.shape(value)
       if not -len(shape) <= axis < len(shape):
         path = leaf_paths(args[a], names[a])[i]
-        hint = (" Keys and counts of an Rngs must be split first, e.g. with "
-                "`@nnx.split_rngs(splits=n)`." if "key" in path or "count" in path else "")
+        hint = (
+          " Keys and counts of an Rngs must be split first, e.g. with `@nnx.split_rngs(splits=n)`."
+          if "key" in path or "count" in path
+          else ""
+        )
         raise AxisSpecError(
           f"{api}: in_axes asks for axis {axis} of {path}, but its shape is {shape}.{hint} "
           f"Give it None in in_axes to broadcast it instead."
@@ -116,8 +125,9 @@ def check_mapped_axes(api: str, args: Sequence[Any], names: Sequence[str],
         )
 
 
-def strip_axis_names(plan: ArgPlan, specs: Sequence[Any], values: Sequence[Any],
-                     name: Any) -> ArgPlan:
+def strip_axis_names(
+  plan: ArgPlan, specs: Sequence[Any], values: Sequence[Any], name: Any
+) -> ArgPlan:
   """The plan with ``sharding_names`` losing the entry at each mapped Variable's axis."""
   kinds = list(plan.kinds)
   touched = False
@@ -131,7 +141,7 @@ def strip_axis_names(plan: ArgPlan, specs: Sequence[Any], values: Sequence[Any],
     ndim = jnp.ndim(values[i])
     a = axis % ndim if ndim else 0
     if a < len(names):
-      meta[_SHARDING] = names[:a] + names[a + 1:]
+      meta[_SHARDING] = names[:a] + names[a + 1 :]
       kinds[i] = (typ, tuple(sorted(meta.items())))
       touched = True
   return ArgPlan(plan.treedef, tuple(kinds), [None] * len(kinds)) if touched else plan
@@ -176,12 +186,23 @@ def check_tree_mode(api: str, graph: bool | None, *specs: Any) -> bool:
 
 # --- vmap -----------------------------------------------------------------------------------
 
+
 class VmapWrapped(MethodAware):
   """A function transformed by ``nnx.vmap``; call it like the original."""
 
-  def __init__(self, f: Callable, *, in_axes: Any, out_axes: Any, axis_name: Any,
-               axis_size: int | None, spmd_axis_name: Any, transform_metadata: Mapping,
-               graph: bool | None, graph_updates: bool | None):
+  def __init__(
+    self,
+    f: Callable,
+    *,
+    in_axes: Any,
+    out_axes: Any,
+    axis_name: Any,
+    axis_size: int | None,
+    spmd_axis_name: Any,
+    transform_metadata: Mapping,
+    graph: bool | None,
+    graph_updates: bool | None,
+  ):
     check_not_bound(f, "vmap")
     functools.update_wrapper(self, f)
     self.f = f
@@ -250,9 +271,14 @@ class VmapWrapped(MethodAware):
     operands = (tuple(flat.values), tuple(kwflat.values))
 
     def run(bcast_axes: Any, call: Callable = lambda g, *a: g(*a)) -> Any:
-      vmapped = jax.vmap(inner, in_axes=in_axes, out_axes=(self.out_axes, 0, bcast_axes, 0),
-                         axis_name=self.axis_name, axis_size=self.axis_size,
-                         spmd_axis_name=self.spmd_axis_name)
+      vmapped = jax.vmap(
+        inner,
+        in_axes=in_axes,
+        out_axes=(self.out_axes, 0, bcast_axes, 0),
+        axis_name=self.axis_name,
+        axis_size=self.axis_size,
+        spmd_axis_name=self.spmd_axis_name,
+      )
       return call(vmapped, *operands)
 
     try:
@@ -261,8 +287,9 @@ class VmapWrapped(MethodAware):
       if isinstance(e, PynnxError):
         raise
       self._explain(e, args, lambda axes: run(axes, jax.eval_shape), seen.get("bcast", []))
-      check_mapped_axes(self.api, args, arg_names(self.f, len(args)), flat.values, specs,
-                        size=self.axis_size)
+      check_mapped_axes(
+        self.api, args, arg_names(self.f, len(args)), flat.values, specs, size=self.axis_size
+      )
       raise
     updates: list[dict] = [{} for _ in args]
     for (a, i), value in mapped.items():
@@ -305,9 +332,15 @@ class VmapWrapped(MethodAware):
 
 
 def vmap(
-  f: Callable = MISSING, *, in_axes: Any = 0, out_axes: Any = 0, axis_name: Any = None,
-  axis_size: int | None = None, spmd_axis_name: Any = None,
-  transform_metadata: Mapping[str, Any] = _EMPTY, graph: bool | None = None,
+  f: Callable = MISSING,
+  *,
+  in_axes: Any = 0,
+  out_axes: Any = 0,
+  axis_name: Any = None,
+  axis_size: int | None = None,
+  spmd_axis_name: Any = None,
+  transform_metadata: Mapping[str, Any] = _EMPTY,
+  graph: bool | None = None,
   graph_updates: bool | None = None,
 ) -> Any:
   """Lifted ``jax.vmap``: Modules are mapped along their Variables' axes.
@@ -336,10 +369,16 @@ def vmap(
     >>> apply(m, jnp.ones(2)), m.calls[...]
     (Array([1., 5., 9.], dtype=float32), Array([1., 1., 1.], dtype=float32))
   """
-  kw = dict(in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size,
-            spmd_axis_name=spmd_axis_name, transform_metadata=transform_metadata, graph=graph,
-            graph_updates=graph_updates)
+  kw = dict(
+    in_axes=in_axes,
+    out_axes=out_axes,
+    axis_name=axis_name,
+    axis_size=axis_size,
+    spmd_axis_name=spmd_axis_name,
+    transform_metadata=transform_metadata,
+    graph=graph,
+    graph_updates=graph_updates,
+  )
   if f is MISSING:
     return lambda fn: VmapWrapped(fn, **kw)
   return VmapWrapped(f, **kw)
-

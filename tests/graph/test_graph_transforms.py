@@ -34,7 +34,9 @@ X = jnp.ones((3, 2))
 def test_tree_mode_rejects_sharing_that_graph_mode_keeps():
   m = Tied(nnx.Rngs(0))
   f = lambda m, x: m(x)  # noqa: E731
-  with pytest.raises(nnx.SharedReferenceError, match=r"(?s)m\.dec_kernel\n  m\.enc\.kernel.*graph=True"):
+  with pytest.raises(
+    nnx.SharedReferenceError, match=r"(?s)m\.dec_kernel\n  m\.enc\.kernel.*graph=True"
+  ):
     nnx.jit(f)(m, X)
   np.testing.assert_allclose(nnx.jit(f, graph=True)(m, X), m(X), rtol=1e-6)
 
@@ -59,10 +61,12 @@ def test_grad_graph_mode_returns_state_with_shared_param_once():
   assert isinstance(grads, nnx.State)
   paths = [p for p, _ in grads.flat_state()]
   assert ("dec_kernel",) in paths and ("enc", "kernel") not in paths
+
   # equals the tree-mode gradient of an untied copy, summed over both uses
   def untied(k_enc, k_dec_use):
     y = (X @ k_dec_use) @ m.dec.kernel[...] + m.dec.bias[...]
     return jnp.sum(y)
+
   g_use = jax.grad(untied, argnums=1)(m.enc.kernel[...], m.enc.kernel[...])
   np.testing.assert_allclose(grads["dec_kernel"][...], g_use, rtol=1e-5)
 
@@ -82,7 +86,10 @@ def test_structural_update_with_graph_updates_false_raises():
 
 
 def test_structural_update_inside_vmap_raises():
-  with pytest.raises(nnx.StructureChangeError, match=r"pynnx\.vmap maps, scans or loops over it, so its structure must stay fixed"):
+  with pytest.raises(
+    nnx.StructureChangeError,
+    match=r"pynnx\.vmap maps, scans or loops over it, so its structure must stay fixed",
+  ):
     nnx.vmap(lambda s, x: s(x), in_axes=(None, 0), graph=True)(Sower(), jnp.ones((3, 2)))
 
 
@@ -183,15 +190,18 @@ def test_diffstate_with_graph_none_opts_in():
 def test_state_axes_with_graph_false_raises():
   axes = nnx.StateAxes({nnx.Param: 0, ...: None})
   with pytest.raises(nnx.GraphModeRequiredError, match="graph"):
-    nnx.vmap(lambda m: m.kernel[...], in_axes=(axes,), graph=False)(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+    nnx.vmap(lambda m: m.kernel[...], in_axes=(axes,), graph=False)(
+      nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    )
 
 
 def test_state_sharding_with_graph_false_raises():
   mesh = jax.sharding.Mesh(jax.devices()[:2], ("d",))
   spec = nnx.StateSharding({nnx.Param: P()})
   with pytest.raises(nnx.GraphModeRequiredError, match="graph"):
-    nnx.shard_map(lambda m: m.kernel[...], mesh=mesh, in_specs=(spec,), out_specs=P(),
-                  graph=False)(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+    nnx.shard_map(lambda m: m.kernel[...], mesh=mesh, in_specs=(spec,), out_specs=P(), graph=False)(
+      nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    )
 
 
 def test_state_axes_leaving_variables_unmatched_names_them():
@@ -207,7 +217,9 @@ def test_shared_variable_with_two_in_axes_names_both_paths():
 
   a = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
   h = Holder(a.kernel)
-  with pytest.raises(nnx.AxisSpecError, match=r"(?s)two different in_axes:\n  a\.kernel: None\n  h\.k: 0"):
+  with pytest.raises(
+    nnx.AxisSpecError, match=r"(?s)two different in_axes:\n  a\.kernel: None\n  h\.k: 0"
+  ):
     nnx.vmap(lambda a, h: a.kernel[...], in_axes=(None, 0), graph=True)(a, h)
 
 
@@ -220,5 +232,6 @@ def test_shared_variable_with_two_in_specs_names_both_paths():
   a = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
   h = Holder(a.kernel)
   with pytest.raises(nnx.AxisSpecError, match=r"(?s)two different in_specs"):
-    nnx.shard_map(lambda a, h: a.kernel[...], mesh=mesh, in_specs=(P(), P("d")), out_specs=P(),
-                  graph=True)(a, h)
+    nnx.shard_map(
+      lambda a, h: a.kernel[...], mesh=mesh, in_specs=(P(), P("d")), out_specs=P(), graph=True
+    )(a, h)

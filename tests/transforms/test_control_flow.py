@@ -66,6 +66,7 @@ def test_cond_matches_lax_cond_on_pure_function():
         mm = nnx.merge(graphdef, st)
         out = branch(mm, x)
         return out, nnx.state(mm)
+
       return f
 
     y_ref, state_ref = jax.lax.cond(pred, pure(branch_a), pure(branch_b), state, x)
@@ -79,6 +80,7 @@ def test_switch_selects_branch_and_clamps_like_lax():
     def f(c):
       c.count[...] += n
       return c.count[...]
+
     return f
 
   c = Counter()
@@ -211,6 +213,7 @@ def test_while_loop_advances_rng_streams_and_runs_inside_jit():
     def body(model):
       model.total[...] += jax.random.uniform(model.rngs.params())
       return model
+
     return nnx.while_loop(lambda model: model.rngs.params.count[...] < 3, body, model)
 
   model = Noisy(nnx.Rngs(params=0))
@@ -294,8 +297,11 @@ def test_fori_loop_unroll_and_traced_bounds(unroll):
 
 
 @settings(max_examples=8, deadline=None)
-@given(lower=st.integers(0, 3), length=st.integers(0, 4),
-       start=st.floats(-2.0, 2.0, allow_nan=False, width=32))
+@given(
+  lower=st.integers(0, 3),
+  length=st.integers(0, 4),
+  start=st.floats(-2.0, 2.0, allow_nan=False, width=32),
+)
 def test_fori_loop_matches_lax_fori_loop(lower, length, start):
   x = jnp.array([start, 1.0], jnp.float32)
 

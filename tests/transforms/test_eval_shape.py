@@ -56,8 +56,9 @@ def test_eval_shape_matches_jax_eval_shape_of_split():
 
 def test_eval_shape_with_module_arguments_leaves_them_unchanged():
   c = Counter()
-  out = nnx.eval_shape(lambda c, x, *, scale: c(x) * scale, c, jnp.ones((2, 3)),
-                       scale=jnp.float32(2.0))
+  out = nnx.eval_shape(
+    lambda c, x, *, scale: c(x) * scale, c, jnp.ones((2, 3)), scale=jnp.float32(2.0)
+  )
   assert out == jax.ShapeDtypeStruct((2, 3), jnp.float32)
   assert int(c.count[...]) == 0
   assert isinstance(c.count[...], jax.Array)

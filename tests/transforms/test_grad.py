@@ -60,7 +60,9 @@ def test_value_and_grad_has_aux_and_argnums_sequence():
   (value, aux), (gm, gx) = nnx.value_and_grad(f, argnums=(0, 1), has_aux=True)(m, x)
   np.testing.assert_allclose(value, jnp.sum(m(x)), rtol=1e-6)
   assert aux.shape == (2, 2)
-  np.testing.assert_allclose(gx, jnp.broadcast_to(jnp.sum(m.kernel[...], axis=1), (2, 3)), rtol=1e-6)
+  np.testing.assert_allclose(
+    gx, jnp.broadcast_to(jnp.sum(m.kernel[...], axis=1), (2, 3)), rtol=1e-6
+  )
   np.testing.assert_allclose(gm.kernel[...], jnp.full((3, 2), 2.0), rtol=1e-6)
 
 

@@ -135,7 +135,10 @@ def test_jit_shared_variable_in_tree_mode_names_both_paths():
   def f(model, again):
     return model(jnp.ones((1, 2)))
 
-  with pytest.raises(nnx.SharedReferenceError, match=r"(?s)same Param at two places:\n  model\.bias\n  again\.bias.*graph=True"):
+  with pytest.raises(
+    nnx.SharedReferenceError,
+    match=r"(?s)same Param at two places:\n  model\.bias\n  again\.bias.*graph=True",
+  ):
     f(m, m)
   f(*pair)  # distinct modules are fine
 
@@ -148,7 +151,9 @@ def test_mutating_closed_over_variable_names_it():
     c.count[...] += 1
     return x
 
-  with pytest.raises(nnx.TraceContextError, match=r"Cannot mutate a BatchStat inside pynnx\.jit.*Pass the Module"):
+  with pytest.raises(
+    nnx.TraceContextError, match=r"Cannot mutate a BatchStat inside pynnx\.jit.*Pass the Module"
+  ):
     f(jnp.ones(()))
 
 

@@ -57,8 +57,9 @@ def test_scan_over_layers_matches_jax_scan_on_split_merge(n, reverse):
     return nnx.merge(graphdef, st)(x), None
 
   expected, _ = jax.lax.scan(pure, x, state, reverse=reverse)
-  got = nnx.scan(lambda x, m: m(x), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
-                 reverse=reverse)(x, layers)
+  got = nnx.scan(lambda x, m: m(x), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, reverse=reverse)(
+    x, layers
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -170,8 +171,11 @@ def test_scan_modules_created_in_body_are_stacked():
 
 
 def test_scan_partition_name_on_outputs():
-  @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0),
-            transform_metadata={nnx.PARTITION_NAME: "layers"})
+  @nnx.scan(
+    in_axes=(nnx.Carry, 0),
+    out_axes=(nnx.Carry, 0),
+    transform_metadata={nnx.PARTITION_NAME: "layers"},
+  )
   def f(c, x):
     return c, nnx.Param(x * 2, sharding_names=("model",))
 
@@ -264,16 +268,15 @@ def test_grad_of_scanned_model_matches_jax():
   x = jnp.ones((2, 3))
 
   def loss(layers, x):
-    y = nnx.scan(lambda x, m: jnp.tanh(m(x)), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(
-      x, layers)
-    return jnp.sum(y ** 2)
+    y = nnx.scan(lambda x, m: jnp.tanh(m(x)), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, layers)
+    return jnp.sum(y**2)
 
   grads = nnx.grad(loss)(layers, x)
   graphdef, state = nnx.split(layers)
 
   def pure(state, x):
     y, _ = jax.lax.scan(lambda x, s: (jnp.tanh(nnx.merge(graphdef, s)(x)), None), x, state)
-    return jnp.sum(y ** 2)
+    return jnp.sum(y**2)
 
   expected = jax.grad(pure)(state, x)
   exp_kernel = jax.tree.leaves(expected["kernel"])[0]

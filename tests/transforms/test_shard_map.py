@@ -52,6 +52,7 @@ def tensor_parallel_specs(model):
   def spec(path, _):
     names = [getattr(k, "name", None) for k in path]
     return P(None, "model") if "linear1" in names else P("model", None)
+
   is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
   return jax.tree_util.tree_map_with_path(spec, model, is_leaf=is_var)
 
@@ -70,8 +71,9 @@ def test_shard_map_data_parallel(data_mesh):
 def test_shard_map_matches_jax_shard_map_on_pure_function(data_mesh):
   x = jnp.arange(32.0).reshape(16, 2)
   m = Stats()
-  y = nnx.shard_map(lambda m, x: m(x), mesh=data_mesh, in_specs=(P(), P("data")),
-                    out_specs=P("data"))(m, x)
+  y = nnx.shard_map(
+    lambda m, x: m(x), mesh=data_mesh, in_specs=(P(), P("data")), out_specs=P("data")
+  )(m, x)
 
   graphdef, state = nnx.split(Stats())
 
@@ -79,8 +81,9 @@ def test_shard_map_matches_jax_shard_map_on_pure_function(data_mesh):
     mm = nnx.merge(graphdef, state)
     return mm(x), nnx.state(mm)
 
-  y_ref, state_ref = jax.shard_map(pure, mesh=data_mesh, in_specs=(P(), P("data")),
-                                   out_specs=(P("data"), P()))(state, x)
+  y_ref, state_ref = jax.shard_map(
+    pure, mesh=data_mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P())
+  )(state, x)
   np.testing.assert_allclose(y, y_ref)
   np.testing.assert_allclose(m.mean[...], state_ref["mean"][...])
   np.testing.assert_allclose(m.mean[...], jnp.mean(x, axis=0))
@@ -91,11 +94,13 @@ def test_shard_map_broadcast_none_spec_fits_scalars(data_mesh):
   # P(None) for a whole Module holding a scalar Variable: trailing Nones are dropped.
   m = Stats()
   x = jnp.ones((8, 2))
-  nnx.shard_map(lambda m, x: m(x), mesh=data_mesh, in_specs=(P(None), P("data")),
-                out_specs=P("data"))(m, x)
+  nnx.shard_map(
+    lambda m, x: m(x), mesh=data_mesh, in_specs=(P(None), P("data")), out_specs=P("data")
+  )(m, x)
   assert int(m.steps[...]) == 1
-  y = nnx.shard_map(lambda m, x: m(x), mesh=data_mesh, in_specs=(None, P("data")),
-                    out_specs=P("data"))(m, x)
+  y = nnx.shard_map(
+    lambda m, x: m(x), mesh=data_mesh, in_specs=(None, P("data")), out_specs=P("data")
+  )(m, x)
   np.testing.assert_allclose(y, x * m.w[...])
   assert int(m.steps[...]) == 2
 
@@ -158,12 +163,14 @@ def test_shard_map_spec_tree_that_does_not_fit_names_argument_and_path(model_mes
   f = nnx.shard_map(lambda m: None, mesh=model_mesh, in_specs=(bad,), out_specs=P())
   with pytest.raises(nnx.AxisSpecError, match="in_specs does not fit argument 'm'"):
     f(m)
-  g = nnx.shard_map(lambda model: None, mesh=model_mesh, in_specs=(tensor_parallel_specs(m),),
-                    out_specs=P())
+  g = nnx.shard_map(
+    lambda model: None, mesh=model_mesh, in_specs=(tensor_parallel_specs(m),), out_specs=P()
+  )
   with pytest.raises(nnx.AxisSpecError, match="the spec has a MLP where the argument has a Dense"):
     g(m.linear1)
-  h = nnx.shard_map(lambda pair: None, mesh=model_mesh, in_specs=((P(), (P(), P())),),
-                    out_specs=P())
+  h = nnx.shard_map(
+    lambda pair: None, mesh=model_mesh, in_specs=((P(), (P(), P())),), out_specs=P()
+  )
   with pytest.raises(nnx.AxisSpecError, match=r"at pair\[1\]"):
     h((m.linear1, jnp.ones(3)))
 

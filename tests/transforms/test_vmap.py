@@ -189,8 +189,10 @@ def test_vmap_inside_jit_writes_back():
 
   @nnx.jit
   def step(m, x):
-    return nnx.vmap(lambda m, x: (m.count.__setitem__(..., m.count[...] + x), m.w[...].sum())[1],
-                    in_axes=(0, None))(m, x)
+    return nnx.vmap(
+      lambda m, x: (m.count.__setitem__(..., m.count[...] + x), m.w[...].sum())[1],
+      in_axes=(0, None),
+    )(m, x)
 
   out = step(m, jnp.array(2.0))
   np.testing.assert_allclose(out, [1.0, 5.0, 9.0])
@@ -209,7 +211,7 @@ def test_grad_through_vmap_matches_jax():
 
   def pure(params, x):
     y = jax.vmap(lambda p, x: nnx.merge(graphdef, p)(x))(params, x)
-    return jnp.sum(y ** 2)
+    return jnp.sum(y**2)
 
   expected = jax.grad(pure)(params, x)
   np.testing.assert_allclose(grads.kernel[...], jax.tree.leaves(expected["kernel"])[0], rtol=1e-5)
