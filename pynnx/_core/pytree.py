@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Hashable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import numpy as np
@@ -48,8 +48,15 @@ class _Marker:
   kind: str  # "data" | "static"
 
 
-def data(value: Any) -> Any:
-  """Marks an attribute value as data (a pytree child), whatever it holds.
+_MISSING: Any = object()
+_FIELD_KIND = "pynnx_kind"
+
+
+def data(value: Any = _MISSING, /, **field_kwargs: Any) -> Any:
+  """Marks an attribute as data (a pytree child), whatever it holds.
+
+  ``self.x = nnx.data(value)`` marks one assignment; without a value it returns a
+  ``dataclasses.field(**field_kwargs)`` for :func:`dataclass` field declarations.
 
   Example:
     >>> import pynnx as nnx
@@ -59,12 +66,96 @@ def data(value: Any) -> Any:
     >>> import jax; jax.tree.leaves(Scale())
     [2.0]
   """
+  if value is _MISSING:
+    return _field("data", field_kwargs)
   return _Marker(value, "data")
 
 
-def static(value: Any) -> Any:
-  """Marks an attribute value as static (part of the treedef; must be hashable)."""
+def static(value: Any = _MISSING, /, **field_kwargs: Any) -> Any:
+  """Marks an attribute as static (part of the treedef; must be hashable); see :func:`data`."""
+  if value is _MISSING:
+    return _field("static", field_kwargs)
   return _Marker(value, "static")
+
+
+def _field(kind: str, kwargs: dict) -> Any:
+  metadata = {**kwargs.pop("metadata", {}), _FIELD_KIND: kind}
+  return dataclasses.field(metadata=metadata, **kwargs)
+
+
+class _KindMark:
+  def __init__(self, kind: str):
+    self.kind = kind
+
+  def __repr__(self) -> str:
+    return f"<pynnx {self.kind}>"
+
+
+_DATA_MARK, _STATIC_MARK = _KindMark("data"), _KindMark("static")
+
+
+class Data:
+  """Annotation ``nnx.Data[T]``: a dataclass field of type ``T`` that is data."""
+
+  def __class_getitem__(cls, item: Any) -> Any:
+    return Annotated[item, _DATA_MARK]
+
+
+class Static:
+  """Annotation ``nnx.Static[T]``: a dataclass field of type ``T`` that is static."""
+
+  def __class_getitem__(cls, item: Any) -> Any:
+    return Annotated[item, _STATIC_MARK]
+
+
+def _annotation_kind(annotation: Any) -> str | None:
+  if isinstance(annotation, str):  # postponed annotations: read the spelling
+    head = annotation.replace(" ", "").split("[", 1)[0].rsplit(".", 1)[-1]
+    return {"Data": "data", "Static": "static"}.get(head)
+  for mark in getattr(annotation, "__metadata__", ()):
+    if isinstance(mark, _KindMark):
+      return mark.kind
+  return None
+
+
+def dataclass(cls: Any = None, /, **dataclass_kwargs: Any) -> Any:
+  """``dataclasses.dataclass`` for Pytrees/Modules, honouring data/static declarations.
+
+  Fields declared with ``nnx.data()`` / ``nnx.static()`` or annotated ``nnx.Data[T]`` /
+  ``nnx.Static[T]`` are data / static; the rest are classified by value as usual.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, pynnx as nnx
+    >>> @nnx.dataclass
+    ... class Affine(nnx.Module):
+    ...   w: nnx.Param
+    ...   scale: float = nnx.data(default=1.0)
+    ...   name: str = nnx.static(default="affine")
+    >>> a = Affine(nnx.Param(jnp.ones(2)))
+    >>> len(jax.tree.leaves(a))   # w and scale
+    2
+  """
+  if cls is None:
+    return lambda c: dataclass(c, **dataclass_kwargs)
+  dataclass_kwargs.setdefault("repr", False)
+  dataclass_kwargs.setdefault("eq", False)
+  out = dataclasses.dataclass(cls, **dataclass_kwargs)
+  kinds = {}
+  for f in dataclasses.fields(out):
+    kind = f.metadata.get(_FIELD_KIND) or _annotation_kind(f.type)
+    if kind is not None:
+      kinds[f.name] = kind
+  out._pynnx_field_kinds = {**getattr(out, "_pynnx_field_kinds", {}), **kinds}
+  return out
+
+
+_DATA_TYPES: set[type] = set()
+
+
+def register_data_type(typ: type) -> type:
+  """Declares instances of ``typ`` to be data wherever they appear (usable as a decorator)."""
+  _DATA_TYPES.add(typ)
+  return typ
 
 
 def _is_array(x: Any) -> bool:
@@ -72,13 +163,18 @@ def _is_array(x: Any) -> bool:
 
 
 def is_data_value(value: Any) -> bool:
-  """True if ``value`` is, or contains, a Variable, Pytree or array."""
+  """True if ``value`` is, or contains, a Variable, Pytree, array or registered data type."""
   if isinstance(value, (Variable, Pytree)) or _is_array(value):
+    return True
+  if _DATA_TYPES and isinstance(value, tuple(_DATA_TYPES)):
     return True
   if isinstance(value, (list, tuple, dict)):
     items = value.values() if isinstance(value, dict) else value
     return any(is_data_value(v) for v in items)
   return False
+
+
+is_data = is_data_value
 
 
 # --- flatten metadata -------------------------------------------------------------------
@@ -139,6 +235,7 @@ class Pytree(metaclass=_PytreeMeta):
   """Base class of pynnx objects that are JAX pytrees with a frozen structure."""
 
   _pynnx_auto_containers = True
+  _pynnx_field_kinds: dict = {}  # set by nnx.dataclass from field declarations
 
   def __init_subclass__(cls, **kwargs: Any):
     super().__init_subclass__(**kwargs)
@@ -185,6 +282,8 @@ class Pytree(metaclass=_PytreeMeta):
     if isinstance(value, _Marker):
       d["_pynnx_forced"][name] = value.kind
       value = value.value
+    elif name in type(self)._pynnx_field_kinds:
+      d["_pynnx_forced"][name] = type(self)._pynnx_field_kinds[name]
     elif name in d.get("_pynnx_forced", {}):
       del d["_pynnx_forced"][name]
     if type(self)._pynnx_auto_containers and d.get("_pynnx_forced", {}).get(name) != "static":
