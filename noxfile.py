@@ -60,3 +60,4 @@ def examples(session):
 def bench(session):
   session.install("-e", ".[test]")
   session.run("python", "benchmarks/overhead.py", *session.posargs)
+  session.run("python", "benchmarks/trace_writes.py")

@@ -37,13 +37,13 @@ from ._core.module import view as view
 from ._core.module import with_attributes as with_attributes
 from ._core.pytree import Data as Data
 from ._core.pytree import Dict as Dict
+from ._core.pytree import List as List
+from ._core.pytree import Pytree as Pytree
 from ._core.pytree import Static as Static
+from ._core.pytree import data as data
 from ._core.pytree import dataclass as dataclass
 from ._core.pytree import is_data as is_data
 from ._core.pytree import register_data_type as register_data_type
-from ._core.pytree import List as List
-from ._core.pytree import Pytree as Pytree
-from ._core.pytree import data as data
 from ._core.pytree import static as static
 from ._core.rngs import Rngs as Rngs
 from ._core.rngs import RngStream as RngStream
