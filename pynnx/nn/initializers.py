@@ -18,28 +18,73 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Union
 
-from jax.nn.initializers import (
-  Initializer,
-  constant,
-  delta_orthogonal,
-  glorot_normal,
-  glorot_uniform,
-  he_normal,
-  he_uniform,
-  kaiming_normal,
-  kaiming_uniform,
-  lecun_normal,
-  lecun_uniform,
-  normal,
-  ones,
-  orthogonal,
-  truncated_normal,
-  uniform,
-  variance_scaling,
-  xavier_normal,
-  xavier_uniform,
-  zeros,
-)
+import jax.nn.initializers as _jax_init
+from jax.nn.initializers import Initializer, ones, zeros
+
+
+class _Init:
+  """A picklable, comparable initializer: the name of a ``jax.nn.initializers`` factory
+  and its arguments. Equal arguments give equal (and equally hashed) initializers, so
+  layers stored with them stay equal static attributes and Modules can be pickled."""
+
+  __slots__ = ("name", "args", "kwargs", "_fn")
+
+  def __init__(self, name: str, args: tuple, kwargs: dict):
+    self.name = name
+    self.args = args
+    self.kwargs = tuple(sorted(kwargs.items()))
+    self._fn = getattr(_jax_init, name)(*args, **kwargs)
+
+  def __call__(self, key: Any, shape: Any, dtype: Any = None) -> Any:
+    return self._fn(key, shape) if dtype is None else self._fn(key, shape, dtype)
+
+  def __reduce__(self):
+    return (_Init, (self.name, self.args, dict(self.kwargs)))
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, _Init) and (self.name, self.args, self.kwargs) == (
+      other.name,
+      other.args,
+      other.kwargs,
+    )
+
+  def __hash__(self) -> int:
+    return hash((self.name, self.args, self.kwargs))
+
+  def __repr__(self) -> str:
+    parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
+    return f"{self.name}({', '.join(parts)})"
+
+
+def _factory(name: str) -> Callable[..., Initializer]:
+  jax_factory = getattr(_jax_init, name)
+
+  def factory(*args: Any, **kwargs: Any) -> Initializer:
+    return _Init(name, args, kwargs)
+
+  factory.__name__ = name
+  factory.__qualname__ = name
+  factory.__doc__ = jax_factory.__doc__
+  return factory
+
+
+constant = _factory("constant")
+delta_orthogonal = _factory("delta_orthogonal")
+glorot_normal = _factory("glorot_normal")
+glorot_uniform = _factory("glorot_uniform")
+he_normal = _factory("he_normal")
+he_uniform = _factory("he_uniform")
+kaiming_normal = _factory("kaiming_normal")
+kaiming_uniform = _factory("kaiming_uniform")
+lecun_normal = _factory("lecun_normal")
+lecun_uniform = _factory("lecun_uniform")
+normal = _factory("normal")
+orthogonal = _factory("orthogonal")
+truncated_normal = _factory("truncated_normal")
+uniform = _factory("uniform")
+variance_scaling = _factory("variance_scaling")
+xavier_normal = _factory("xavier_normal")
+xavier_uniform = _factory("xavier_uniform")
 
 DtypeLikeInexact = Any
 InitializerLike = Union[Initializer, Callable[..., Any]]

@@ -414,10 +414,34 @@ INITIALIZERS = [
 ]
 
 
+_INIT_ARGS = {"constant": (0.3,), "variance_scaling": (2.0, "fan_avg", "uniform")}
+
+
 @pytest.mark.parametrize("name", INITIALIZERS)
 def test_initializer_parity(name):
-  # Same factory as flax (both take jax.nn.initializers'), so identical values for a key.
-  assert getattr(nnx.initializers, name) is getattr(fnnx.initializers, name)
+  # Same values as flax's initializer for the same key, shape and dtype.
+  factory = getattr(nnx.initializers, name)
+  if name in ("zeros", "ones"):
+    assert factory is getattr(fnnx.initializers, name)
+    return
+  args = _INIT_ARGS.get(name, ())
+  shape = (3, 3, 4, 4) if name == "delta_orthogonal" else (4, 5)
+  key = jax.random.key(7)
+  np.testing.assert_array_equal(
+    factory(*args)(key, shape, jnp.float32),
+    getattr(fnnx.initializers, name)(*args)(key, shape, jnp.float32),
+  )
+
+
+def test_initializers_pickle_and_compare_by_arguments():
+  import pickle
+
+  init = nnx.initializers.variance_scaling(2.0, "fan_avg", "uniform")
+  assert init == nnx.initializers.variance_scaling(2.0, "fan_avg", "uniform")
+  assert hash(init) == hash(pickle.loads(pickle.dumps(init)))
+  layer = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  back = pickle.loads(pickle.dumps(layer))
+  np.testing.assert_array_equal(back(jnp.ones((1, 2))), layer(jnp.ones((1, 2))))
 
 
 def test_initializer_factory_parity():
