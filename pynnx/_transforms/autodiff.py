@@ -27,6 +27,7 @@ from .lift import (
   changed,
   flatten_args,
   rebuild_arg,
+  wrap_or_decorate,
   write_back,
 )
 
@@ -189,9 +190,7 @@ def _make(return_value: bool):
       graph=graph,
       graph_updates=graph_updates,
     )
-    if f is MISSING:
-      return lambda fn: GradWrapped(fn, **kw)
-    return GradWrapped(f, **kw)
+    return wrap_or_decorate(GradWrapped, f, kw)
 
   return transform
 

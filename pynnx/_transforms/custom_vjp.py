@@ -50,6 +50,7 @@ from .lift import (
   check_not_bound,
   flatten_args,
   rebuild_arg,
+  wrap_or_decorate,
   write_back,
 )
 
@@ -391,6 +392,4 @@ def custom_vjp(
     True
   """
   kw = dict(nondiff_argnums=nondiff_argnums, graph=graph, graph_updates=graph_updates)
-  if fun is MISSING:
-    return lambda fn: CustomVjp(fn, **kw)
-  return CustomVjp(fun, **kw)
+  return wrap_or_decorate(CustomVjp, fun, kw)

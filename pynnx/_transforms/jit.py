@@ -21,6 +21,7 @@ from .lift import (
   check_not_bound,
   flatten_args,
   rebuild_arg,
+  wrap_or_decorate,
   write_back,
 )
 
@@ -248,6 +249,4 @@ def jit(
     graph=graph,
     graph_updates=graph_updates,
   )
-  if fun is MISSING:
-    return lambda f: JitWrapped(f, **kw)
-  return JitWrapped(fun, **kw)
+  return wrap_or_decorate(JitWrapped, fun, kw)

@@ -5,11 +5,11 @@
                                         ▼
                       jax.<transform>(inner, values...)      static: hashable plans
                                         │
-           inner: rebuild_args(static, values) ─▶ fresh Variables (new Frame)
+           inner: rebuild_arg(plan, values) ─▶ fresh Variables (new Frame)
                   out = f(*args)
-                  collect(...) ─▶ values of the cells f changed
+                  changed(...) ─▶ values of the cells f changed
                                         ▼
-    write_back(cells, updates) ◀── outputs
+    write_back(flat, updates) ◀── outputs
 
 A frozen Module's plan (its leaves with Variables as leaves, the treedef and each
 Variable's type and metadata) is computed once and cached on the Module, so a call costs
@@ -252,21 +252,15 @@ def current_values(plan: ArgPlan, fresh: list, values: Sequence[Any]) -> list:
   return out
 
 
-def write_back(flat: Flat | list, updates: Sequence[dict[int, Any]]) -> None:
+def write_back(flat: Flat, updates: Sequence[dict[int, Any]]) -> None:
   """Writes ``updates[arg][leaf] = value`` into the caller's Variables.
 
-  ``flat`` is the ``Flat`` the arguments came from (keeps cached value lists current) or
-  a plain list of cells.
+  Keeps the cached value lists of ``flat``'s Pytrees current when no other top-level write
+  happened since ``flatten_args``; otherwise they are simply left stale (and rebuilt).
   """
   if not any(updates):
     return
-  if not isinstance(flat, Flat):
-    STRUCTURE.writes += 1
-    for leaves, upd in zip(flat, updates):
-      for i, value in upd.items():
-        _RAW.__set__(leaves[i], value)
-    return
-  clean = STRUCTURE.writes == flat.stamp  # no other top-level write since flatten_args
+  clean = STRUCTURE.writes == flat.stamp
   STRUCTURE.writes += 1
   for leaves, entry, upd in zip(flat.cells, flat.entries, updates):
     for i, value in upd.items():
@@ -275,21 +269,15 @@ def write_back(flat: Flat | list, updates: Sequence[dict[int, Any]]) -> None:
       vals = entry.values
       for i, value in upd.items():
         vals[i] = value
-      entry.stamp = STRUCTURE.writes
-  if not clean:
-    return
-  for entry, upd in zip(flat.entries, updates):
-    if entry is not None and not upd:
-      entry.stamp = STRUCTURE.writes
+  if clean:
+    for entry in flat.entries:
+      if entry is not None:
+        entry.stamp = STRUCTURE.writes
 
 
-def write_all(flat: Flat | list, *args: Any) -> None:
-  """Writes every Variable leaf's value back (for transforms that return them all).
-
-  ``write_all(flat, values)`` or ``write_all(cells, plans, values)``.
-  """
-  plans, values = (flat.plans, args[0]) if isinstance(flat, Flat) else args
-  write_back(flat, [{i: vals[i] for i in plan.var_idx} for plan, vals in zip(plans, values)])
+def write_all(flat: Flat, values: Sequence[Sequence[Any]]) -> None:
+  """Writes every Variable leaf's value back (for transforms that return them all)."""
+  write_back(flat, [{i: vals[i] for i in plan.var_idx} for plan, vals in zip(flat.plans, values)])
 
 
 class InnerFrame:
@@ -318,6 +306,13 @@ class _Missing:
 
 
 MISSING: Any = _Missing()
+
+
+def wrap_or_decorate(cls: type, f: Any, kw: dict) -> Any:
+  """``cls(f, **kw)``, or a decorator building it when ``f`` is MISSING (``@nnx.X(...)``)."""
+  if f is MISSING:
+    return lambda fn: cls(fn, **kw)
+  return cls(f, **kw)
 
 
 def check_not_bound(f: Any, api: str) -> None:

@@ -26,6 +26,7 @@ from .lift import (
   check_not_bound,
   flatten_args,
   rebuild_arg,
+  wrap_or_decorate,
   write_back,
 )
 
@@ -125,6 +126,4 @@ def remat(
     graph=graph,
     graph_updates=graph_updates,
   )
-  if f is MISSING:
-    return lambda fn: RematWrapped(fn, **kw)
-  return RematWrapped(f, **kw)
+  return wrap_or_decorate(RematWrapped, f, kw)

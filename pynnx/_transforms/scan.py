@@ -33,6 +33,7 @@ from .lift import (
   check_not_bound,
   flatten_args,
   rebuild_arg,
+  wrap_or_decorate,
   write_back,
 )
 from .prefix import broadcast_prefix
@@ -452,6 +453,4 @@ def scan(
     graph=graph,
     graph_updates=graph_updates,
   )
-  if f is MISSING:
-    return lambda fn: ScanWrapped(fn, **kw)
-  return ScanWrapped(f, **kw)
+  return wrap_or_decorate(ScanWrapped, f, kw)

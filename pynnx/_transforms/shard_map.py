@@ -29,6 +29,7 @@ from .lift import (
   check_not_bound,
   flatten_args,
   rebuild_arg,
+  wrap_or_decorate,
   write_back,
 )
 from .prefix import broadcast_prefix, graph_only_spec
@@ -235,6 +236,4 @@ def shard_map(
     graph=graph,
     graph_updates=graph_updates,
   )
-  if f is MISSING:
-    return lambda fn: ShardMapWrapped(fn, **kw)
-  return ShardMapWrapped(f, **kw)
+  return wrap_or_decorate(ShardMapWrapped, f, kw)

@@ -32,6 +32,7 @@ from .lift import (
   check_not_bound,
   flatten_args,
   rebuild_arg,
+  wrap_or_decorate,
   write_back,
 )
 from .prefix import broadcast_prefix
@@ -379,6 +380,4 @@ def vmap(
     graph=graph,
     graph_updates=graph_updates,
   )
-  if f is MISSING:
-    return lambda fn: VmapWrapped(fn, **kw)
-  return VmapWrapped(f, **kw)
+  return wrap_or_decorate(VmapWrapped, f, kw)
