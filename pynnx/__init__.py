@@ -7,6 +7,7 @@ DiffState, StateAxes, StateSharding) is opt-in with ``graph=True`` or ``nnx.set_
 from ._core import filters as filterlib  # noqa: F401  (public module alias)
 from ._core.config import set_graph_mode as set_graph_mode
 from ._core.config import set_graph_updates as set_graph_updates
+from ._core.errors import AttributeNotFoundError as AttributeNotFoundError
 from ._core.errors import AxisSpecError as AxisSpecError
 from ._core.errors import ConfigError as ConfigError
 from ._core.errors import FilterError as FilterError

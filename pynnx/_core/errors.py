@@ -66,3 +66,7 @@ class RngError(PynnxError, ValueError):
 
 class ConfigError(PynnxError, TypeError):
   """A setting was given a value of the wrong kind."""
+
+
+class AttributeNotFoundError(PynnxError, AttributeError):
+  """``set_attributes`` / ``view`` named an attribute no submodule has."""

@@ -13,7 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from . import filters as filterlib
-from .errors import PynnxError
+from .errors import AttributeNotFoundError, NotAVariableError
 from .pytree import _CACHE_KEYS, Dict, List, Pytree
 from .reprs import block
 from .variables import Perturbation, Variable, variable_type_from_name
@@ -60,13 +60,13 @@ class Module(Pytree):
     current = self.__dict__.get(name)
     if isinstance(current, Variable):
       if not isinstance(current, variable_type):
-        raise PynnxError(
+        raise NotAVariableError(
           f"{type(self).__name__}.sow: attribute {name!r} already holds a "
           f"{type(current).__name__}, not a {variable_type.__name__}."
         )
       current[...] = reduce_fn(current[...], value)
     elif current is not None:
-      raise PynnxError(
+      raise NotAVariableError(
         f"{type(self).__name__}.sow: attribute {name!r} already holds a "
         f"{type(current).__name__}; choose another name."
       )
@@ -100,7 +100,7 @@ class Module(Pytree):
           found.add(name)
     missing = set(attributes) - found
     if missing and raise_if_not_found:
-      raise PynnxError(
+      raise AttributeNotFoundError(
         f"set_attributes: no submodule of {type(self).__name__} has the attribute(s) "
         f"{sorted(missing)}; pass raise_if_not_found=False to ignore them."
       )
@@ -229,7 +229,7 @@ def view(node: Any, /, **attributes: Any) -> Any:
   out = copy(node)
   missing = set(attributes) - found
   if missing:
-    raise PynnxError(
+    raise AttributeNotFoundError(
       f"nnx.view: no Module in {type(node).__name__} has the attribute(s) {sorted(missing)}."
     )
   return out

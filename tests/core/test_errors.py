@@ -24,6 +24,7 @@ BUILTINS = {
   "ShapeError": ValueError,
   "RngError": ValueError,
   "ConfigError": TypeError,
+  "AttributeNotFoundError": AttributeError,
 }
 
 

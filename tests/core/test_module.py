@@ -267,7 +267,7 @@ def test_set_attributes_train_eval(net):
   net.set_attributes(lambda path, m: path == ("blocks", 0), name="first")
   assert (net.blocks[0].name, net.blocks[1].name) == ("first", "renamed")
   with pytest.raises(
-    nnx.PynnxError, match=r"no submodule of Net has the attribute\(s\) \['nope'\]"
+    nnx.AttributeNotFoundError, match=r"no submodule of Net has the attribute\(s\) \['nope'\]"
   ):
     net.set_attributes(nope=1)
   net.set_attributes(nope=1, raise_if_not_found=False)
@@ -300,10 +300,10 @@ def test_sow():
   m.sow("intermediates", "s", 2.0, reduce_fn=lambda a, b: a + b, init_fn=lambda: 0.0)
   assert m.s[...] == 3.0
   with pytest.raises(
-    nnx.PynnxError, match="attribute 's' already holds a Intermediate, not a Cache"
+    nnx.NotAVariableError, match="attribute 's' already holds a Intermediate, not a Cache"
   ):
     m.sow(nnx.Cache, "s", 1.0)
-  with pytest.raises(nnx.PynnxError, match="attribute 'w' already holds"):
+  with pytest.raises(nnx.NotAVariableError, match="attribute 'w' already holds"):
     m.sow(nnx.Intermediate, "w", 1.0)
 
 
@@ -328,7 +328,9 @@ def test_view_and_with_attributes(net):
   assert not any(b.deterministic for b in net.blocks)
   assert v.blocks[0].linear.kernel is net.blocks[0].linear.kernel  # Variables are shared
   assert nnx.with_attributes is nnx.view
-  with pytest.raises(nnx.PynnxError, match=r"no Module in Net has the attribute\(s\) \['nope'\]"):
+  with pytest.raises(
+    nnx.AttributeNotFoundError, match=r"no Module in Net has the attribute\(s\) \['nope'\]"
+  ):
     nnx.view(net, nope=1)
 
 
