@@ -189,7 +189,7 @@ class _Meta:
     self.data_keys = data_keys
     self.key_objs = key_objs
     self.statics = statics
-    self._hash = None
+    self._hash: int | None = None
 
   def __hash__(self) -> int:
     if self._hash is None:
@@ -380,7 +380,7 @@ def _register(cls: type) -> None:
     return [d[k] for k in meta.data_keys], meta
 
   def unflatten(meta: _Meta, children: Any) -> Any:
-    obj = object.__new__(cls)
+    obj: Any = object.__new__(cls)
     d = obj.__dict__
     d["_pynnx_forced"] = {}
     d.update(meta.statics)
@@ -412,8 +412,9 @@ class List(Pytree):
   _pynnx_auto_containers = False
 
   def __init__(self, items: Any = ()):
+    d: dict[Any, Any] = self.__dict__  # items live under int keys
     for i, item in enumerate(items):
-      self.__dict__[i] = _wrap_container(item)
+      d[i] = _wrap_container(item)
 
   def _pynnx_key_obj(self, key: Hashable) -> Any:
     return jax.tree_util.SequenceKey(key)
@@ -428,10 +429,11 @@ class List(Pytree):
     return sum(1 for k in self.__dict__ if isinstance(k, int))
 
   def _items_list(self) -> list:
-    return [self.__dict__[i] for i in range(len(self))]
+    d: dict[Any, Any] = self.__dict__
+    return [d[i] for i in range(len(self))]
 
   def _set_items(self, items: list) -> None:
-    d = self.__dict__
+    d: dict[Any, Any] = self.__dict__
     old = self._items_list()
     for k in [k for k in d if isinstance(k, int)]:
       del d[k]

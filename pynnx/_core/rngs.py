@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -172,7 +172,7 @@ class _Restore:
   def __enter__(self) -> _Restore:
     return self
 
-  def __exit__(self, *exc: Any) -> bool:
+  def __exit__(self, *exc: Any) -> Literal[False]:
     self.restore()
     return False
 

@@ -146,7 +146,7 @@ class Variable(Generic[A]):
     return self._raw_value
 
   def __getitem__(self, key: Any) -> Any:
-    value = self.get_value()
+    value: Any = self.get_value()
     if key is Ellipsis:
       return value
     return value[key]
@@ -305,13 +305,14 @@ for _name, _op in [
   ("ne", operator.ne),  # elementwise, like arrays (and Flax)
 ]:
   setattr(Variable, f"__{_name}__", _binary(_op))
-for _name, _op in [
+_UNARY_OPS: list[tuple[str, Callable[..., Any]]] = [
   ("neg", operator.neg),
   ("pos", operator.pos),
   ("abs", operator.abs),
   ("invert", operator.invert),
-]:
-  setattr(Variable, f"__{_name}__", (lambda op: lambda self: op(self.get_value()))(_op))
+]
+for _name, _uop in _UNARY_OPS:
+  setattr(Variable, f"__{_name}__", (lambda op: lambda self: op(self.get_value()))(_uop))
 
 
 def _register_variable_pytree(cls: type) -> None:
@@ -321,8 +322,8 @@ def _register_variable_pytree(cls: type) -> None:
   def flatten(v: Variable):
     return (v._raw_value,), v._pynnx_aux()
 
-  def unflatten(aux: tuple, children: tuple) -> Variable:
-    new = object.__new__(cls)
+  def unflatten(aux: tuple, children: Any) -> Variable:
+    new: Variable = object.__new__(cls)
     object.__setattr__(new, "_raw_value", children[0])
     object.__setattr__(new, "_metadata", dict(aux))
     object.__setattr__(new, "_frame", FRAMES.current)

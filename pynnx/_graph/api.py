@@ -220,7 +220,7 @@ def pop(node: Any, *filters: Any) -> Any:
           buckets[i].append((path, leaf))
           chosen.add(id(leaf))
           break
-  removals: list[tuple[Pytree, Hashable]] = []
+  removals: list[tuple[Pytree, Any]] = []  # keys: attribute names or List indices
   seen: set[int] = set()
 
   def walk(x: Any, path: Path) -> None:
@@ -303,7 +303,7 @@ class GraphNode:
   def __init__(self, graphdef: GraphDef, states: tuple):
     self.graphdef = graphdef
     self.states = tuple(states)
-    self._pynnx_lift_plan = None  # the tree lift's cached plan (see _transforms/lift.py)
+    self._pynnx_lift_plan: Any = None  # the tree lift's cached plan (see _transforms/lift.py)
 
   def __repr__(self) -> str:
     return f"GraphNode(graphdef={self.graphdef!r}, states={self.states!r})"
@@ -326,6 +326,7 @@ def to_tree(tree: Any, /, *, filters: tuple | list | Callable[[Path, Any], Any] 
 
   Sharing within and across roots is deduplicated: every Variable appears once in the result.
   """
+  treedef: jax.tree_util.PyTreeDef  # jaxlib ships no stub for it: this reads as Any
   with_path, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_graph_node)
   out = [x for _, x in with_path]
   root_idx = [i for i, x in enumerate(out) if is_graph_node(x)]
@@ -349,6 +350,7 @@ def to_tree(tree: Any, /, *, filters: tuple | list | Callable[[Path, Any], Any] 
 
 def from_tree(tree: Any, /, *, copy: bool = False) -> Any:
   """Inverse of :func:`to_tree`: rebuilds each GraphNode, restoring sharing across them."""
+  treedef: jax.tree_util.PyTreeDef  # jaxlib ships no stub for it: this reads as Any
   leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_graph_node_wrapper)
   tables: list[dict[int, Any]] = []
   for i, x in enumerate(leaves):

@@ -109,7 +109,8 @@ def _same_type(x: Any, y: Any) -> bool:
 def _split_out(out: Any, fresh_pos: dict) -> tuple[tuple, list]:
   """``(static, values)`` of an output; the operands' fresh Variables become references."""
   leaves, treedef = jax.tree_util.tree_flatten(out, is_leaf=is_variable)
-  kinds, values = [], []
+  kinds: list[tuple[str, Any] | None] = []
+  values = []
   for leaf in leaves:
     if isinstance(leaf, Variable):
       pos = fresh_pos.get(id(leaf))
@@ -236,7 +237,8 @@ def _diagnose(
           ) from error
   for k, (out, _) in enumerate(shapes[1:], 1):
     base_leaves, leaves = jax.tree.leaves(base_out), jax.tree.leaves(out)
-    if jax.tree.structure(out) != jax.tree.structure(base_out) or any(
+    # jaxlib ships no stub for PyTreeDef, so mypy cannot type the comparison (ignore below)
+    if jax.tree.structure(out) != jax.tree.structure(base_out) or any(  # type: ignore[operator]
       not _same_type(x, y) for x, y in zip(base_leaves, leaves, strict=True)
     ):
       raise StructureChangeError(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -84,12 +84,12 @@ def _graph_mode(cvjp: CustomVjp, args: tuple) -> Any:
     return cvjp.fun(*objects(wrapped))
 
   def fwd(*wrapped: Any) -> Any:
-    return cvjp.fwd(*objects(wrapped))
+    return cast(Callable, cvjp.fwd)(*objects(wrapped))  # set by defvjp
 
   def bwd(*rest: Any) -> tuple:
     *nd, res, out_g = rest
     updates_g = tuple(graph_adapter.zero_state(wargs[i]) for i in diff_args)
-    cts = cvjp.bwd(*nd, res, (updates_g, out_g))
+    cts = cast(Callable, cvjp.bwd)(*nd, res, (updates_g, out_g))
     if not isinstance(cts, (tuple, list)) or len(cts) != len(diff_args):
       raise StructureChangeError(
         f"{cvjp.api}: bwd must return a tuple with one cotangent per differentiable argument "

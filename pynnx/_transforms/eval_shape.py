@@ -33,8 +33,8 @@ def _active_mesh() -> Any:
     mesh = None
   if mesh is not None and not mesh.empty:
     return mesh
-  mesh = jax.sharding.get_abstract_mesh()
-  return None if mesh.empty else mesh
+  abstract = jax.sharding.get_abstract_mesh()
+  return None if abstract.empty else abstract
 
 
 def _names_fit(names: Any, ndim: int, mesh: Any) -> bool:

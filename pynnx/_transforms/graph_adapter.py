@@ -98,7 +98,7 @@ class StateSharding(StateAxes):
   def __init__(self, filter_specs: Any):
     if isinstance(filter_specs, State):
       specs = {path: spec for path, spec in filter_specs.flat_state()}
-      self.by_path = specs
+      self.by_path: dict | None = specs
       super().__init__([(_AtPath(tuple(p)), s) for p, s in specs.items()])
     else:
       self.by_path = None
@@ -228,7 +228,8 @@ def _fast_to_tree(args: tuple, kwargs: dict, filters: Callable | tuple) -> tuple
 
   Returns None (the general path) for nested roots, bare Variables or shared objects.
   """
-  wargs, roots, root_filters, seen = [], [], [], frozenset()
+  wargs, roots, root_filters = [], [], []
+  seen: frozenset[int] = frozenset()
   for i, arg in enumerate(args):
     if isinstance(arg, Pytree):
       fs = tuple(filters((0, i), arg) if callable(filters) else filters)
@@ -334,6 +335,7 @@ def exit(call: GraphCall, out: Any, *, carry: bool = False) -> Any:
     out, structural = out
   for i, node in structural.items():
     _transplant(roots[i], graph_api.from_tree(node))
+  treedef: jax.tree_util.PyTreeDef  # jaxlib ships no stub for it: this reads as Any
   leaves, treedef = jax.tree_util.tree_flatten(
     out, is_leaf=lambda x: isinstance(x, (GraphNode, _InputRoot))
   )
@@ -363,8 +365,9 @@ def _transplant(orig: Any, new: Any) -> None:
   """
   if not (isinstance(orig, Pytree) and type(orig) is type(new)):
     return
-  od, nd = orig.__dict__, new.__dict__
-  new_keys = [k for k, _ in new._pynnx_items()]
+  od: dict[Any, Any] = orig.__dict__  # keys: attribute names, List indices or Dict keys
+  nd: dict[Any, Any] = new.__dict__
+  new_keys: list[Any] = [k for k, _ in new._pynnx_items()]
   for k in new_keys:
     nv = nd[k]
     ov = od.get(k, _MISSING)
@@ -376,7 +379,8 @@ def _transplant(orig: Any, new: Any) -> None:
       continue
     elif isinstance(ov, (Pytree, Variable)) or isinstance(nv, (Pytree, Variable)):
       orig._pynnx_setattr(k, nv)
-  for k in [k for k, _ in orig._pynnx_items() if k not in nd]:
+  stale: list[Any] = [k for k, _ in orig._pynnx_items() if k not in nd]
+  for k in stale:
     orig._pynnx_delattr(k)
 
 

@@ -153,6 +153,7 @@ class JitWrapped(MethodAware):
     return self._prepare_tree(args, kwargs, graph_static)
 
   def _prepare_tree(self, args: tuple, kwargs: dict, graph_static: Any) -> tuple:
+    dyn: Sequence[Any]
     if self.static_argnums:
       static_args = tuple(args[i] for i in self.static_argnums if i < len(args))
       dyn = [a for i, a in enumerate(args) if i not in self.static_argnums]
@@ -164,7 +165,9 @@ class JitWrapped(MethodAware):
     else:
       static_kw = ()
     flat = flatten_args(dyn, self.check)
-    kwplans, kwvalues, kwflat = (), {}, None
+    kwplans: tuple = ()
+    kwvalues: dict = {}
+    kwflat = None
     if kwargs:
       names = sorted(kwargs)
       kwflat = flatten_args([kwargs[n] for n in names])

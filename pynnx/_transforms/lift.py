@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 
@@ -31,9 +31,10 @@ from .._core.tree import shared_reference_error
 from .._core.variables import FRAMES, STRUCTURE, Variable, is_variable, pop_frame, push_frame
 from .._graph.api import GraphNode
 
-_RAW = Variable._raw_value  # slot descriptors: the hot path bypasses __setattr__
-_META = Variable._metadata
-_FRAME = Variable._frame
+# slot descriptors: the hot path bypasses __setattr__ (mypy does not model slot members)
+_RAW = Variable._raw_value  # type: ignore[attr-defined]
+_META = Variable._metadata  # type: ignore[attr-defined]
+_FRAME = Variable._frame  # type: ignore[attr-defined]
 _get_raw = _RAW.__get__
 
 
@@ -178,7 +179,8 @@ def flatten_args(args: Sequence[Any], check: SharingCheck | None = None) -> Flat
   A frozen Pytree also caches its value list, valid while no top-level Variable was
   written since (``STRUCTURE.writes``); ``write_back`` keeps it current.
   """
-  plans, values, cells, entries = [], [], [], []
+  plans, values, cells = [], [], []
+  entries: list[_Entry | None] = []
   stamp = STRUCTURE.writes
   for arg in args:
     if isinstance(arg, jax.Array):  # the common bare-array argument: a constant plan
@@ -194,7 +196,7 @@ def flatten_args(args: Sequence[Any], check: SharingCheck | None = None) -> Flat
     else:
       leaves, plan = entry.leaves, entry.plan
       if entry.stamp == stamp:
-        vals = entry.values
+        vals = entry.values  # type: ignore[assignment]  # set whenever the stamp matches
       else:
         vals = entry.values = _values(leaves, plan)
         entry.stamp = stamp
@@ -292,7 +294,7 @@ class InnerFrame:
     self.frame = push_frame(self.name)
     return self.frame
 
-  def __exit__(self, *exc: Any) -> bool:
+  def __exit__(self, *exc: Any) -> Literal[False]:
     pop_frame(self.frame)
     return False
 
@@ -341,6 +343,8 @@ def argnames_of(f: Callable) -> list[str] | None:
 
 class MethodAware:
   """Base for transformed callables: binds like a function when used as a method."""
+
+  __call__: Callable[..., Any]  # defined by every subclass
 
   def __get__(self, obj: Any, objtype: Any = None) -> Any:
     if obj is None:

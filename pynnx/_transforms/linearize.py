@@ -280,7 +280,7 @@ def vjp(
   """
   if reduce_axes:
     raise ConfigError("pynnx.vjp: reduce_axes is deprecated in JAX and not supported; drop it.")
-  kw = dict(has_aux=has_aux, graph=graph, graph_updates=graph_updates)
+  kw: dict[str, Any] = dict(has_aux=has_aux, graph=graph, graph_updates=graph_updates)
   if f is MISSING:
     if primals:
       raise ConfigError("pynnx.vjp: primals were given without a function: nnx.vjp(f, *primals).")
@@ -314,7 +314,7 @@ def jvp(
     >>> bool(jnp.allclose(t, jnp.sum(m.kernel[...])))
     True
   """
-  kw = dict(has_aux=has_aux, graph=graph, graph_updates=graph_updates)
+  kw: dict[str, Any] = dict(has_aux=has_aux, graph=graph, graph_updates=graph_updates)
   if f is MISSING:
     return lambda fn: JvpWrapped(fn, **kw)
   wrapped = JvpWrapped(f, **kw)

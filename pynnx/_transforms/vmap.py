@@ -254,7 +254,8 @@ class VmapWrapped(MethodAware):
         rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, values)]
         kwrebuilt = [rebuild_arg(p, v) for p, v in zip(kwplans, kwvalues)]
         out = f(*(a for a, _ in rebuilt), **{n: a for n, (a, _) in zip(names, kwrebuilt)})
-        mapped, bcast = {}, {}
+        mapped: dict[tuple[int, int], Any] = {}
+        bcast: dict[tuple[int, int], Any] = {}
         for a, (plan, (_, fresh), vals, spec) in enumerate(zip(plans, rebuilt, values, specs)):
           for i, var in zip(plan.var_idx, fresh):
             new = var._raw_value

@@ -164,14 +164,16 @@ def dot_product_attention(
   fast = dropout_rate == 0.0 and module is None and value.shape[-1] == key.shape[-1]
   if fast:
     batch = query.shape[:-3]
-    flat = [x.reshape((math.prod(batch),) + x.shape[-3:]) for x in (query, key, value)]
+    q4, k4, v4 = [x.reshape((math.prod(batch),) + x.shape[-3:]) for x in (query, key, value)]
     bias4 = _to_4d(bias, batch, api, "bias")
     mask4 = _to_4d(mask, batch, api, "mask")
     # jax.nn mixes float32 and half-precision internally; keep that working when the
     # user's program runs with strict dtype promotion (our inputs are already one dtype).
     with jax.numpy_dtype_promotion("standard"):
       out = jax.nn.dot_product_attention(
-        *flat,
+        q4,
+        k4,
+        v4,
         bias=None if bias4 is None else bias4.astype(query.dtype),
         mask=None if mask4 is None else mask4.astype(jnp.bool_),
         is_causal=is_causal,

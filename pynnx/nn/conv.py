@@ -71,6 +71,9 @@ def _flatten_batch(layer: str, inputs: jax.Array, rank: int, in_features: int) -
 
 
 class _ConvBase(nnx.Module):
+  kernel: nnx.Param  # set by each subclass
+  bias: nnx.Param | None
+
   def _common(
     self,
     in_features: int,

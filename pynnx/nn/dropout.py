@@ -60,7 +60,7 @@ class Dropout(nnx.Module):
     self.deterministic = deterministic
     self.rng_collection = rng_collection
     if isinstance(rngs, nnx.Rngs):
-      self.rngs = rngs[rng_collection].fork()
+      self.rngs: nnx.RngStream | None = rngs[rng_collection].fork()
     elif isinstance(rngs, nnx.RngStream):
       self.rngs = rngs.fork()
     elif rngs is None:

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import jax.nn.initializers as _jax_init
 from jax.nn.initializers import Initializer, ones, zeros
@@ -60,7 +60,7 @@ def _factory(name: str) -> Callable[..., Initializer]:
   jax_factory = getattr(_jax_init, name)
 
   def factory(*args: Any, **kwargs: Any) -> Initializer:
-    return _Init(name, args, kwargs)
+    return cast(Initializer, _Init(name, args, kwargs))
 
   factory.__name__ = name
   factory.__qualname__ = name

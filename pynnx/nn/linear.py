@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,7 @@ default_kernel_init = initializers.lecun_normal()
 default_bias_init = initializers.zeros_init()
 
 _NO_METADATA: Mapping[str, Any] = {}
+_NO_BATCH_AXIS = cast(Mapping[int, int], _NO_METADATA)  # the same empty mapping, typed
 
 
 def _dot(
@@ -143,7 +144,7 @@ class LinearGeneral(nnx.Module):
     out_features: int | Sequence[int],
     *,
     axis: int | Sequence[int] = -1,
-    batch_axis: Mapping[int, int] = _NO_METADATA,
+    batch_axis: Mapping[int, int] = _NO_BATCH_AXIS,
     use_bias: bool = True,
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
@@ -185,7 +186,7 @@ class LinearGeneral(nnx.Module):
     if use_bias:
       bias_shape = batch_shape + out_features
       flat_bias = bias_init(rngs.params(), (int(np.prod(bias_shape)),), param_dtype)
-      self.bias = nnx.Param(jnp.reshape(flat_bias, bias_shape), **bias_metadata)
+      self.bias: nnx.Param | None = nnx.Param(jnp.reshape(flat_bias, bias_shape), **bias_metadata)
     else:
       self.bias = None
     self.in_features = in_features
@@ -294,7 +295,9 @@ class Einsum(nnx.Module):
     )
     if bias_shape is not None:
       bias_shape = tuple(int(s) for s in bias_shape)
-      self.bias = nnx.Param(bias_init(rngs.params(), bias_shape, param_dtype), **bias_metadata)
+      self.bias: nnx.Param | None = nnx.Param(
+        bias_init(rngs.params(), bias_shape, param_dtype), **bias_metadata
+      )
     else:
       self.bias = None
     self.einsum_str = einsum_str

@@ -180,7 +180,8 @@ class LoRALinear(Linear):
       b_metadata=b_metadata,
     )
 
-  def __call__(self, x: jax.Array, **kwargs: Any) -> jax.Array:
+  # Named ``x`` as in Flax, with keywords passed on to Linear: mypy flags the override.
+  def __call__(self, x: jax.Array, **kwargs: Any) -> jax.Array:  # type: ignore[override]
     """``Linear(x) + x @ lora_a @ lora_b``."""
     y = super().__call__(x, **kwargs)
     delta = self.lora(x)

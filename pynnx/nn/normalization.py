@@ -9,7 +9,7 @@ with a named axis).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -116,6 +116,9 @@ def _axes(layer: str, axes: Any, ndim: int) -> tuple[int, ...]:
 
 class _Norm(nnx.Module):
   """Shared construction: ``scale`` / ``bias`` Params of shape ``(num_features,)``."""
+
+  dtype: Any  # set by each subclass
+  promote_dtype: Callable[..., Any]
 
   def _build(
     self,
@@ -450,6 +453,7 @@ class GroupNorm(_Norm):
         )
       num_groups = num_features // group_size
     check_size("GroupNorm", "num_groups", num_groups)
+    num_groups = cast(int, num_groups)  # exactly one of num_groups / group_size was given
     if num_features % num_groups:
       raise LayerArgumentError(
         f"GroupNorm: num_groups={num_groups} does not divide num_features={num_features}."

@@ -151,6 +151,16 @@ class LSTMCell(RNNCellBase):
     ((2, 4), (2, 4))
   """
 
+  # the per-gate Linears, set with setattr in __init__
+  ii: Linear
+  if_: Linear
+  ig: Linear
+  io: Linear
+  hi: Linear
+  hf: Linear
+  hg: Linear
+  ho: Linear
+
   def __init__(
     self,
     in_features: int,
@@ -485,7 +495,8 @@ def _scan_cell(
       fresh[i] = nodes[i].replace(value)
     module = jax.tree.unflatten(treedef, fresh)
     new_h, y = module(h, x_t)
-    if jax.tree.structure(module, is_leaf=_is_variable) != treedef:
+    # jaxlib ships no stub for PyTreeDef, so mypy cannot type the comparison (ignore below)
+    if jax.tree.structure(module, is_leaf=_is_variable) != treedef:  # type: ignore[operator]
       raise nnx.StructureChangeError(
         f"RNN: the cell {type(cell).__name__} changed its structure (added or removed "
         f"Variables, e.g. with `sow`) inside the time loop; a scanned cell must keep a fixed "

@@ -117,6 +117,7 @@ class Average(Metric):
 
   def _accumulate(self, values: jax.Array, mask: jax.Array | None) -> None:
     values = values.astype(jnp.float32)
+    count: int | jax.Array
     if mask is None:
       total, count = jnp.sum(values), values.size
     else:

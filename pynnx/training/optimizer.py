@@ -148,6 +148,8 @@ class Optimizer(Pytree):
       grad_values.append(_grad_value(api, grad_leaves, path, var))
     param_state = State.from_flat_path([(p, v.get_value()) for p, v in params])
     grad_state = State.from_flat_path(list(zip(paths, grad_values, strict=True)))
+    opt_def: jax.tree_util.PyTreeDef  # jaxlib ships no stub for it: these read as Any
+    new_def: jax.tree_util.PyTreeDef
     opt_vars, opt_def = jax.tree.flatten(self.opt_state, is_leaf=is_variable)
     opt_state = opt_def.unflatten([v.get_value() for v in opt_vars])
     updates, new_opt_state = self.tx.update(grad_state, opt_state, param_state, **kwargs)
