@@ -180,10 +180,9 @@ class LoRALinear(Linear):
       b_metadata=b_metadata,
     )
 
-  # Named ``x`` as in Flax, with keywords passed on to Linear: mypy flags the override.
-  def __call__(self, x: jax.Array, **kwargs: Any) -> jax.Array:  # type: ignore[override]
+  def __call__(self, x: jax.Array, out_sharding: Any = None) -> jax.Array:
     """``Linear(x) + x @ lora_a @ lora_b``."""
-    y = super().__call__(x, **kwargs)
+    y = super().__call__(x, out_sharding=out_sharding)
     delta = self.lora(x)
     return y + jnp.asarray(delta, y.dtype)
 
