@@ -9,6 +9,7 @@ from typing import Any
 import jax
 
 from .._core.config import resolve_graph
+from .._core.errors import AxisSpecError, ConfigError
 from . import graph_adapter
 from .lift import (
   MISSING,
@@ -24,6 +25,7 @@ from .lift import (
   wrap_or_decorate,
   write_back,
 )
+from .prefix import broadcast_prefix, is_spec_leaf
 
 __all__ = ["jit", "JitWrapped"]
 
@@ -89,9 +91,21 @@ class JitWrapped(MethodAware):
 
     jit_donate = tuple(dyn_index(i) + 1 for i in donate_nums if i not in static_nums)
     jit_donate_names = tuple(n for n in donate_names if n not in self.static_argnames)
-    jit_in_shardings = in_shardings
+    self._graph_specs = graph_adapter.uses_graph_specs(in_shardings)
+    if graph_adapter.uses_graph_specs(out_shardings):
+      raise ConfigError(
+        f"{self.api}: StateSharding in out_shardings is not supported; give the outputs "
+        f"Sharding/PartitionSpec prefixes, or constrain Variables inside the function with "
+        f"jax.lax.with_sharding_constraint."
+      )
+    if self._graph_specs and graph is False:
+      graph_adapter.resolve_mode(self.api, graph, in_shardings)  # raises with the fix
+    # Per dynamic argument: one spec (for all its leaves) or a prefix tree of it.
+    self._arg_shardings: tuple | None = None
     if isinstance(in_shardings, (tuple, list)):
-      jit_in_shardings = tuple(s for i, s in enumerate(in_shardings) if i not in static_nums)
+      self._arg_shardings = tuple(s for i, s in enumerate(in_shardings) if i not in static_nums)
+    elif in_shardings is not None:
+      self._arg_shardings = (in_shardings,)  # broadcast to every argument below
     # Donated arguments return every Variable value (not only changed ones), so each
     # donated buffer has an output to alias and no cell is left holding a deleted buffer.
     donated = frozenset(dyn_index(i) for i in donate_nums if i not in static_nums)
@@ -133,24 +147,81 @@ class JitWrapped(MethodAware):
     jit_out_shardings = out_shardings
     if out_shardings is not None:
       jit_out_shardings = (out_shardings, None, None)
-    self._jitted = jax.jit(
+    self._make_jitted = functools.partial(
+      jax.jit,
       inner,
       static_argnums=(0,),
       donate_argnums=jit_donate,
       donate_argnames=jit_donate_names or None,
-      in_shardings=jit_in_shardings if jit_in_shardings is not None else None,
       out_shardings=jit_out_shardings,
       keep_unused=keep_unused,
       device=device,
       backend=backend,
       inline=inline,
     )
+    # Leaf specs apply to a whole argument's value list as they are; prefix trees and
+    # StateShardings are expanded per leaf for each argument structure (_jitted_for).
+    leaf_specs = self._arg_shardings is None or all(is_spec_leaf(x) for x in self._arg_shardings)
+    self._simple_shardings = leaf_specs and not self._graph_specs
+    in_sh = self._arg_shardings
+    if in_sh is not None and len(in_sh) == 1 and not isinstance(in_shardings, (tuple, list)):
+      in_sh = in_sh[0]
+    self._jitted = self._make_jitted(in_shardings=in_sh if self._simple_shardings else None)
+    self._by_shardings: dict = {}
+
+  def _jitted_for(self, args: Sequence[Any], plans: tuple) -> Any:
+    """The jitted function for this argument structure when shardings are per-leaf."""
+    if self._simple_shardings:
+      return self._jitted
+    hit = self._by_shardings.get(plans)
+    if hit is not None:
+      return hit
+    specs = self._arg_shardings
+    assert specs is not None
+    if len(specs) == 1 and len(args) != 1:
+      specs = specs * len(args)
+    if len(specs) != len(args):
+      raise AxisSpecError(
+        f"{self.api}: in_shardings has {len(specs)} entries for {len(args)} dynamic arguments."
+      )
+    per_leaf = [
+      list(
+        broadcast_prefix(
+          graph_adapter.node_prefix(spec, arg),
+          arg,
+          plan,
+          self.api,
+          f"args[{i}]",
+          what="in_shardings",
+        )
+      )
+      for i, (spec, arg, plan) in enumerate(zip(specs, args, plans))
+    ]
+    jitted = self._make_jitted(in_shardings=tuple(per_leaf))
+    if len(self._by_shardings) > 32:
+      self._by_shardings.clear()
+    self._by_shardings[plans] = jitted
+    return jitted
 
   def _prepare(self, args: tuple, kwargs: dict) -> tuple:
+    """``(jitted, static, flat, kwvalues, kwflat)`` for one call."""
     graph_static = None
-    if resolve_graph(self.graph):
-      args, kwargs, graph_static = graph_adapter.to_tree(args, kwargs, self.api, self.graph_updates)
-    return self._prepare_tree(args, kwargs, graph_static)
+    if self._graph_specs or resolve_graph(self.graph):
+      specs = self._arg_shardings or ()
+
+      def filters(path: tuple, root: Any) -> tuple:
+        if len(path) == 2 and path[0] == 0 and len(specs) == 1:
+          return graph_adapter.spec_filters(specs[0])
+        if len(path) == 2 and path[0] == 0 and path[1] < len(specs):
+          return graph_adapter.spec_filters(specs[path[1]])
+        return ()
+
+      args, kwargs, graph_static = graph_adapter.to_tree(
+        args, kwargs, self.api, self.graph_updates, filters if self._graph_specs else ()
+      )
+    static, flat, kwvalues, kwflat = self._prepare_tree(args, kwargs, graph_static)
+    dyn = [a for i, a in enumerate(args) if i not in self.static_argnums]
+    return self._jitted_for(dyn, flat.plans), static, flat, kwvalues, kwflat
 
   def _prepare_tree(self, args: tuple, kwargs: dict, graph_static: Any) -> tuple:
     dyn: Sequence[Any]
@@ -177,14 +248,8 @@ class JitWrapped(MethodAware):
     return static, flat, kwvalues, kwflat
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    if resolve_graph(self.graph):
-      wargs, wkwargs, graph_static = graph_adapter.to_tree(
-        args, kwargs, self.api, self.graph_updates
-      )
-      static, flat, kwvalues, kwflat = self._prepare_tree(wargs, wkwargs, graph_static)
-    else:
-      static, flat, kwvalues, kwflat = self._prepare_tree(args, kwargs, None)
-    out, updates, kwupdates = self._jitted(static, *flat.values, **kwvalues)
+    jitted, static, flat, kwvalues, kwflat = self._prepare(args, kwargs)
+    out, updates, kwupdates = jitted(static, *flat.values, **kwvalues)
     write_back(flat, updates)
     if kwflat is not None:
       write_back(kwflat, [kwupdates[name] for name, _ in static[2]])
@@ -194,18 +259,18 @@ class JitWrapped(MethodAware):
 
   def lower(self, *args: Any, **kwargs: Any) -> Any:
     """``jax.jit(...).lower`` for these arguments."""
-    static, flat, kwvalues, _ = self._prepare(args, kwargs)
-    return self._jitted.lower(static, *flat.values, **kwvalues)
+    jitted, static, flat, kwvalues, _ = self._prepare(args, kwargs)
+    return jitted.lower(static, *flat.values, **kwvalues)
 
   def trace(self, *args: Any, **kwargs: Any) -> Any:
     """``jax.jit(...).trace`` for these arguments."""
-    static, flat, kwvalues, _ = self._prepare(args, kwargs)
-    return self._jitted.trace(static, *flat.values, **kwvalues)
+    jitted, static, flat, kwvalues, _ = self._prepare(args, kwargs)
+    return jitted.trace(static, *flat.values, **kwvalues)
 
   def eval_shape(self, *args: Any, **kwargs: Any) -> Any:
     """Shapes and dtypes of the outputs, without running anything."""
-    static, flat, kwvalues, _ = self._prepare(args, kwargs)
-    out, _, _ = self._jitted.eval_shape(static, *flat.values, **kwvalues)
+    jitted, static, flat, kwvalues, _ = self._prepare(args, kwargs)
+    out, _, _ = jitted.eval_shape(static, *flat.values, **kwvalues)
     return out
 
 

@@ -184,3 +184,50 @@ def test_nested_updates_reach_outer_caller():
 
   outer(c)
   assert int(c.count[...]) == 11
+
+
+def _mesh_shardings():
+  mesh = jax.sharding.Mesh(jax.devices()[:2], ("model",))
+  return (
+    jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+    jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "model")),
+  )
+
+
+def test_jit_in_shardings_module_shaped_prefix():
+  rep, cols = _mesh_shardings()
+  m = nnx.Linear(2, 4, rngs=nnx.Rngs(0))
+  spec = jax.tree.map(lambda _: rep, m)
+  spec.kernel[...] = cols  # a Variable in the prefix holds that Variable's sharding
+
+  @nnx.jit(in_shardings=(spec, rep))
+  def f(m, x):
+    m.kernel[...] = m.kernel[...] * 2.0
+    return m(x)
+
+  f(m, jnp.ones((1, 2)))
+  assert m.kernel[...].sharding == cols
+
+
+def test_jit_state_sharding_opts_into_graph_mode():
+  rep, cols = _mesh_shardings()
+  m = nnx.Linear(2, 4, rngs=nnx.Rngs(0))
+  spec = nnx.StateSharding({nnx.PathContains("kernel"): cols})
+
+  @nnx.jit(in_shardings=(spec, rep))
+  def f(m, x):
+    m.kernel[...] = m.kernel[...] + 1.0
+    return m(x)
+
+  y = f(m, jnp.ones((1, 2)))
+  assert y.shape == (1, 4)
+  assert m.kernel[...].sharding == cols
+
+
+def test_jit_state_sharding_errors():
+  rep, _ = _mesh_shardings()
+  spec = nnx.StateSharding({nnx.Param: rep})
+  with pytest.raises(nnx.GraphModeRequiredError, match="need graph mode"):
+    nnx.jit(lambda m: m, in_shardings=(spec,), graph=False)
+  with pytest.raises(nnx.ConfigError, match="StateSharding in out_shardings is not supported"):
+    nnx.jit(lambda m: m, out_shardings=spec)
