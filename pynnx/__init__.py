@@ -13,7 +13,9 @@ from ._core.errors import ConfigError as ConfigError
 from ._core.errors import FilterError as FilterError
 from ._core.errors import FrozenModuleError as FrozenModuleError
 from ._core.errors import GraphModeRequiredError as GraphModeRequiredError
+from ._core.errors import LayerArgumentError as LayerArgumentError
 from ._core.errors import LeakedTracerError as LeakedTracerError
+from ._core.errors import MetricArgumentError as MetricArgumentError
 from ._core.errors import NotAVariableError as NotAVariableError
 from ._core.errors import PynnxError as PynnxError
 from ._core.errors import RngError as RngError

@@ -70,3 +70,11 @@ class ConfigError(PynnxError, TypeError):
 
 class AttributeNotFoundError(PynnxError, AttributeError):
   """``set_attributes`` / ``view`` named an attribute no submodule has."""
+
+
+class LayerArgumentError(PynnxError, ValueError):
+  """A layer was given an invalid argument (a non-positive size, a rate outside [0, 1], ...)."""
+
+
+class MetricArgumentError(PynnxError, TypeError):
+  """A metric was given a missing or wrongly typed argument."""

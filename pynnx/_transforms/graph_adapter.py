@@ -66,11 +66,9 @@ class StateAxes:
   """Per-substate axes for ``vmap``/``scan``: ``StateAxes({nnx.Param: 0, ...: None})``."""
 
   def __init__(self, filter_axes: Mapping[Any, Any] | Sequence[tuple[Any, Any]]):
-    items = filter_axes.items() if isinstance(filter_axes, Mapping) else filter_axes
+    items = list(filter_axes.items() if isinstance(filter_axes, Mapping) else filter_axes)
     self.filters = tuple(f for f, _ in items)
-    self.axes = tuple(
-      a for _, a in (filter_axes.items() if isinstance(filter_axes, Mapping) else filter_axes)
-    )
+    self.axes = tuple(a for _, a in items)
 
   def items(self):
     return zip(self.filters, self.axes)
@@ -97,12 +95,8 @@ class StateSharding(StateAxes):
 
   def __init__(self, filter_specs: Any):
     if isinstance(filter_specs, State):
-      specs = {path: spec for path, spec in filter_specs.flat_state()}
-      self.by_path: dict | None = specs
-      super().__init__([(_AtPath(tuple(p)), s) for p, s in specs.items()])
-    else:
-      self.by_path = None
-      super().__init__(filter_specs)
+      filter_specs = [(_AtPath(tuple(p)), s) for p, s in filter_specs.flat_state()]
+    super().__init__(filter_specs)
 
   def __repr__(self) -> str:
     return f"StateSharding({dict(self.items())!r})"

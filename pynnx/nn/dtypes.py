@@ -21,8 +21,7 @@ T = TypeVar("T")
 Dtype = Any
 
 
-class LayerArgumentError(nnx.PynnxError, ValueError):
-  """A layer was given an invalid argument (a non-positive size, a rate outside [0, 1], ...)."""
+LayerArgumentError = nnx.LayerArgumentError
 
 
 def canonicalize_dtype(*args: Any, dtype: Dtype | None = None, inexact: bool = True) -> Any:

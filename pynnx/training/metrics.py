@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import _functional
-from .._core.errors import PynnxError, ShapeError
+from .._core.errors import MetricArgumentError, ShapeError
 from .._core.module import module_repr
 from .._core.pytree import Pytree
 from .._core.variables import Variable
@@ -33,10 +33,6 @@ __all__ = [
 
 class MetricState(Variable):
   """A Variable holding a metric's running total (a count, a sum, a mean...)."""
-
-
-class MetricArgumentError(PynnxError, TypeError):
-  """A metric was given a missing or wrongly typed argument."""
 
 
 class Metric(Pytree):

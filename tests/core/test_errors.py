@@ -25,6 +25,8 @@ BUILTINS = {
   "RngError": ValueError,
   "ConfigError": TypeError,
   "AttributeNotFoundError": AttributeError,
+  "LayerArgumentError": ValueError,
+  "MetricArgumentError": TypeError,
 }
 
 
