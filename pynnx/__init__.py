@@ -54,6 +54,11 @@ from ._core.rngs import fork_rngs as fork_rngs
 from ._core.rngs import reseed as reseed
 from ._core.rngs import split_rngs as split_rngs
 from ._core.rngs import with_rngs as with_rngs
+from ._core.sharding import VariableMetadata as VariableMetadata
+from ._core.sharding import get_named_sharding as get_named_sharding
+from ._core.sharding import get_partition_spec as get_partition_spec
+from ._core.sharding import with_metadata as with_metadata
+from ._core.sharding import with_partitioning as with_partitioning
 from ._core.state import FlatState as FlatState
 from ._core.state import State as State
 from ._core.state import map_state as map_state

@@ -108,6 +108,10 @@ class Variable(Generic[A]):
         f"{type(self).__name__}(...) was given a {type(value).__name__}; pass its value "
         f"instead: `{type(self).__name__}(v[...])`."
       )
+    if getattr(value, "_pynnx_variable_metadata", False):
+      # a value from nnx.with_metadata / with_partitioning initializers
+      boxed: Any = value
+      value, metadata = boxed.raw_value, {**boxed.metadata, **metadata}
     object.__setattr__(self, "_raw_value", value)
     object.__setattr__(self, "_metadata", metadata)
     object.__setattr__(self, "_frame", FRAMES.current)

@@ -18,6 +18,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from .._core.config import resolve_graph
+from .._core.sharding import sharding_names
 from .._core.variables import Variable, is_variable
 from . import graph_adapter
 from .lift import _RAW, InnerFrame, SharingCheck, _get_raw, argnames_of, flatten_args, rebuild_arg
@@ -61,7 +62,7 @@ def add_shardings(tree: Any, mesh: Any) -> None:
     if not isinstance(leaf, Variable):
       continue
     value = _get_raw(leaf)
-    names = leaf._metadata.get("sharding_names")
+    names = sharding_names(leaf)
     if names is None or not isinstance(value, jax.ShapeDtypeStruct):
       continue
     if not _replicated(value.sharding) or not _names_fit(names, len(value.shape), mesh):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from .._core.errors import AxisSpecError, GraphModeRequiredError, PynnxError
 from .._core.paths import format_path, jax_path_to_parts
+from .._core.sharding import sharding_key
 from .._core.variables import Variable, is_variable
 from . import graph_adapter
 from .lift import (
@@ -47,7 +48,6 @@ inside the transform and get the name inserted at the output axis on the way out
 """
 
 _EMPTY: Mapping[str, Any] = types.MappingProxyType({})
-_SHARDING = "sharding_names"
 
 
 # --- helpers shared with scan ---------------------------------------------------------------
@@ -136,13 +136,14 @@ def strip_axis_names(
     axis = specs[i]
     typ, aux = kinds[i]
     meta = dict(aux)
-    names = meta.get(_SHARDING)
-    if not isinstance(axis, int) or not isinstance(names, tuple):
+    key = sharding_key(meta)
+    names = meta.get(key) if key is not None else None
+    if key is None or not isinstance(axis, int) or not isinstance(names, tuple):
       continue
     ndim = jnp.ndim(values[i])
     a = axis % ndim if ndim else 0
     if a < len(names):
-      meta[_SHARDING] = names[:a] + names[a + 1 :]
+      meta[key] = names[:a] + names[a + 1 :]
       kinds[i] = (typ, tuple(sorted(meta.items())))
       touched = True
   return ArgPlan(plan.treedef, tuple(kinds), [None] * len(kinds)) if touched else plan
@@ -150,14 +151,15 @@ def strip_axis_names(
 
 def add_axis_name(var: Variable, axis: Any, name: Any) -> None:
   """Inserts ``name`` into a fresh output Variable's ``sharding_names`` at ``axis``."""
-  names = var._metadata.get(_SHARDING)
-  if not isinstance(axis, int) or not isinstance(names, tuple):
+  key = sharding_key(var._metadata)
+  names = var._metadata.get(key) if key is not None else None
+  if key is None or not isinstance(axis, int) or not isinstance(names, tuple):
     return
   ndim = jnp.ndim(var._raw_value)
   a = axis % ndim if ndim else 0
   a = min(a, len(names))
   new = names[:a] + (name,) + names[a:]
-  object.__setattr__(var, "_metadata", {**var._metadata, _SHARDING: new})
+  object.__setattr__(var, "_metadata", {**var._metadata, key: new})
 
 
 def add_axis_names_out(out: Any, out_axes: Any, api: str, name: Any) -> None:

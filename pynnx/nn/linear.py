@@ -176,9 +176,12 @@ class LinearGeneral(nnx.Module):
     n_batch, n_in = len(batch_shape), len(in_features)
     kernel_shape = batch_shape + in_features + out_features
 
-    def kernel_init_flat(key: jax.Array, shape: tuple, dtype: Any) -> jax.Array:
+    def kernel_init_flat(key: jax.Array, shape: tuple, dtype: Any) -> Any:
       flat = (int(np.prod(shape[: n_batch + n_in])), int(np.prod(shape[n_batch + n_in :])))
-      return jnp.reshape(kernel_init(key, flat, dtype), shape)
+      value = kernel_init(key, flat, dtype)
+      if isinstance(value, nnx.VariableMetadata):  # from nnx.with_partitioning / with_metadata
+        return nnx.VariableMetadata(jnp.reshape(value.raw_value, shape), value.metadata)
+      return jnp.reshape(value, shape)
 
     self.kernel = nnx.Param(
       kernel_init_flat(rngs.params(), kernel_shape, param_dtype), **kernel_metadata
@@ -186,7 +189,13 @@ class LinearGeneral(nnx.Module):
     if use_bias:
       bias_shape = batch_shape + out_features
       flat_bias = bias_init(rngs.params(), (int(np.prod(bias_shape)),), param_dtype)
-      self.bias: nnx.Param | None = nnx.Param(jnp.reshape(flat_bias, bias_shape), **bias_metadata)
+      if isinstance(flat_bias, nnx.VariableMetadata):
+        flat_bias = nnx.VariableMetadata(
+          jnp.reshape(flat_bias.raw_value, bias_shape), flat_bias.metadata
+        )
+      else:
+        flat_bias = jnp.reshape(flat_bias, bias_shape)
+      self.bias: nnx.Param | None = nnx.Param(flat_bias, **bias_metadata)
     else:
       self.bias = None
     self.in_features = in_features

@@ -26,6 +26,7 @@ CORE_TIERS = {
   "state": 3,
   "tree": 3,
   "rngs": 3,
+  "sharding": 3,
   "__init__": 3,
 }
 PACKAGE_TIERS = {"_graph": 4, "_transforms": 6, "nn": 7, "training": 8, "bridge": 8}
