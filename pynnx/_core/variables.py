@@ -74,7 +74,7 @@ class _Structure:
   plans remember the epoch they were computed at."""
 
   epoch: int = 0
-  # Bumped by every write to a top-level Variable: cached value lists compare against it.
+  # Bumped by every Variable write: cached value lists compare against it.
   writes: int = 0
 
 
@@ -133,8 +133,7 @@ class Variable(Generic[A]):
       _raise_outer_write(self, frame)
     if isinstance(value, Variable):
       value = value.get_value()
-    if self._frame is None:
-      STRUCTURE.writes += 1
+    STRUCTURE.writes += 1  # invalidates the transforms' cached value lists
     object.__setattr__(self, "_raw_value", value)
 
   @property

@@ -176,7 +176,7 @@ _ARRAY_PLAN = ArgPlan(jax.tree_util.tree_structure(0), (None,), [0])
 def flatten_args(args: Sequence[Any], check: SharingCheck | None = None) -> Flat:
   """Flattens each argument into raw values plus its (cached) static plan.
 
-  A frozen Pytree also caches its value list, valid while no top-level Variable was
+  A frozen Pytree also caches its value list, valid while no Variable was
   written since (``STRUCTURE.writes``); ``write_back`` keeps it current.
   """
   plans, values, cells = [], [], []
@@ -257,7 +257,7 @@ def current_values(plan: ArgPlan, fresh: list, values: Sequence[Any]) -> list:
 def write_back(flat: Flat, updates: Sequence[dict[int, Any]]) -> None:
   """Writes ``updates[arg][leaf] = value`` into the caller's Variables.
 
-  Keeps the cached value lists of ``flat``'s Pytrees current when no other top-level write
+  Keeps the cached value lists of ``flat``'s Pytrees current when no other Variable write
   happened since ``flatten_args``; otherwise they are simply left stale (and rebuilt).
   """
   if not any(updates):

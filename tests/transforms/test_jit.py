@@ -231,3 +231,19 @@ def test_jit_state_sharding_errors():
     nnx.jit(lambda m: m, in_shardings=(spec,), graph=False)
   with pytest.raises(nnx.ConfigError, match="StateSharding in out_shardings is not supported"):
     nnx.jit(lambda m: m, out_shardings=spec)
+
+
+def test_writes_inside_a_trace_reach_later_nested_transforms():
+  class M(nnx.Module):
+    def __init__(self):
+      self.w = nnx.Param(jnp.array(1.0))
+
+  @nnx.jit
+  def f(m):
+    a = nnx.grad(lambda m: m.w[...] ** 2)(m).w[...]
+    m.w[...] = jnp.array(5.0)
+    b = nnx.grad(lambda m: m.w[...] ** 2)(m).w[...]
+    return a, b
+
+  a, b = f(M())
+  assert float(a) == 2.0 and float(b) == 10.0
