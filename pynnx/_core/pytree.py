@@ -26,9 +26,7 @@ from .variables import Variable, bump_structure
 
 _INTERNAL = "_pynnx_"
 # Per-object caches (flatten plans of the tree lift and of graph mode): never copied.
-_CACHE_KEYS = frozenset(
-  {"_pynnx_plan", "_pynnx_lift_plan", "_pynnx_graph_plan", "_pynnx_graph_nodes"}
-)
+_CACHE_KEYS = frozenset({"_pynnx_lift_plan", "_pynnx_graph_plan", "_pynnx_graph_nodes"})
 
 
 class _Build:
@@ -390,10 +388,6 @@ def _register(cls: type) -> None:
     return obj
 
   jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
-
-
-def is_pytree_node(x: Any) -> bool:
-  return isinstance(x, Pytree)
 
 
 # --- containers ---------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Tree-mode split / merge and friends: a Module is a plain pytree with Variable leaves.
 
 In tree mode every Variable must be reachable exactly once (graph mode, opt-in, handles
-shared references). A frozen Module's flatten plan — its Variables in order and the treedef
-— is cached on the Module and reused until a sanctioned structural change bumps the epoch.
+shared references). The transforms do not call these: they flatten through the lift's
+cached plans (``_transforms/lift.py``).
 """
 
 from __future__ import annotations
@@ -17,26 +17,12 @@ from .errors import FilterError, NotAVariableError, SharedReferenceError, StateM
 from .paths import format_path, jax_path_to_parts
 from .pytree import Pytree
 from .state import FlatState, State
-from .variables import STRUCTURE, Variable, is_variable
+from .variables import Variable, is_variable
 
 Path = tuple[Hashable, ...]
 
 
 # --- flatten plans --------------------------------------------------------------------------
-
-
-def flat_plan(node: Any) -> tuple[list[Any], Any]:
-  """``(leaves, treedef)`` of ``node`` with Variables as leaves; cached on frozen Pytrees."""
-  if isinstance(node, Pytree):
-    d = node.__dict__
-    cached = d.get("_pynnx_plan")
-    if cached is not None and cached[0] == STRUCTURE.epoch:
-      return cached[1], cached[2]
-    leaves, treedef = jax.tree_util.tree_flatten(node, is_leaf=is_variable)
-    if d.get("_pynnx_frozen", False):
-      d["_pynnx_plan"] = (STRUCTURE.epoch, leaves, treedef)
-    return leaves, treedef
-  return jax.tree_util.tree_flatten(node, is_leaf=is_variable)
 
 
 def flatten_with_paths(node: Any) -> tuple[list[tuple[Path, Any]], Any]:

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._core.config import resolve_graph
 from .._core.variables import Param
 from . import graph_adapter
 from .lift import (
@@ -95,10 +96,14 @@ class GradWrapped(MethodAware):
     name = "value_and_grad" if return_value else "grad"
     self.name = name
     self.check = SharingCheck(f"pynnx.{name}({getattr(f, '__name__', 'f')})", argnames_of(f))
+    self.entries = tuple(argnums) if isinstance(argnums, (list, tuple)) else (argnums,)
+    self.argnum_ints = tuple(
+      e.argnum if isinstance(e, graph_adapter.DiffState) else e for e in self.entries
+    )
+    self.forced_graph = graph_adapter.specs_force_graph(f"pynnx.{name}", graph, argnums)
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    entries = self.argnums if isinstance(self.argnums, (list, tuple)) else (self.argnums,)
-    argnums = tuple(e.argnum if isinstance(e, graph_adapter.DiffState) else e for e in entries)
+    entries, argnums = self.entries, self.argnum_ints
     for i in argnums:
       if not isinstance(i, int) or i >= len(args):
         raise TypeError(
@@ -107,7 +112,7 @@ class GradWrapped(MethodAware):
         )
     api = f"pynnx.{self.name}"
     call = None
-    if graph_adapter.resolve_mode(api, self.graph, self.argnums):
+    if self.forced_graph or resolve_graph(self.graph):
       # Graph mode: each differentiated root splits into (selected substate, rest).
       wrt = {e.argnum: e.filter for e in entries if isinstance(e, graph_adapter.DiffState)}
 

@@ -36,6 +36,7 @@ from .lift import (
   _new_var,
   changed,
   flatten_args,
+  leaf_paths,
   rebuild_arg,
   write_all,
   write_back,
@@ -229,8 +230,7 @@ def _diagnose(
     for a, (plan, v0, v1) in enumerate(zip(flat.plans, base_new, new, strict=True)):
       for i, x, y in zip(plan.var_idx, v0, v1, strict=True):
         if not _same_type(x, y):
-          paths = jax.tree_util.tree_flatten_with_path(operands[a], is_leaf=is_variable)[0]
-          where = format_path(jax_path_to_parts(paths[i][0]), roots[a])
+          where = leaf_paths(operands[a], roots[a])[i]
           raise StructureChangeError(
             f"{api}: {names[0]} leaves {where} as {_aval_str(x)} but {names[k]} leaves it as "
             f"{_aval_str(y)}. Every branch must keep each Variable's shape and dtype equal."
@@ -405,8 +405,7 @@ class _Loop:
     return new
 
   def _leaf_paths(self) -> list[str]:
-    flat = jax.tree_util.tree_flatten_with_path(self.init_val, is_leaf=is_variable)[0]
-    return [format_path(jax_path_to_parts(p), "init_val") for p, _ in flat]
+    return leaf_paths(self.init_val, "init_val")
 
   def finish(self, final: Sequence) -> Any:
     write_all(self.flat, [final])

@@ -37,7 +37,6 @@ from .._core.errors import (
   StructureChangeError,
   TraceContextError,
 )
-from .._core.paths import format_path, jax_path_to_parts
 from .._core.variables import Variable, is_variable
 from . import graph_adapter
 from .autodiff import diff_mask
@@ -49,6 +48,7 @@ from .lift import (
   argnames_of,
   check_not_bound,
   flatten_args,
+  leaf_paths,
   rebuild_arg,
   wrap_or_decorate,
   write_back,
@@ -106,11 +106,6 @@ def _graph_mode(cvjp: CustomVjp, args: tuple) -> Any:
     ]
 
   return custom_vjp_tree(fun, fwd, bwd, wargs, nondiff, cvjp.api, cvjp.check, masks)
-
-
-def _leaf_path(arg: Any, leaf_index: int, name: str) -> str:
-  paths = jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_variable)[0]
-  return format_path(jax_path_to_parts(paths[leaf_index][0]), name)
 
 
 class _Layout:
@@ -268,7 +263,7 @@ def _check_untouched(
     if mask[j] and var._raw_value is not values[j]:
       name = names[i] if i < len(names) else f"args[{i}]"
       raise TraceContextError(
-        f"{api} updated {_leaf_path(arg, j, name)}, a {plan.kinds[j][0].__name__} of a "
+        f"{api} updated {leaf_paths(arg, name)[j]}, a {plan.kinds[j][0].__name__} of a "
         "differentiable argument. In tree mode custom_vjp cannot carry updates of "
         "differentiated Variables. Pass the Variables to update through an argument listed "
         "in nondiff_argnums, or use graph mode (graph=True)."

@@ -28,7 +28,7 @@ from typing import Any
 import jax
 
 from .._core import filters as filterlib
-from .._core.config import resolve_graph, resolve_graph_updates
+from .._core.config import resolve_graph_updates
 from .._core.errors import AxisSpecError, GraphModeRequiredError, StructureChangeError
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
@@ -122,8 +122,12 @@ def uses_graph_specs(*specs: Any) -> bool:
   )
 
 
-def resolve_mode(api: str, graph: bool | None, *specs: Any) -> bool:
-  """The mode of one call: graph-only specs opt in with graph=None and fail with False."""
+def specs_force_graph(api: str, graph: bool | None, *specs: Any) -> bool:
+  """Decided once, when a transform is built: do graph-only specs put it in graph mode?
+
+  ``graph=None`` opts in; ``graph=False`` raises with the fix. A call then runs in graph
+  mode when this is True or ``resolve_graph(graph)`` is.
+  """
   if uses_graph_specs(*specs):
     if graph is False:
       raise GraphModeRequiredError(
@@ -132,7 +136,7 @@ def resolve_mode(api: str, graph: bool | None, *specs: Any) -> bool:
         f"unset), or use plain ints / PartitionSpecs in tree mode."
       )
     return True
-  return resolve_graph(graph)
+  return False
 
 
 # --- the adapter -------------------------------------------------------------------------------
@@ -514,6 +518,7 @@ def call(api: str, transform: Any, args: tuple, kwargs: dict) -> Any:
   tree_t.f = adapted
   tree_t.in_axes = new_axes
   tree_t.graph = False
+  tree_t.forced_graph = False
   for cache in ("_specs", "_cache"):
     if hasattr(tree_t, cache):
       setattr(tree_t, cache, {})

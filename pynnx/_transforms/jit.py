@@ -91,15 +91,13 @@ class JitWrapped(MethodAware):
 
     jit_donate = tuple(dyn_index(i) + 1 for i in donate_nums if i not in static_nums)
     jit_donate_names = tuple(n for n in donate_names if n not in self.static_argnames)
-    self._graph_specs = graph_adapter.uses_graph_specs(in_shardings)
+    self._graph_specs = graph_adapter.specs_force_graph(self.api, graph, in_shardings)
     if graph_adapter.uses_graph_specs(out_shardings):
       raise ConfigError(
         f"{self.api}: StateSharding in out_shardings is not supported; give the outputs "
         f"Sharding/PartitionSpec prefixes, or constrain Variables inside the function with "
         f"jax.lax.with_sharding_constraint."
       )
-    if self._graph_specs and graph is False:
-      graph_adapter.resolve_mode(self.api, graph, in_shardings)  # raises with the fix
     # Per dynamic argument: one spec (for all its leaves) or a prefix tree of it.
     self._arg_shardings: tuple | None = None
     if isinstance(in_shardings, (tuple, list)):
@@ -171,8 +169,6 @@ class JitWrapped(MethodAware):
 
   def _jitted_for(self, args: Sequence[Any], plans: tuple) -> Any:
     """The jitted function for this argument structure when shardings are per-leaf."""
-    if self._simple_shardings:
-      return self._jitted
     hit = self._by_shardings.get(plans)
     if hit is not None:
       return hit
@@ -220,6 +216,8 @@ class JitWrapped(MethodAware):
         args, kwargs, self.api, self.graph_updates, filters if self._graph_specs else ()
       )
     static, flat, kwvalues, kwflat = self._prepare_tree(args, kwargs, graph_static)
+    if self._simple_shardings:
+      return self._jitted, static, flat, kwvalues, kwflat
     dyn = [a for i, a in enumerate(args) if i not in self.static_argnums]
     return self._jitted_for(dyn, flat.plans), static, flat, kwvalues, kwflat
 

@@ -160,11 +160,10 @@ class SharingCheck:
 
   def _raise(self, args: Sequence[Any]) -> None:
     first: dict[int, str] = {}
-    for i, arg in enumerate(args):
-      name = self.argnames[i] if self.argnames and i < len(self.argnames) else f"args[{i}]"
-      for path, leaf in jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_variable)[0]:
+    for arg, name in zip(args, arg_names(self.argnames, len(args))):
+      leaves = jax.tree_util.tree_leaves(arg, is_leaf=is_variable)
+      for leaf, where in zip(leaves, leaf_paths(arg, name)):
         if isinstance(leaf, Variable):
-          where = format_path(jax_path_to_parts(path), name)
           if id(leaf) in first:
             raise shared_reference_error(self.api, leaf, first[id(leaf)], where)
           first[id(leaf)] = where
@@ -246,14 +245,6 @@ def all_values(plan: ArgPlan, fresh: list, values: Sequence[Any]) -> dict[int, A
   return {i: _get_raw(var) for i, var in zip(plan.var_idx, fresh)}
 
 
-def current_values(plan: ArgPlan, fresh: list, values: Sequence[Any]) -> list:
-  """Every leaf's current value (Variables read back), for transforms with fixed outputs."""
-  out = list(values)
-  for i, var in zip(plan.var_idx, fresh):
-    out[i] = _get_raw(var)
-  return out
-
-
 def write_back(flat: Flat, updates: Sequence[dict[int, Any]]) -> None:
   """Writes ``updates[arg][leaf] = value`` into the caller's Variables.
 
@@ -300,6 +291,18 @@ class InnerFrame:
 
 
 # --- decorator plumbing --------------------------------------------------------------------
+
+
+def arg_names(argnames: Sequence[str] | None, n: int) -> list[str]:
+  """Names for ``n`` positional arguments (``args[i]`` past the known names)."""
+  names = argnames or []
+  return [names[i] if i < len(names) else f"args[{i}]" for i in range(n)]
+
+
+def leaf_paths(arg: Any, argname: str) -> list[str]:
+  """The user-facing path of every leaf of ``arg`` (Variables are leaves), for errors."""
+  items = jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_variable)[0]
+  return [format_path(jax_path_to_parts(p), argname) for p, _ in items]
 
 
 class _Missing:

@@ -17,12 +17,11 @@ from typing import Any
 
 import jax
 
-from .._core.errors import AxisSpecError, GraphModeRequiredError
+from .._core.errors import AxisSpecError
 from .._core.paths import format_path, key_to_part
 from .._core.variables import Variable, is_variable
-from .graph_adapter import GRAPH_SPECS
 
-__all__ = ["broadcast_prefix", "is_spec_leaf", "graph_only_spec"]
+__all__ = ["broadcast_prefix", "is_spec_leaf"]
 
 
 def _is_node(x: Any) -> bool:
@@ -32,18 +31,6 @@ def _is_node(x: Any) -> bool:
 def is_spec_leaf(x: Any) -> bool:
   """Whether ``x`` ends a prefix: ``None``, a Variable, or anything that is not a pytree node."""
   return x is None or isinstance(x, Variable) or not _is_node(x)
-
-
-def graph_only_spec(prefix: Any) -> Any:
-  """The first graph-only spec object (``StateAxes``...) found in ``prefix``, else ``None``."""
-  for leaf in jax.tree_util.tree_leaves(prefix, is_leaf=lambda x: x is None or _graph_only(x)):
-    if _graph_only(leaf):
-      return leaf
-  return None
-
-
-def _graph_only(x: Any) -> bool:
-  return isinstance(x, GRAPH_SPECS)
 
 
 def _children(x: Any) -> tuple[list, Any]:
@@ -95,12 +82,6 @@ class _Matcher:
     )
 
   def leaf(self, spec: Any, path: tuple) -> Any:
-    if _graph_only(spec):
-      raise GraphModeRequiredError(
-        f"{self.api}: {type(spec).__name__} in {self.what} (at {self.where(path)}) is a "
-        f"graph-mode feature, but this call runs in tree mode (graph=False). Pass graph=True "
-        f"(or leave graph=None) to use it, or give plain {self.leaf_desc or 'specs'} instead."
-      )
     if self.leaf_ok is not None and not self.leaf_ok(spec):
       raise AxisSpecError(
         f"{self.api}: {self.what} for argument {self.argname!r} has {spec!r} at "
@@ -155,7 +136,6 @@ def broadcast_prefix(
 
   Raises:
     AxisSpecError: the prefix does not fit the argument, or a leaf fails ``leaf_ok``.
-    GraphModeRequiredError: a graph-only spec (``StateAxes``...) was found.
 
   Example:
     >>> from pynnx._transforms.lift import flatten_args

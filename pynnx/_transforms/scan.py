@@ -21,17 +21,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._core.config import resolve_graph
 from .._core.errors import AxisSpecError, PynnxError, StructureChangeError
 from .._core.variables import Variable, is_variable
+from . import graph_adapter
 from .lift import (
   MISSING,
   InnerFrame,
   MethodAware,
   SharingCheck,
   _new_var,
+  arg_names,
   argnames_of,
   check_not_bound,
   flatten_args,
+  leaf_paths,
   rebuild_arg,
   wrap_or_decorate,
   write_back,
@@ -41,12 +45,8 @@ from .vmap import (
   _EMPTY,
   PARTITION_NAME,
   add_axis_name,
-  arg_names,
   check_mapped_axes,
-  check_tree_mode,
-  graph_branch,
   is_axis,
-  leaf_paths,
   per_arg,
   strip_axis_names,
 )
@@ -153,9 +153,11 @@ class ScanWrapped(MethodAware):
     self.transform_metadata = dict(transform_metadata)
     self.graph = graph
     self.graph_updates = graph_updates
-    self.check = SharingCheck(self.api, argnames_of(f))
+    self.argnames = argnames_of(f)
+    self.check = SharingCheck(self.api, self.argnames)
     self._specs: dict = {}
-    if not check_tree_mode(self.api, graph, in_axes, out_axes):
+    self.forced_graph = graph_adapter.specs_force_graph(self.api, graph, in_axes, out_axes)
+    if not self.forced_graph:
       _validate(in_axes, out_axes, self.api)
 
   def _leaf_specs(self, args: tuple, plans: tuple) -> tuple[int | None, tuple]:
@@ -164,7 +166,7 @@ class ScanWrapped(MethodAware):
     if hit is not None:
       return hit
     axes = per_arg(self.in_axes, len(args), self.api, "in_axes")
-    names = arg_names(self.f, len(args))
+    names = arg_names(self.argnames, len(args))
     carry_idx = None
     specs = []
     for a, (ax, arg, plan, name) in enumerate(zip(axes, args, plans, names)):
@@ -275,11 +277,11 @@ class ScanWrapped(MethodAware):
     return values
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    if check_tree_mode(self.api, self.graph, self.in_axes, self.out_axes):
-      return graph_branch(self.api, self, args, kwargs)
+    if self.forced_graph or resolve_graph(self.graph):
+      return graph_adapter.call(self.api, self, args, kwargs)
     flat = flatten_args(args, self.check)
     carry_idx, specs = self._leaf_specs(args, flat.plans)
-    names = arg_names(self.f, len(args))
+    names = arg_names(self.argnames, len(args))
     kwnames = sorted(kwargs)
     kwflat = flatten_args([kwargs[n] for n in kwnames])
     pname = self.transform_metadata.get(PARTITION_NAME)

@@ -17,7 +17,7 @@ import jax
 from jax.sharding import PartitionSpec
 
 from .._core.config import resolve_graph
-from .._core.errors import AxisSpecError, GraphModeRequiredError
+from .._core.errors import AxisSpecError
 from . import graph_adapter
 from .lift import (
   MISSING,
@@ -25,6 +25,7 @@ from .lift import (
   MethodAware,
   SharingCheck,
   _get_raw,
+  arg_names,
   argnames_of,
   check_not_bound,
   flatten_args,
@@ -32,7 +33,7 @@ from .lift import (
   wrap_or_decorate,
   write_back,
 )
-from .prefix import broadcast_prefix, graph_only_spec
+from .prefix import broadcast_prefix
 
 __all__ = ["shard_map"]
 
@@ -92,12 +93,8 @@ class ShardMapWrapped(MethodAware):
     self.api = f"pynnx.shard_map({getattr(f, '__name__', 'f')})"
     self.argnames = argnames_of(f)
     self.check = SharingCheck(self.api, self.argnames)
-    self._graph_only = graph_only_spec((in_specs, out_specs))
+    self.forced_graph = graph_adapter.specs_force_graph(self.api, graph, in_specs, out_specs)
     self._cache: dict = {}
-
-  def _argname(self, i: int) -> str:
-    names = self.argnames
-    return names[i] if names and i < len(names) else f"args[{i}]"
 
   def _arg_specs(self, n: int) -> list:
     specs = self.in_specs
@@ -125,7 +122,7 @@ class ShardMapWrapped(MethodAware):
           arg,
           plan,
           self.api,
-          self._argname(i),
+          arg_names(self.argnames, i + 1)[i],
           what="in_specs",
           leaf_ok=_spec_ok,
           leaf_desc="a PartitionSpec or None",
@@ -138,15 +135,9 @@ class ShardMapWrapped(MethodAware):
     return leaf_specs
 
   def __call__(self, *args: Any) -> Any:
-    if self._graph_only is not None and self.graph is False:
-      raise GraphModeRequiredError(
-        f"{self.api}: {type(self._graph_only).__name__} in in_specs/out_specs is a graph-mode "
-        f"feature, but graph=False was given. Pass graph=True (or leave graph=None), or give "
-        f"each argument a PartitionSpec or a Module-shaped tree of PartitionSpecs instead."
-      )
     gs = None
     arg_specs = self._arg_specs(len(args))
-    if resolve_graph(self.graph) or self._graph_only is not None:
+    if self.forced_graph or resolve_graph(self.graph):
       # Graph mode: the adapter turns Modules into GraphNodes, a StateSharding into one
       # State per filter and a GraphNode-shaped prefix of specs.
       def filters(path: tuple, root: Any) -> tuple:
@@ -155,7 +146,7 @@ class ShardMapWrapped(MethodAware):
         return ()
 
       graph_adapter.check_shared_specs(
-        self.api, "in_specs", args, arg_specs, [self._argname(i) for i in range(len(args))]
+        self.api, "in_specs", args, arg_specs, arg_names(self.argnames, len(args))
       )
       args, _, gs = graph_adapter.to_tree(args, {}, self.api, self.graph_updates, filters)
       arg_specs = [

@@ -18,8 +18,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._core.errors import AxisSpecError, GraphModeRequiredError, PynnxError
-from .._core.paths import format_path, jax_path_to_parts
+from .._core.config import resolve_graph
+from .._core.errors import AxisSpecError, PynnxError
 from .._core.sharding import sharding_key
 from .._core.variables import Variable, is_variable
 from . import graph_adapter
@@ -29,9 +29,11 @@ from .lift import (
   InnerFrame,
   MethodAware,
   SharingCheck,
+  arg_names,
   argnames_of,
   check_not_bound,
   flatten_args,
+  leaf_paths,
   rebuild_arg,
   wrap_or_decorate,
   write_back,
@@ -58,12 +60,6 @@ def is_axis(x: Any) -> bool:
   return x is None or (isinstance(x, int) and not isinstance(x, bool))
 
 
-def arg_names(f: Callable, n: int) -> list[str]:
-  """Names for ``n`` positional arguments of ``f`` (``args[i]`` past its signature)."""
-  names = argnames_of(f) or []
-  return [names[i] if i < len(names) else f"args[{i}]" for i in range(n)]
-
-
 def per_arg(axes: Any, n: int, api: str, what: str) -> tuple:
   """``in_axes`` as one entry per positional argument (a non-sequence applies to all)."""
   if isinstance(axes, (tuple, list)):
@@ -75,12 +71,6 @@ def per_arg(axes: Any, n: int, api: str, what: str) -> tuple:
       )
     return tuple(axes)
   return (axes,) * n
-
-
-def leaf_paths(arg: Any, argname: str) -> list[str]:
-  """The user-facing path of every leaf of ``arg`` (Variables are leaves)."""
-  items = jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_variable)[0]
-  return [format_path(jax_path_to_parts(p), argname) for p, _ in items]
 
 
 def check_mapped_axes(
@@ -174,19 +164,6 @@ def add_axis_names_out(out: Any, out_axes: Any, api: str, name: Any) -> None:
       add_axis_name(leaf, spec, name)
 
 
-def graph_branch(api: str, wrapped: Any, args: tuple, kwargs: dict) -> Any:
-  # GRAPH MODE: the graph adapter takes over here (wired by the graph-mode engineer).
-  call = getattr(graph_adapter, "call", None)
-  if call is None:
-    raise GraphModeRequiredError(f"{api}: graph mode is not available for this transform yet.")
-  return call(api, wrapped, args, kwargs)
-
-
-def check_tree_mode(api: str, graph: bool | None, *specs: Any) -> bool:
-  """Whether to run in graph mode; graph-only specs opt ``graph=None`` into it."""
-  return graph_adapter.resolve_mode(api, graph, *specs)
-
-
 # --- vmap -----------------------------------------------------------------------------------
 
 
@@ -218,7 +195,9 @@ class VmapWrapped(MethodAware):
     self.graph = graph
     self.graph_updates = graph_updates
     self.api = f"pynnx.vmap({getattr(f, '__name__', 'f')})"
-    self.check = SharingCheck(self.api, argnames_of(f))
+    self.argnames = argnames_of(f)
+    self.check = SharingCheck(self.api, self.argnames)
+    self.forced_graph = graph_adapter.specs_force_graph(self.api, graph, in_axes, out_axes)
     self._specs: dict = {}
 
   def _leaf_specs(self, args: tuple, plans: tuple) -> tuple:
@@ -227,7 +206,7 @@ class VmapWrapped(MethodAware):
     if hit is not None:
       return hit
     axes = per_arg(self.in_axes, len(args), self.api, "in_axes")
-    names = arg_names(self.f, len(args))
+    names = arg_names(self.argnames, len(args))
     specs = tuple(
       broadcast_prefix(ax, a, p, self.api, n, leaf_ok=is_axis, leaf_desc="an int or None")
       for ax, a, p, n in zip(axes, args, plans, names)
@@ -238,8 +217,8 @@ class VmapWrapped(MethodAware):
     return specs
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    if check_tree_mode(self.api, self.graph, self.in_axes, self.out_axes):
-      return graph_branch(self.api, self, args, kwargs)
+    if self.forced_graph or resolve_graph(self.graph):
+      return graph_adapter.call(self.api, self, args, kwargs)
     flat = flatten_args(args, self.check)
     specs = self._leaf_specs(args, flat.plans)
     names = sorted(kwargs)
@@ -292,7 +271,7 @@ class VmapWrapped(MethodAware):
         raise
       self._explain(e, args, lambda axes: run(axes, jax.eval_shape), seen.get("bcast", []))
       check_mapped_axes(
-        self.api, args, arg_names(self.f, len(args)), flat.values, specs, size=self.axis_size
+        self.api, args, arg_names(self.argnames, len(args)), flat.values, specs, size=self.axis_size
       )
       raise
     updates: list[dict] = [{} for _ in args]
@@ -321,7 +300,7 @@ class VmapWrapped(MethodAware):
         probe({k: None if k == cand else 0 for k in cands})
       except ValueError:
         a, i = cand
-        path = leaf_paths(args[a], arg_names(self.f, len(args))[a])[i]
+        path = leaf_paths(args[a], arg_names(self.argnames, len(args))[a])[i]
         raise AxisSpecError(
           f"{self.api}: the broadcast (in_axes=None) Variable {path} was updated with a "
           f"value that varies along the mapped axis; a broadcast Variable holds one value for "

@@ -427,14 +427,10 @@ def test_scan_state_axes_with_graph_false_raises():
     nnx.scan(lambda m: m, in_axes=(spec,), out_axes=nnx.Carry, graph=False)
 
 
-def test_broadcast_prefix_rejects_state_axes_in_tree_mode():
-  from pynnx._transforms.lift import flatten_args
-  from pynnx._transforms.prefix import broadcast_prefix
-
-  m = Counter()
-  plan = flatten_args([m]).plans[0]
-  with pytest.raises(nnx.GraphModeRequiredError, match="StateAxes in in_axes"):
-    broadcast_prefix(nnx.StateAxes({...: 0}), m, plan, "pynnx.scan(f)", "m")
+def test_scan_rejects_state_axes_in_tree_mode():
+  # checked when the transform is built, before any prefix is matched
+  with pytest.raises(nnx.GraphModeRequiredError, match=r"pynnx\.scan\(.*StateAxes.*graph=False"):
+    nnx.scan(lambda m: m, in_axes=(nnx.StateAxes({...: 0}),), out_axes=0, graph=False)
 
 
 def test_scan_inconsistent_lengths_name_both_paths():
