@@ -78,3 +78,11 @@ class LayerArgumentError(PynnxError, ValueError):
 
 class MetricArgumentError(PynnxError, TypeError):
   """A metric was given a missing or wrongly typed argument."""
+
+
+class BoundMethodError(PynnxError, ValueError):
+  """A bound method was given to a transform: its Module would be captured, not passed."""
+
+
+class TreeStructureError(PynnxError, ValueError):
+  """A Module is too deeply nested, or holds a reference cycle, for tree mode."""

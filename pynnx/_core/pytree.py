@@ -13,6 +13,7 @@ which bumps the global structure epoch so cached flatten plans stay correct.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import types
 from collections.abc import Hashable, Iterator
 from typing import Annotated, Any
@@ -29,9 +30,15 @@ _INTERNAL = "_pynnx_"
 _CACHE_KEYS = frozenset({"_pynnx_lift_plan", "_pynnx_graph_plan", "_pynnx_graph_nodes"})
 
 
-class _Build:
-  depth = 0
-  pending: list = []
+class _Build(threading.local):
+  """Constructors running in this thread, and the objects they built (frozen at depth 0).
+
+  Per thread: a constructor failing in one thread never affects objects built in another.
+  """
+
+  def __init__(self) -> None:
+    self.depth = 0
+    self.pending: list = []
 
 
 _BUILD = _Build()

@@ -178,8 +178,8 @@ class _Restore:
 
   def restore(self) -> None:
     for stream, key, count in self.backups:
-      stream.key[...] = key
-      stream.count[...] = count
+      stream.key.value = key
+      stream.count.value = count
 
 
 def _rewrite(node: Any, only: Any, make: Callable[[tuple, RngStream], Any]) -> _Restore:
@@ -192,8 +192,8 @@ def _rewrite(node: Any, only: Any, make: Callable[[tuple, RngStream], Any]) -> _
     if new_key is None:
       continue
     backups.append((stream, stream.key[...], stream.count[...]))
-    stream.key[...] = new_key
-    stream.count[...] = jnp.zeros(new_key.shape, dtype=jnp.uint32)
+    stream.key.value = new_key
+    stream.count.value = jnp.zeros(new_key.shape, dtype=jnp.uint32)
   return _Restore(backups)
 
 
@@ -264,5 +264,5 @@ def reseed(node: Any, /, **stream_seeds: Any) -> None:
       old = stream.key[...]
       if old.shape and not key.shape:
         key = jax.random.split(key, old.shape)
-      stream.key[...] = key
-      stream.count[...] = jnp.zeros(key.shape, dtype=jnp.uint32)
+      stream.key.value = key
+      stream.count.value = jnp.zeros(key.shape, dtype=jnp.uint32)

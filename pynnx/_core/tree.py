@@ -7,13 +7,21 @@ cached plans (``_transforms/lift.py``).
 
 from __future__ import annotations
 
+import sys
+
 from collections.abc import Hashable, Iterator
 from typing import Any
 
 import jax
 
 from . import filters as filterlib
-from .errors import FilterError, NotAVariableError, SharedReferenceError, StateMismatchError
+from .errors import (
+  FilterError,
+  NotAVariableError,
+  SharedReferenceError,
+  StateMismatchError,
+  TreeStructureError,
+)
 from .paths import format_path, jax_path_to_parts
 from .pytree import Pytree
 from .state import FlatState, State
@@ -27,8 +35,51 @@ Path = tuple[Hashable, ...]
 
 def flatten_with_paths(node: Any) -> tuple[list[tuple[Path, Any]], Any]:
   """``([(path, leaf)], treedef)`` with Variables as leaves."""
+  check_tree_depth(node)
   with_path, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=is_variable)
   return [(jax_path_to_parts(p), leaf) for p, leaf in with_path], treedef
+
+
+def _children_of(x: Any) -> list[tuple[str, Any]]:
+  """The attributes / items of a Pytree or Python container that may hold Pytrees."""
+  if isinstance(x, Pytree):
+    return [(f".{k}" if isinstance(k, str) else f"[{k}]", v) for k, v in x._pynnx_items()]
+  if isinstance(x, (list, tuple)):
+    return [(f"[{i}]", v) for i, v in enumerate(x)]
+  if isinstance(x, dict):
+    return [(f"[{k!r}]", v) for k, v in x.items()]
+  return []
+
+
+def check_tree_depth(node: Any, root: str = "model") -> None:
+  """Raises TreeStructureError for a reference cycle or a nesting deeper than JAX's
+  flattening survives (it recurses once per level and, past Python's recursion limit,
+  leaves the interpreter unusable). Iterative, so it is safe at any depth.
+  """
+  limit = sys.getrecursionlimit() // 3
+  stack: list[tuple[Any, str, int, frozenset]] = [(node, root, 0, frozenset())]
+  while stack:
+    x, path, depth, above = stack.pop()
+    if not isinstance(x, (Pytree, list, tuple, dict)):
+      continue
+    if depth > limit:
+      raise TreeStructureError(
+        f"{path} is nested {depth} levels deep, more than tree mode can flatten (about "
+        f"{limit} levels: JAX flattens recursively, and Python's recursion limit is "
+        f"{sys.getrecursionlimit()}). Keep repeated layers in one `nnx.List` (iterate over "
+        f"it, or stack them and use `nnx.scan`), or use graph mode (`graph=True`)."
+      )
+    if isinstance(x, Pytree):
+      if id(x) in above:
+        raise TreeStructureError(
+          f"{path} refers back to an object that contains it (a reference cycle, e.g. a "
+          f"child holding its parent). Tree mode cannot flatten cycles. Drop the back "
+          f"reference (pass the parent as an argument instead), or use graph mode "
+          f"(`graph=True`), which supports cycles."
+        )
+      above = above | {id(x)}
+    for key, child in _children_of(x):
+      stack.append((child, path + key, depth + 1, above))
 
 
 def shared_reference_error(api: str, var: Any, first: str, second: str) -> SharedReferenceError:

@@ -8,6 +8,7 @@ so ``jax.tree.map(f, module)`` maps over values and keeps Variable types.
 from __future__ import annotations
 
 import operator
+import threading
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -15,7 +16,7 @@ import jax
 import jax.extend.core as jex_core
 import numpy as np
 
-from .errors import LeakedTracerError, NotAVariableError, TraceContextError
+from .errors import LeakedTracerError, NotAVariableError, ShapeError, TraceContextError
 from .reprs import variable_repr
 
 A = TypeVar("A")
@@ -37,7 +38,9 @@ class Frame:
     self.parent = parent
 
 
-class _FrameState:
+class _FrameState(threading.local):
+  """The innermost frame of the running thread (threads never see each other's traces)."""
+
   current: Frame | None = None
 
 
@@ -71,18 +74,30 @@ def _check_not_leaked(value: Any, var: Variable) -> Any:
 class _Structure:
   """Global structure epoch: bumped by every sanctioned structural change (a Module
   attribute set through the internal setter, Variable metadata changes). Cached flatten
-  plans remember the epoch they were computed at."""
+  plans remember the epoch they were computed at.
 
-  epoch: int = 0
-  # Bumped by every Variable write: cached value lists compare against it.
-  writes: int = 0
+  Both counters are only ever increased under ``lock``, so no increment is lost when
+  threads write concurrently: a cache may be invalidated too often, never too rarely.
+  """
+
+  def __init__(self) -> None:
+    self.epoch = 0
+    # Bumped by every Variable write: cached value lists compare against it.
+    self.writes = 0
+    self.lock = threading.Lock()
+
+  def bump_writes(self) -> int:
+    with self.lock:
+      self.writes += 1
+      return self.writes
 
 
 STRUCTURE = _Structure()
 
 
 def bump_structure() -> None:
-  STRUCTURE.epoch += 1
+  with STRUCTURE.lock:
+    STRUCTURE.epoch += 1
 
 
 # --- Variable ------------------------------------------------------------------------------
@@ -133,7 +148,9 @@ class Variable(Generic[A]):
       _raise_outer_write(self, frame)
     if isinstance(value, Variable):
       value = value.get_value()
-    STRUCTURE.writes += 1  # invalidates the transforms' cached value lists
+    elif isinstance(value, list) and _is_number_list(value):
+      value = _as_array(value, self)
+    STRUCTURE.bump_writes()  # invalidates the transforms' cached value lists
     object.__setattr__(self, "_raw_value", value)
 
   @property
@@ -155,10 +172,19 @@ class Variable(Generic[A]):
     return value[key]
 
   def __setitem__(self, key: Any, item: Any) -> None:
+    """``v[...] = x`` writes into the cell: ``x`` is broadcast to the current value's shape
+    and cast to its dtype (NumPy in-place assignment). ``v.value = x`` replaces the value."""
+    if isinstance(item, Variable):
+      item = item.get_value()
+    current: Any = self.get_value()
     if key is Ellipsis:
-      self.set_value(item)
+      self.set_value(_fill(self, current, item))
+    elif isinstance(current, dict) or (isinstance(current, list) and not _is_number_list(current)):
+      new = type(current)(current)
+      new[key] = item  # type: ignore[index]
+      self.set_value(new)
     else:
-      self.set_value(self.get_value().at[key].set(item))  # type: ignore[attr-defined]
+      self.set_value(current.at[key].set(item))
 
   # -- metadata ------------------------------------------------------------------------
   def get_metadata(self, name: str | None = None, default: Any = ...) -> Any:
@@ -256,7 +282,94 @@ class Variable(Generic[A]):
 
   # -- pytree ------------------------------------------------------------------------------
   def _pynnx_aux(self) -> tuple:
-    return tuple(sorted(self._metadata.items()))
+    items = self._metadata.items()
+    if any(type(v) in _UNHASHABLE for _, v in items):
+      return tuple(sorted((k, _Frozen(v) if type(v) in _UNHASHABLE else v) for k, v in items))
+    return tuple(sorted(items))
+
+
+_UNHASHABLE = (list, dict, set)
+
+
+class _Frozen:
+  """Metadata value that is a list / dict / set, made hashable for the static pytree aux
+  (a jit cache key) while the Variable gets the original value back."""
+
+  __slots__ = ("value", "key")
+
+  def __init__(self, value: Any):
+    self.value = value
+    self.key = _freeze(value)
+
+  def __hash__(self) -> int:
+    return hash(self.key)
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, _Frozen) and self.key == other.key
+
+  def __repr__(self) -> str:
+    return repr(self.value)
+
+
+def _freeze(v: Any) -> Any:
+  if isinstance(v, dict):
+    return ("dict", tuple(sorted((repr(k), _freeze(x)) for k, x in v.items())))
+  if isinstance(v, (list, tuple)):
+    return (type(v).__name__, tuple(_freeze(x) for x in v))
+  if isinstance(v, set):
+    return ("set", frozenset(_freeze(x) for x in v))
+  try:
+    hash(v)
+  except TypeError:
+    return ("id", id(v))
+  return v
+
+
+def meta_from_aux(aux: tuple) -> dict:
+  """The metadata dict of a Variable from its pytree aux data (see ``_pynnx_aux``)."""
+  meta = dict(aux)
+  for k, v in meta.items():
+    if type(v) is _Frozen:
+      meta[k] = v.value
+  return meta
+
+
+def _is_number_list(value: list) -> bool:
+  """A (nested) list of Python numbers: stored in a Variable as an array."""
+  return all(
+    isinstance(x, (bool, int, float, complex)) or (isinstance(x, list) and _is_number_list(x))
+    for x in value
+  )
+
+
+def _as_array(value: Any, var: Variable) -> Any:
+  try:
+    return jax.numpy.asarray(value)
+  except (TypeError, ValueError) as e:
+    raise ShapeError(
+      f"{type(var).__name__}: cannot store the list {value!r} as an array ({e}). Give an "
+      f"array of one shape (`jnp.asarray(...)`), or a tuple / dict for a pytree value."
+    ) from None
+
+
+def _fill(var: Variable, current: Any, item: Any) -> Any:
+  """``item`` broadcast into ``current``'s shape and dtype, for ``var[...] = item``."""
+  shape, dtype = getattr(current, "shape", None), getattr(current, "dtype", None)
+  if item is None or shape is None or dtype is None or isinstance(current, jax.ShapeDtypeStruct):
+    return _as_array(item, var) if isinstance(item, list) else item
+  if getattr(item, "shape", None) == shape and getattr(item, "dtype", None) == dtype:
+    return item
+  if isinstance(item, list):
+    item = _as_array(item, var)
+  try:
+    return jax.numpy.broadcast_to(jax.numpy.asarray(item, dtype=dtype), shape)
+  except (TypeError, ValueError) as e:
+    got = getattr(item, "shape", ())
+    raise ShapeError(
+      f"{type(var).__name__}[...] = x writes into the cell's shape {tuple(shape)} and dtype "
+      f"{dtype}, but x has shape {tuple(got)} ({e}). To replace the value with one of another "
+      f"shape, assign `.value = x` instead."
+    ) from None
 
 
 def _raise_outer_write(var: Variable, frame: Frame) -> None:
@@ -328,7 +441,7 @@ def _register_variable_pytree(cls: type) -> None:
   def unflatten(aux: tuple, children: Any) -> Variable:
     new: Variable = object.__new__(cls)
     object.__setattr__(new, "_raw_value", children[0])
-    object.__setattr__(new, "_metadata", dict(aux))
+    object.__setattr__(new, "_metadata", meta_from_aux(aux))
     object.__setattr__(new, "_frame", FRAMES.current)
     return new
 

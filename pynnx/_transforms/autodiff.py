@@ -15,22 +15,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._core.config import resolve_graph
+from .._core.errors import ConfigError
 from .._core.variables import Param
 from . import graph_adapter
-from .lift import (
-  MISSING,
-  InnerFrame,
-  MethodAware,
-  SharingCheck,
-  _new_var,
-  argnames_of,
-  changed,
-  flatten_args,
-  rebuild_arg,
-  wrap_or_decorate,
-  write_back,
-)
+from .lift import MISSING, Inner, Transform, new_var, wrap_or_decorate
 
 __all__ = ["grad", "value_and_grad"]
 
@@ -65,12 +53,19 @@ def grad_like(plan: Any, mask: Sequence[bool], grads: Sequence[Any]) -> Any:
   leaves = []
   for kind, m in zip(plan.kinds, mask):
     g = next(it) if m else None
-    leaves.append(g if kind is None else _new_var(kind, g))
+    leaves.append(g if kind is None else new_var(kind, g))
   return plan.treedef.unflatten(leaves)
 
 
-class GradWrapped(MethodAware):
-  """A function transformed by ``nnx.grad`` / ``nnx.value_and_grad``."""
+class GradWrapped(Transform):
+  """A function transformed by ``nnx.grad`` / ``nnx.value_and_grad``.
+
+  Keyword arguments are traced but never differentiated (as in ``jax.grad``); their
+  Variable updates are written back like every other argument's.
+  """
+
+  transform = "grad"
+  spec_name = "argnums"
 
   def __init__(
     self,
@@ -80,101 +75,92 @@ class GradWrapped(MethodAware):
     has_aux: bool,
     holomorphic: bool,
     allow_int: bool,
-    return_value: bool,
     graph: Any,
     graph_updates: Any,
   ):
-    functools.update_wrapper(self, f)
-    self.f = f
+    super().__init__(f, graph=graph, graph_updates=graph_updates, specs=(argnums,))
     self.argnums = argnums
     self.has_aux = has_aux
     self.holomorphic = holomorphic
     self.allow_int = allow_int
-    self.return_value = return_value
-    self.graph = graph
-    self.graph_updates = graph_updates
-    name = "value_and_grad" if return_value else "grad"
-    self.name = name
-    self.check = SharingCheck(f"pynnx.{name}({getattr(f, '__name__', 'f')})", argnames_of(f))
-    self.entries = tuple(argnums) if isinstance(argnums, (list, tuple)) else (argnums,)
-    self.argnum_ints = tuple(
-      e.argnum if isinstance(e, graph_adapter.DiffState) else e for e in self.entries
+    entries = tuple(argnums) if isinstance(argnums, (list, tuple)) else (argnums,)
+    self.diff_argnums = tuple(
+      e.argnum if isinstance(e, graph_adapter.DiffState) else e for e in entries
     )
-    self.forced_graph = graph_adapter.specs_force_graph(f"pynnx.{name}", graph, argnums)
+    self.wrt = {e.argnum: e.filter for e in entries if isinstance(e, graph_adapter.DiffState)}
+    self._built()
+
+  def graph_filters(self, key: int | str, n_pos: int) -> tuple:
+    # Graph mode: each differentiated root splits into (selected substate, rest).
+    if isinstance(key, int) and key in self.diff_argnums:
+      return (self.wrt.get(key, Param), ...)
+    return ()
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    entries, argnums = self.entries, self.argnum_ints
+    argnums = self.diff_argnums
     for i in argnums:
       if not isinstance(i, int) or i >= len(args):
-        raise TypeError(
-          f"pynnx.{self.name}: argnums={self.argnums} but only {len(args)} positional "
-          "arguments were given."
+        raise ConfigError(
+          f"{self.api}: argnums={self.argnums} but only {len(args)} positional arguments were "
+          f"given; differentiated arguments must be passed positionally."
         )
-    api = f"pynnx.{self.name}"
-    call = None
-    if self.forced_graph or resolve_graph(self.graph):
-      # Graph mode: each differentiated root splits into (selected substate, rest).
-      wrt = {e.argnum: e.filter for e in entries if isinstance(e, graph_adapter.DiffState)}
-
-      def filters(path: tuple, root: Any) -> tuple:
-        if path and path[0] == 0 and len(path) > 1 and path[1] in argnums:
-          return (wrt.get(path[1], Param), ...)
-        return ()
-
-      args, kwargs, call = graph_adapter.to_tree(args, kwargs, api, self.graph_updates, filters)
-    flat = flatten_args(args, self.check)
-    if call is None:
+    call = self.bind(args, kwargs)
+    flat = call.flat
+    inexact = functools.partial(_inexact, allow_int=self.allow_int)
+    if call.graph is None:
       masks = {i: diff_mask(flat.plans[i], flat.values[i], self.allow_int) for i in argnums}
     else:
       masks = {
-        i: graph_adapter.selected_mask(
-          args[i], flat.cells[i], flat.values[i], lambda v: _inexact(v, self.allow_int)
-        )
+        i: graph_adapter.selected_mask(call.slots[i], flat.cells[i], flat.values[i], inexact)
         for i in argnums
       }
     diff = tuple([v for v, m in zip(flat.values[i], masks[i]) if m] for i in argnums)
-    f, has_aux, plans, values = self.f, self.has_aux, flat.plans, flat.values
+    f, has_aux, static, values = self.f, self.has_aux, call.static, flat.values
 
     def inner(diff_values: tuple):
       full = list(values)
       for i, dv in zip(argnums, diff_values):
         it = iter(dv)
         full[i] = [next(it) if m else v for v, m in zip(values[i], masks[i])]
-      with InnerFrame(self.name):
-        rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, full)]
-        call_args, call_kwargs = [a for a, _ in rebuilt], kwargs
-        if call is not None:
-          call_args, call_kwargs, finish = graph_adapter.enter(call, call_args, kwargs)
-        out = f(*call_args, **call_kwargs)
-        updates = [changed(p, fr, v) for p, (_, fr), v in zip(plans, rebuilt, full)]
-      if has_aux:
-        if not (isinstance(out, tuple) and len(out) == 2):
-          raise TypeError(
-            f"pynnx.{self.name}(..., has_aux=True): the function must return a pair "
-            f"(loss, aux), got {type(out).__name__}."
-          )
-        loss, aux = out
-      else:
-        loss, aux = out, None
-      if call is not None:
-        aux = finish(aux)
+      with Inner(static, full, self.transform) as scope:
+        out = scope.call(f)
+        if has_aux:
+          if not (isinstance(out, tuple) and len(out) == 2):
+            raise ConfigError(
+              f"pynnx.{self.transform}(..., has_aux=True): the function must return a pair "
+              f"(loss, aux), got {type(out).__name__}."
+            )
+          loss, aux = out
+        else:
+          loss, aux = out, None
+        aux = scope.output(aux)
+        updates = scope.updates()
       return loss, (aux, updates)
 
     (value, (aux, updates)), grads = jax.value_and_grad(
-      inner, has_aux=True, holomorphic=self.holomorphic, allow_int=self.allow_int
+      self.named(inner), has_aux=True, holomorphic=self.holomorphic, allow_int=self.allow_int
     )(diff)
-    write_back(flat, updates)
-    shaped = tuple(grad_like(plans[i], masks[i], g) for i, g in zip(argnums, grads))
-    if call is not None:
-      aux = graph_adapter.exit(call, aux)
+    aux = call.finish(aux, updates)
+    shaped = tuple(grad_like(flat.plans[i], masks[i], g) for i, g in zip(argnums, grads))
+    if call.graph is not None:
       shaped = tuple(graph_adapter.selected_state(g) for g in shaped)
     g_out = shaped if isinstance(self.argnums, (list, tuple)) else shaped[0]
-    if self.return_value:
-      return ((value, aux), g_out) if has_aux else (value, g_out)
-    return (g_out, aux) if has_aux else g_out
+    return self.result(value, aux, g_out)
+
+  def result(self, value: Any, aux: Any, grads: Any) -> Any:
+    return (grads, aux) if self.has_aux else grads
 
 
-def _make(return_value: bool):
+class ValueAndGradWrapped(GradWrapped):
+  """A function transformed by ``nnx.value_and_grad``."""
+
+  transform = "value_and_grad"
+
+  def result(self, value: Any, aux: Any, grads: Any) -> Any:
+    return ((value, aux), grads) if self.has_aux else (value, grads)
+
+
+def _make(cls: type):
   def transform(
     f: Callable = MISSING,
     *,
@@ -186,21 +172,24 @@ def _make(return_value: bool):
     graph: bool | None = None,
     graph_updates: bool | None = None,
   ) -> Any:
+    if reduce_axes:
+      raise ConfigError(
+        f"pynnx.{cls.transform}: reduce_axes is deprecated in JAX and not supported; drop it."
+      )
     kw = dict(
       argnums=argnums,
       has_aux=has_aux,
       holomorphic=holomorphic,
       allow_int=allow_int,
-      return_value=return_value,
       graph=graph,
       graph_updates=graph_updates,
     )
-    return wrap_or_decorate(GradWrapped, f, kw)
+    return wrap_or_decorate(cls, f, kw)
 
   return transform
 
 
-grad = _make(False)
+grad = _make(GradWrapped)
 grad.__name__ = "grad"
 grad.__doc__ = """Lifted ``jax.grad``: the gradient of a Module is a Module of gradients.
 
@@ -211,7 +200,7 @@ Example:
   >>> type(grads).__name__, grads.kernel[...].shape
   ('Linear', (2, 3))
 """
-value_and_grad = _make(True)
+value_and_grad = _make(ValueAndGradWrapped)
 value_and_grad.__name__ = "value_and_grad"
 value_and_grad.__doc__ = """Lifted ``jax.value_and_grad``: returns ``(value, grads)``.
 

@@ -23,24 +23,10 @@ from typing import Any
 
 import jax
 
-from .._core.config import resolve_graph
 from .._core.errors import StructureChangeError, TraceContextError
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.variables import Variable, is_variable
-from . import graph_adapter
-from .lift import (
-  InnerFrame,
-  SharingCheck,
-  _get_raw,
-  _kind,
-  _new_var,
-  changed,
-  flatten_args,
-  leaf_paths,
-  rebuild_arg,
-  write_all,
-  write_back,
-)
+from .lift import Inner, Transform, _get_raw, _kind, all_values, changed, leaf_paths
 
 __all__ = ["cond", "switch", "while_loop", "fori_loop"]
 
@@ -104,54 +90,33 @@ def _same_type(x: Any, y: Any) -> bool:
   return tx.shape == ty.shape and tx.dtype == ty.dtype
 
 
-# --- outputs that contain operand Variables --------------------------------------------------
-
-
-def _split_out(out: Any, fresh_pos: dict) -> tuple[tuple, list]:
-  """``(static, values)`` of an output; the operands' fresh Variables become references."""
-  leaves, treedef = jax.tree_util.tree_flatten(out, is_leaf=is_variable)
-  kinds: list[tuple[str, Any] | None] = []
-  values = []
-  for leaf in leaves:
-    if isinstance(leaf, Variable):
-      pos = fresh_pos.get(id(leaf))
-      if pos is not None:
-        kinds.append(("ref", pos))
-        continue
-      kinds.append(("var", _kind(leaf)))
-      values.append(_get_raw(leaf))
-    else:
-      kinds.append(None)
-      values.append(leaf)
-  return (treedef, tuple(kinds)), values
-
-
-def _join_out(static: tuple, values: Sequence, cells: Sequence) -> Any:
-  treedef, kinds = static
-  it = iter(values)
-  leaves = []
-  for kind in kinds:
-    if kind is None:
-      leaves.append(next(it))
-    elif kind[0] == "ref":
-      a, i = kind[1]
-      leaves.append(cells[a][i])
-    else:
-      leaves.append(_new_var(kind[1], next(it)))
-  return treedef.unflatten(leaves)
-
-
-def _write_vars(flat: Any, new: Sequence) -> None:
-  pairs = zip(flat.plans, new, strict=True)
-  updates = [dict(zip(p.var_idx, vals, strict=True)) for p, vals in pairs]
-  write_back(flat, updates)
-
-
 # --- cond / switch ----------------------------------------------------------------------------
 
 
+class _Operands(Transform):
+  """The operands of cond / switch / while_loop / fori_loop, bound like any transform's."""
+
+  check_bound = False
+
+  def __init__(self, transform: str, what: str, graph: Any, graph_updates: Any):
+    self.transform = transform
+    self.what = what
+    super().__init__(_no_function, graph=graph, graph_updates=graph_updates)
+    self.api = self.check.api = f"pynnx.{transform}"
+    self._built()
+
+  def slot_names(self, layout: Sequence[int | str]) -> list[str]:
+    if self.what == "init_val":
+      return ["init_val"]
+    return [f"{self.what}[{k}]" for k in layout]
+
+
+def _no_function() -> None:  # the control-flow primitives take several functions
+  return None
+
+
 def _branches(
-  api: str,
+  transform: str,
   names: Sequence[str],
   funs: Sequence[Callable],
   select: Callable,
@@ -159,56 +124,30 @@ def _branches(
   graph: Any,
   graph_updates: Any,
 ) -> Any:
-  gs = None
-  if resolve_graph(graph):
-    operands, _, gs = graph_adapter.to_tree(tuple(operands), {}, api, graph_updates)
-  roots = [f"operands[{i}]" for i in range(len(operands))]
-  flat = flatten_args(operands, SharingCheck(api, roots))
-  plans, cells = flat.plans, flat.cells
-  statics: list = [None] * len(funs)
-  frame_name = api.split(".")[-1]
+  ops = _Operands(transform, "operands", graph, graph_updates)
+  api = ops.api
+  call = ops.bind(tuple(operands), {})
+  static, roots = call.static, call.names
 
   def make(k: int, fun: Callable) -> Callable:
     def branch(*values: Any):
-      with InnerFrame(frame_name):
-        rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, values, strict=True)]
-        args = [a for a, _ in rebuilt]
-        if gs is not None:
-          call_args, _, finish = graph_adapter.enter(gs, list(args), {})
-          out = finish(fun(*call_args))
-        else:
-          out = fun(*args)
-        _check_args_kept(api, names[k], plans, operands, args, roots)
-        fresh_pos = {
-          id(v): (a, i)
-          for a, (p, (_, fr)) in enumerate(zip(plans, rebuilt, strict=True))
-          for i, v in zip(p.var_idx, fr, strict=True)
-        }
-        statics[k], out_values = _split_out(out, fresh_pos)
-        new = [[_get_raw(v) for v in fr] for _, fr in rebuilt]
-      return out_values, new
+      with Inner(static, values, transform, fixed=True) as scope:
+        out = scope.output(scope.call(fun))
+        args = [a for a, _ in scope.rebuilt]
+        _check_args_kept(api, names[k], static.plans, call.slots, args, roots)
+        new = scope.updates(all_values)
+      return out, new
 
+    branch.__name__ = getattr(fun, "__name__", "branch")
     return branch
 
   fns = [make(k, fun) for k, fun in enumerate(funs)]
   try:
-    out_values, new = select(fns, flat.values)
+    out, new = select(fns, call.flat.values)
   except TypeError as e:
-    _diagnose(api, names, fns, flat, operands, roots, e)
+    _diagnose(api, names, fns, call.flat, call.slots, roots, e)
     raise
-  first = statics[0]
-  for k, st in enumerate(statics[1:], 1):
-    if st is not None and first is not None and st != first:
-      raise StructureChangeError(
-        f"{api}: {names[0]} and {names[k]} return outputs of different structure (a Variable "
-        f"of the operands in one and a new value in the other, or different Variable types). "
-        f"All branches must return the same kind of output."
-      )
-  _write_vars(flat, new)
-  out = _join_out(first, out_values, cells)
-  if gs is not None:
-    out = graph_adapter.exit(gs, out)
-  return out
+  return call.finish(out, new)
 
 
 def _diagnose(
@@ -228,7 +167,8 @@ def _diagnose(
   base_out, base_new = shapes[0]
   for k, (_, new) in enumerate(shapes[1:], 1):
     for a, (plan, v0, v1) in enumerate(zip(flat.plans, base_new, new, strict=True)):
-      for i, x, y in zip(plan.var_idx, v0, v1, strict=True):
+      for i in plan.var_idx:
+        x, y = v0[i], v1[i]
         if not _same_type(x, y):
           where = leaf_paths(operands[a], roots[a])[i]
           raise StructureChangeError(
@@ -274,7 +214,7 @@ def cond(
     1
   """
   return _branches(
-    "pynnx.cond",
+    "cond",
     ("true_fun", "false_fun"),
     (true_fun, false_fun),
     lambda fns, values: jax.lax.cond(pred, fns[0], fns[1], *values),
@@ -309,7 +249,7 @@ def switch(
   branches = tuple(branches)
   names = tuple(f"branches[{k}]" for k in range(len(branches)))
   return _branches(
-    "pynnx.switch",
+    "switch",
     names,
     branches,
     lambda fns, values: jax.lax.switch(index, fns, *values),
@@ -325,46 +265,39 @@ def switch(
 class _Loop:
   """The shared machinery of while_loop and fori_loop for one call."""
 
-  def __init__(self, api: str, init_val: Any, graph: Any, graph_updates: Any):
-    self.api = api
-    self.frame = api.split(".")[-1]
-    self.gs = None
-    if resolve_graph(graph):
-      (init_val,), _, self.gs = graph_adapter.to_tree((init_val,), {}, api, graph_updates)
-    self.init_val = init_val
-    self.flat = flat = flatten_args([init_val], SharingCheck(api, ["init_val"]))
-    self.plan, self.values, self.cells = flat.plans[0], flat.values[0], flat.cells[0]
-
-  def enter(self, carry: Sequence) -> tuple[Any, list, Callable]:
-    val, fresh = rebuild_arg(self.plan, carry)
-    if self.gs is None:
-      return val, fresh, lambda out: out
-    (gval,), _, finish = graph_adapter.enter(self.gs, [val], {}, carry=True)
-    return gval, fresh, finish
+  def __init__(self, transform: str, init_val: Any, graph: Any, graph_updates: Any):
+    ops = _Operands(transform, "init_val", graph, graph_updates)
+    self.api = ops.api
+    self.frame = transform
+    self.call = ops.bind((init_val,), {})
+    self.init_val = self.call.slots[0]
+    self.plan = self.call.static.plans[0]
+    self.values = self.call.flat.values[0]
 
   def cond(self, cond_fun: Callable) -> Callable:
     def cond_(carry: list):
-      with InnerFrame(self.frame):
-        val, fresh, _ = self.enter(carry)
-        pred = cond_fun(val)
-        if changed(self.plan, fresh, carry):
+      with Inner(self.call.static, [carry], self.frame, carry=True) as scope:
+        pred = scope.call(cond_fun)
+        if changed(self.plan, scope.rebuilt[0][1], carry):
           raise TraceContextError(
             f"{self.api}: cond_fun updated a Variable of init_val; that update would be lost "
             f"because cond_fun only decides whether to continue. Move the update into body_fun."
           )
       return pred
 
+    cond_.__name__ = getattr(cond_fun, "__name__", "cond_fun")
     return cond_
 
   def body(self, body_fun: Callable, with_index: bool) -> Callable:
     def body_(*xs: Any):
       carry = xs[-1]
-      with InnerFrame(self.frame):
-        val, fresh, finish = self.enter(carry)
-        out = finish(body_fun(xs[0], val) if with_index else body_fun(val))
-        new = self._next_carry(val, fresh, carry, out)
+      with Inner(self.call.static, [carry], self.frame, carry=True) as scope:
+        val = scope.slots[0]
+        out = scope.output(body_fun(xs[0], val) if with_index else body_fun(val))
+        new = self._next_carry(scope.rebuilt[0][0], scope.rebuilt[0][1], carry, out)
       return new
 
+    body_.__name__ = getattr(body_fun, "__name__", "body_fun")
     return body_
 
   def _next_carry(self, val: Any, fresh: list, carry: Sequence, out: Any) -> list:
@@ -408,14 +341,12 @@ class _Loop:
     return leaf_paths(self.init_val, "init_val")
 
   def finish(self, final: Sequence) -> Any:
-    write_all(self.flat, [final])
     leaves = list(final)
+    cells = self.call.flat.cells[0]
     for i in self.plan.var_idx:
-      leaves[i] = self.cells[i]
+      leaves[i] = cells[i]
     out = self.plan.treedef.unflatten(leaves)
-    if self.gs is not None:
-      out = graph_adapter.exit(self.gs, out, carry=True)
-    return out
+    return self.call.finish(out, [dict(zip(self.plan.var_idx, (final[i] for i in self.plan.var_idx)))], carry=True)
 
 
 def while_loop(
@@ -441,7 +372,7 @@ def while_loop(
     >>> y.shape, int(n)
     ((2,), 0)
   """
-  loop = _Loop("pynnx.while_loop", init_val, graph, graph_updates)
+  loop = _Loop("while_loop", init_val, graph, graph_updates)
   final = jax.lax.while_loop(loop.cond(cond_fun), loop.body(body_fun, False), loop.values)
   return loop.finish(final)
 
@@ -470,6 +401,6 @@ def fori_loop(
     >>> _ = nnx.fori_loop(0, 5, body, acc); int(acc.total[...])
     10
   """
-  loop = _Loop("pynnx.fori_loop", init_val, graph, graph_updates)
+  loop = _Loop("fori_loop", init_val, graph, graph_updates)
   final = jax.lax.fori_loop(lower, upper, loop.body(body_fun, True), loop.values, unroll=unroll)
   return loop.finish(final)

@@ -30,7 +30,6 @@ from typing import Any, cast
 import jax
 import numpy as np
 
-from .._core.config import resolve_graph
 from .._core.errors import (
   ConfigError,
   GraphModeRequiredError,
@@ -42,12 +41,9 @@ from . import graph_adapter
 from .autodiff import diff_mask
 from .lift import (
   MISSING,
-  InnerFrame,
-  MethodAware,
-  SharingCheck,
-  argnames_of,
-  check_not_bound,
-  flatten_args,
+  Call,
+  Inner,
+  Transform,
   leaf_paths,
   rebuild_arg,
   wrap_or_decorate,
@@ -59,32 +55,11 @@ __all__ = ["custom_vjp", "CustomVjp", "custom_vjp_tree"]
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 
 
-def _graph_mode(cvjp: CustomVjp, args: tuple) -> Any:
-  """Graph form: ``bwd(*nondiff, res, (input_updates_g, out_g))`` returns States.
-
-  Each Module argument is split into (differentiable substate, rest) — the DiffState's
-  filter, or every Variable — and run through the tree core with adapted fwd/bwd.
-  """
-  wrt = {n.argnum: n.filter for n in cvjp.nondiff_argnums if isinstance(n, graph_adapter.DiffState)}
-  nondiff = tuple(n for n in cvjp.nondiff_argnums if isinstance(n, int))
-
-  def filters(path: tuple, root: Any) -> tuple:
-    if path and path[0] == 0 and len(path) > 1 and path[1] not in nondiff:
-      return (wrt[path[1]], ...) if path[1] in wrt else (...,)
-    return ()
-
-  wargs, _, call = graph_adapter.to_tree(args, {}, cvjp.api, cvjp.graph_updates, filters)
-  diff_args = [i for i in range(len(args)) if i not in nondiff]
-
-  def objects(wrapped: Sequence[Any]) -> list:
-    objs, _, _ = graph_adapter.enter(call, list(wrapped), {})
-    return objs
-
-  def fun(*wrapped: Any) -> Any:
-    return cvjp.fun(*objects(wrapped))
-
-  def fwd(*wrapped: Any) -> Any:
-    return cast(Callable, cvjp.fwd)(*objects(wrapped))  # set by defvjp
+def _graph_bwd(cvjp: CustomVjp, call: Call, nondiff: tuple) -> Callable:
+  """Graph form: ``bwd(*nondiff, res, (input_updates_g, out_g))`` returns States, turned
+  into cotangents of the GraphNode-wrapped arguments."""
+  wargs = call.slots
+  diff_args = [i for i in range(len(wargs)) if i not in nondiff]
 
   def bwd(*rest: Any) -> tuple:
     *nd, res, out_g = rest
@@ -99,13 +74,7 @@ def _graph_mode(cvjp: CustomVjp, args: tuple) -> Any:
       graph_adapter.cotangent_node(cvjp.api, wargs[i], ct) for i, ct in zip(diff_args, cts)
     )
 
-  def masks(flat: Any) -> list:
-    return [
-      graph_adapter.selected_mask(w, cells, vals, lambda v: True)
-      for w, cells, vals in zip(wargs, flat.cells, flat.values)
-    ]
-
-  return custom_vjp_tree(fun, fwd, bwd, wargs, nondiff, cvjp.api, cvjp.check, masks)
+  return bwd
 
 
 class _Layout:
@@ -166,30 +135,24 @@ def custom_vjp_tree(
   fun: Callable,
   fwd: Callable,
   bwd: Callable,
-  args: Sequence[Any],
+  call: Call,
   nondiff_argnums: Sequence[int],
   api: str,
-  check: SharingCheck | None = None,
-  mask_fn: Callable[[Any], list] | None = None,
+  masks: Sequence[Any] | None = None,
 ) -> Any:
-  """The tree-mode core: ``fun(*args)`` with the custom rule ``(fwd, bwd)``.
+  """The core: ``fun(*args)`` of a bound call with the custom rule ``(fwd, bwd)``.
 
-  ``mask_fn(flat)`` may choose the differentiated leaves of each argument (graph mode uses
-  the DiffState-selected substate); by default inexact Params and plain arrays.
+  ``masks`` may choose the differentiated leaves of each argument (graph mode uses the
+  DiffState-selected substate); by default inexact Params and plain arrays.
 
   Differentiable arguments' Variables get cotangents from ``bwd``; the updates made to the
   other Variables are written back into the caller's Variables.
   """
+  args = call.slots
   nondiff = frozenset(nondiff_argnums)
-  for i in nondiff:
-    if not 0 <= i < len(args):
-      raise ConfigError(
-        f"{api}: nondiff_argnums contains {i} but the function was called with {len(args)} "
-        "positional arguments."
-      )
-  flat = flatten_args(args, check)
-  lay = _Layout(flat, nondiff, mask_fn(flat) if mask_fn is not None else None)
-  names = (check.argnames if check is not None else None) or []
+  flat = call.flat
+  lay = _Layout(flat, nondiff, masks)
+  names = call.names
   # (argument, position among its fresh Variables) of each state output
   state_src = []
   for k in lay.state_idx:
@@ -198,9 +161,9 @@ def custom_vjp_tree(
 
   def run(user_fn: Callable, diff: tuple, other: list, is_fwd: bool) -> tuple:
     full = lay.assemble(diff, other)
-    with InnerFrame("custom_vjp"):
-      rebuilt = [rebuild_arg(p, v) for p, v in zip(lay.plans, full)]
-      result = user_fn(*(a for a, _ in rebuilt))
+    with Inner(call.static, full, "custom_vjp") as scope:
+      result = scope.call(user_fn)
+      rebuilt = scope.rebuilt
       for i in lay.diff_args:
         _check_untouched(api, lay, i, rebuilt[i], full[i], names)
       state = tuple(rebuilt[i][1][pos]._raw_value for i, pos in state_src)
@@ -285,28 +248,30 @@ def _cotangent(api: str, lay: _Layout, i: int, ct: Any) -> list:
   ]
 
 
-class CustomVjp(MethodAware):
-  """A function with a custom VJP rule; define the rule with :meth:`defvjp`."""
+class CustomVjp(Transform):
+  """A function with a custom VJP rule; define the rule with :meth:`defvjp`.
+
+  Keyword arguments are bound to their positions by the function's signature (as
+  ``jax.custom_vjp`` does); keyword-only parameters are not supported.
+  """
+
+  transform = "custom_vjp"
 
   def __init__(
     self, fun: Callable, *, nondiff_argnums: Sequence[Any], graph: Any, graph_updates: Any
   ):
-    check_not_bound(fun, "custom_vjp")
-    functools.update_wrapper(self, fun)
+    graph_only = any(not isinstance(n, int) for n in nondiff_argnums)
+    if graph_only and graph is False:
+      raise GraphModeRequiredError(
+        f"pynnx.custom_vjp({getattr(fun, '__name__', 'fun')}): nondiff_argnums contains "
+        f"{tuple(nondiff_argnums)!r}; DiffState entries need graph mode. Use integer argnums "
+        "with graph=False, or pass graph=True."
+      )
+    super().__init__(fun, graph=graph, graph_updates=graph_updates, specs=(nondiff_argnums,))
     self.fun = fun
     self.nondiff_argnums = tuple(nondiff_argnums)
-    self.graph = graph
-    self.graph_updates = graph_updates
-    self.fwd: Callable | None = None
-    self.bwd: Callable | None = None
-    self.symbolic_zeros = False
-    self.api = f"pynnx.custom_vjp({getattr(fun, '__name__', 'fun')})"
-    self._graph_only = any(not isinstance(n, int) for n in self.nondiff_argnums)
-    if self._graph_only and graph is False:  # pragma: no branch
-      raise GraphModeRequiredError(
-        f"{self.api}: nondiff_argnums contains {self.nondiff_argnums!r}; DiffState entries "
-        "need graph mode. Use integer argnums with graph=False, or pass graph=True."
-      )
+    self.nondiff = tuple(n for n in self.nondiff_argnums if isinstance(n, int))
+    self.wrt = {n.argnum: n.filter for n in self.nondiff_argnums if not isinstance(n, int)}
     seen = [n if isinstance(n, int) else getattr(n, "argnum", n) for n in self.nondiff_argnums]
     if len(set(seen)) != len(seen):
       raise ConfigError(f"{self.api}: nondiff_argnums {self.nondiff_argnums!r} repeats an index.")
@@ -314,13 +279,26 @@ class CustomVjp(MethodAware):
       self._sig: inspect.Signature | None = inspect.signature(fun)
     except (TypeError, ValueError):
       self._sig = None
-    self.check = SharingCheck(self.api, argnames_of(fun))
+    self._rule: list = [None, None, False]  # fwd, bwd, symbolic_zeros: set by defvjp
+    self._built()
+
+  @property
+  def fwd(self) -> Callable | None:
+    return self._rule[0]
+
+  @property
+  def bwd(self) -> Callable | None:
+    return self._rule[1]
 
   def defvjp(self, fwd: Callable, bwd: Callable, symbolic_zeros: bool = False) -> None:
     """Sets the rule: ``fwd(*args) -> (out, res)`` and ``bwd(*nondiff, res, g) -> cts``."""
-    self.fwd = fwd
-    self.bwd = bwd
-    self.symbolic_zeros = symbolic_zeros
+    self._rule[:] = [fwd, bwd, symbolic_zeros]
+
+  def graph_filters(self, key: int | str, n_pos: int) -> tuple:
+    # Graph mode: each differentiable Module splits into (selected substate, rest).
+    if isinstance(key, int) and key not in self.nondiff:
+      return (self.wrt[key], ...) if key in self.wrt else (...,)
+    return ()
 
   def _positional(self, args: tuple, kwargs: dict) -> tuple:
     if not kwargs:
@@ -337,19 +315,29 @@ class CustomVjp(MethodAware):
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     args = self._positional(args, kwargs)
-    if self._graph_only or resolve_graph(self.graph):
-      return _graph_mode(self, args)
     if self.fwd is None or self.bwd is None:
       raise ConfigError(
         f"{self.api} has no rule yet: call `.defvjp(fwd, bwd)` before calling the function."
       )
-    if self.symbolic_zeros:
-      raise ConfigError(
-        f"{self.api}: defvjp(..., symbolic_zeros=True) is not supported in tree mode."
-      )
-    return custom_vjp_tree(
-      self.fun, self.fwd, self.bwd, args, self.nondiff_argnums, self.api, self.check
-    )
+    for i in self.nondiff:
+      if not 0 <= i < len(args):
+        raise ConfigError(
+          f"{self.api}: nondiff_argnums contains {i} but the function was called with "
+          f"{len(args)} positional arguments."
+        )
+    call = self.bind(args, {})
+    if call.graph is None:
+      if self._rule[2]:
+        raise ConfigError(
+          f"{self.api}: defvjp(..., symbolic_zeros=True) is not supported in tree mode."
+        )
+      return custom_vjp_tree(self.fun, self.fwd, self.bwd, call, self.nondiff, self.api)
+    masks = [
+      graph_adapter.selected_mask(w, cells, vals, lambda v: True)
+      for w, cells, vals in zip(call.slots, call.flat.cells, call.flat.values)
+    ]
+    bwd = _graph_bwd(self, call, self.nondiff)
+    return custom_vjp_tree(self.fun, self.fwd, bwd, call, self.nondiff, self.api, masks)
 
 
 def custom_vjp(

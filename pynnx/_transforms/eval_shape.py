@@ -17,11 +17,9 @@ from typing import Any
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from .._core.config import resolve_graph
 from .._core.sharding import sharding_names
 from .._core.variables import Variable, is_variable
-from . import graph_adapter
-from .lift import _RAW, InnerFrame, SharingCheck, _get_raw, argnames_of, flatten_args, rebuild_arg
+from .lift import _RAW, Inner, Transform, _get_raw
 
 __all__ = ["eval_shape"]
 
@@ -74,6 +72,29 @@ def add_shardings(tree: Any, mesh: Any) -> None:
     )
 
 
+class _EvalShape(Transform):
+  transform = "eval_shape"
+
+  def __init__(self, f: Callable, graph: Any, graph_updates: Any):
+    super().__init__(f, graph=graph, graph_updates=graph_updates)
+    self._built()
+
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    call = self.bind(args, kwargs)
+    f, static = self.f, call.static
+
+    def inner(values: list):
+      with Inner(static, values, "eval_shape") as scope:
+        return scope.output(scope.call(f))
+
+    out = jax.eval_shape(self.named(inner), call.flat.values)
+    mesh = _active_mesh()
+    if mesh is not None:
+      add_shardings(out, mesh)
+    # The arguments are never changed: abstract updates made while tracing are dropped.
+    return call.finish(out, [{} for _ in call.flat.plans])
+
+
 def eval_shape(
   f: Callable,
   *args: Any,
@@ -84,7 +105,7 @@ def eval_shape(
   """Lifted ``jax.eval_shape``: shapes and dtypes of ``f(*args, **kwargs)`` without FLOPs.
 
   Arguments may be Modules (concrete or abstract). Modules in the output hold
-  ``jax.ShapeDtypeStruct`` values.
+  ``jax.ShapeDtypeStruct`` values; an input Module returned comes back as the caller's own.
 
   Example:
     >>> import pynnx as nnx
@@ -92,29 +113,4 @@ def eval_shape(
     >>> abstract.kernel[...]
     ShapeDtypeStruct(shape=(1000, 1000), dtype=float32)
   """
-  name = getattr(f, "__name__", "f")
-  api = f"pynnx.eval_shape({name})"
-  gs = None
-  if resolve_graph(graph):
-    args, kwargs, gs = graph_adapter.to_tree(args, kwargs, api, graph_updates)
-  names = list(argnames_of(f) or [])[: len(args)]
-  names += [f"args[{i}]" for i in range(len(names), len(args))]
-  flat = flatten_args([*args, kwargs], SharingCheck(api, [*names, "kwargs"]))
-  plans = flat.plans
-
-  def inner(values: list):
-    with InnerFrame("eval_shape"):
-      rebuilt = [rebuild_arg(p, v)[0] for p, v in zip(plans, values, strict=True)]
-      pos, kw = rebuilt[:-1], rebuilt[-1]
-      if gs is not None:
-        pos, kw, finish = graph_adapter.enter(gs, pos, kw)
-        return finish(f(*pos, **kw))
-      return f(*pos, **kw)
-
-  out = jax.eval_shape(inner, flat.values)
-  mesh = _active_mesh()
-  if mesh is not None:
-    add_shardings(out, mesh)
-  if gs is not None:
-    out = graph_adapter.exit(gs, out)
-  return out
+  return _EvalShape(f, graph, graph_updates)(*args, **kwargs)

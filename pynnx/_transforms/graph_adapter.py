@@ -20,8 +20,8 @@ Graph mode adds no code to the transforms: a transform in graph mode
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,7 +37,6 @@ from .._core.variables import STRUCTURE, Variable
 from .._graph import api as graph_api
 from .._graph.api import GraphNode
 from .._graph.flatten import plan as graph_plan
-from .lift import argnames_of
 
 __all__ = ["DiffState", "StateAxes", "StateSharding"]
 
@@ -143,30 +142,27 @@ def specs_force_graph(api: str, graph: bool | None, *specs: Any) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class GraphCall:
-  """Static marker of a graph-mode call (part of jit's cache key).
+class GraphKey:
+  """The static part of a graph-mode call (inside jit's cache key): never the caller's
+  objects, so a cached trace keeps no Module alive.
 
-  ``roots`` — the caller's graph roots, for :func:`exit` — is not part of the key.
+  ``root_filters`` (the filters each root was split with) follow from the transform's specs
+  and the argument structure, which the cache key already holds: not compared.
   """
 
   graph_updates: bool
   api: str
-  roots: tuple = dataclasses.field(default=(), compare=False, hash=False, repr=False)
   root_filters: tuple = dataclasses.field(default=(), compare=False, hash=False, repr=False)
 
 
-class _InputRoot:
-  """Output placeholder for 'this is input root number ``index``' (returned by identity)."""
+class GraphCall:
+  """A graph-mode call, outside: its key and the caller's graph roots (for :func:`exit`)."""
 
-  __slots__ = ("index",)
+  __slots__ = ("key", "roots")
 
-  def __init__(self, index: int):
-    self.index = index
-
-
-jax.tree_util.register_pytree_node(
-  _InputRoot, lambda r: ((), r.index), lambda index, _: _InputRoot(index)
-)
+  def __init__(self, key: GraphKey, roots: tuple):
+    self.key = key
+    self.roots = roots
 
 
 def _is_root(x: Any) -> bool:
@@ -174,30 +170,28 @@ def _is_root(x: Any) -> bool:
 
 
 def to_tree(
-  args: Sequence[Any],
-  kwargs: Mapping[str, Any],
-  api: str,
-  graph_updates: Any,
-  filters: Callable | tuple = (),
-) -> tuple[tuple, dict, GraphCall]:
-  """Arguments with each graph root replaced by a GraphNode (sharing deduplicated)."""
-  args, kwargs = tuple(args), dict(kwargs)
-  fast = _fast_to_tree(args, kwargs, filters)
+  slots: Sequence[Any], filters: Sequence[tuple], api: str, graph_updates: Any
+) -> tuple[list, GraphCall]:
+  """The slots with each graph root replaced by a GraphNode (sharing deduplicated).
+
+  ``filters[s]`` splits a root given directly as slot ``s`` into one State per filter.
+  """
+  slots = list(slots)
+  fast = _fast_to_tree(slots, filters)
   if fast is not None:
-    wargs, wkwargs, roots, root_filters = fast
+    wslots, roots, root_filters = fast
   else:
-    wargs, wkwargs = graph_api.to_tree((args, kwargs), filters=filters)
-    with_path = jax.tree_util.tree_flatten_with_path((args, kwargs), is_leaf=_is_root)[0]
+
+    def by_slot(path: tuple, root: Any) -> tuple:
+      return tuple(filters[path[0]]) if len(path) == 1 else ()
+
+    wslots = graph_api.to_tree(slots, filters=by_slot)
+    with_path = jax.tree_util.tree_flatten_with_path(slots, is_leaf=_is_root)[0]
     found = [(jax_path_to_parts(p), x) for p, x in with_path if _is_root(x)]
     roots = tuple(x for _, x in found)
-    root_filters = tuple(
-      tuple(filters(p, x)) if callable(filters) else tuple(filters) for p, x in found
-    )
-  return (
-    tuple(wargs),
-    wkwargs,
-    GraphCall(resolve_graph_updates(graph_updates), api, roots, root_filters),
-  )
+    root_filters = tuple(by_slot(p, x) for p, x in found)
+  key = GraphKey(resolve_graph_updates(graph_updates), api, root_filters)
+  return list(wslots), GraphCall(key, roots)
 
 
 _NODE_CACHE = "_pynnx_graph_nodes"
@@ -208,81 +202,90 @@ def _cached_node(root: Pytree, fs: tuple) -> tuple[GraphNode, frozenset] | None:
   d = root.__dict__
   if not d.get("_pynnx_frozen", False):
     return None
+  epoch = STRUCTURE.epoch
   try:
     cache = d.setdefault(_NODE_CACHE, {})
     hit = cache.get(fs)
   except TypeError:  # unhashable filters: no caching
     return None
-  if hit is not None and hit[0] == STRUCTURE.epoch and hit[3] is root:
+  if hit is not None and hit[0] == epoch and hit[3]() is root:
     return hit[1], hit[2]
   node = graph_api.to_tree(root, filters=fs)
   ids = frozenset(id(o) for o in graph_plan(root).objects)
-  cache[fs] = (STRUCTURE.epoch, node, ids, root)
+  cache[fs] = (epoch, node, ids, weakref.ref(root))
   return node, ids
 
 
-def _fast_to_tree(args: tuple, kwargs: dict, filters: Callable | tuple) -> tuple | None:
-  """Per-root cached GraphNodes when every argument is a disjoint frozen Pytree or no root.
+def _fast_to_tree(slots: list, filters: Sequence[tuple]) -> tuple | None:
+  """Per-root cached GraphNodes when every slot is a disjoint frozen Pytree or holds no root.
 
   Returns None (the general path) for nested roots, bare Variables or shared objects.
   """
-  wargs, roots, root_filters = [], [], []
+  wslots, roots, root_filters = [], [], []
   seen: frozenset[int] = frozenset()
-  for i, arg in enumerate(args):
-    if isinstance(arg, Pytree):
-      fs = tuple(filters((0, i), arg) if callable(filters) else filters)
-      hit = _cached_node(arg, fs)
+  for slot, fs in zip(slots, filters):
+    if isinstance(slot, Pytree):
+      fs = tuple(fs)
+      hit = _cached_node(slot, fs)
       if hit is None or not seen.isdisjoint(hit[1]):
         return None
       seen = seen | hit[1]
-      wargs.append(hit[0])
-      roots.append(arg)
+      wslots.append(hit[0])
+      roots.append(slot)
       root_filters.append(fs)
-    elif _is_root(arg) or any(_is_root(x) for x in jax.tree.leaves(arg, is_leaf=_is_root)):
+    elif _is_root(slot) or any(_is_root(x) for x in jax.tree.leaves(slot, is_leaf=_is_root)):
       return None
     else:
-      wargs.append(arg)
-  for v in kwargs.values():
-    if any(_is_root(x) for x in jax.tree.leaves(v, is_leaf=_is_root)):
-      return None
-  return wargs, dict(kwargs), tuple(roots), tuple(root_filters)
+      wslots.append(slot)
+  return wslots, tuple(roots), tuple(root_filters)
 
 
 def _roots(tree: Any) -> list[Any]:
   return [x for x in jax.tree.leaves(tree, is_leaf=_is_root) if _is_root(x)]
 
 
+def root_tables(call: GraphCall) -> list[list]:
+  """Outside: the objects of each of the caller's roots, in graph-walk order."""
+  return [list(graph_plan(r).objects) for r in call.roots]
+
+
+def inner_tables(slots: Sequence[Any]) -> list[list]:
+  """Inside: the objects of each rebuilt root, in the same order as :func:`root_tables`."""
+  return [list(graph_plan(r).objects) for r in _roots(list(slots))]
+
+
 def enter(
-  call: GraphCall, args: Sequence[Any], kwargs: Mapping[str, Any], *, carry: bool = False
-) -> tuple:
+  key: GraphKey, slots: Sequence[Any], *, carry: bool = False, fixed: bool = False
+) -> tuple[list, Callable]:
   """Inside the transform: rebuild Modules around the fresh Variables.
 
-  Returns ``(args, kwargs, finish)``; ``finish(out)`` converts the user function's output.
-  With ``carry=True`` (loop and scan carries) an input returned comes back in its input
-  form — a GraphNode with the same filters, so the carry keeps its structure — and
-  structural changes raise; otherwise ``finish`` returns ``(out, structural_changes)``.
+  Returns ``(slots, finish)``; ``finish(out)`` converts the user function's output. With
+  ``carry=True`` (loop and scan carries) the output comes back in its input form — an input
+  root as a GraphNode with its filters, so the carry keeps its structure — and structural
+  changes raise; otherwise ``finish`` returns ``(out, structural_changes)``. ``fixed``
+  (vmap, cond...): structural changes raise, the output is converted as usual.
   """
-  in_nodes = _nodes((tuple(args), dict(kwargs)))
-  args, kwargs = graph_api.from_tree((tuple(args), dict(kwargs)))
-  roots = _roots((args, kwargs))
+  in_nodes = _nodes(list(slots))
+  slots = graph_api.from_tree(list(slots))
+  roots = _roots(slots)
   index = {id(r): i for i, r in enumerate(roots)}
 
   def structural_changes() -> dict:
     changes = {}
-    new_nodes = _nodes(graph_api.to_tree((tuple(args), dict(kwargs))))
+    new_nodes = _nodes(graph_api.to_tree(slots))
     for i, (old, new) in enumerate(zip(in_nodes, new_nodes)):
       if old.graphdef != new.graphdef:
-        if carry or not call.graph_updates:
+        if carry or fixed or not key.graph_updates:
           why = (
-            f"but {call.api.split('(')[0]} maps, scans or loops over it, so its structure must "
+            f"but {key.api.split('(')[0]} maps, scans or loops over it, so its structure must "
             f"stay fixed; create the Variables before the transform (e.g. call init_cache "
             f"first)"
-            if carry
+            if carry or fixed
             else "but graph_updates=False. Pass graph_updates=True to propagate structural "
             "changes, or keep the structure fixed"
           )
           raise StructureChangeError(
-            f"{call.api}: the function changed the structure of argument root {i} (Variables "
+            f"{key.api}: the function changed the structure of argument root {i} (Variables "
             f"or sub-Modules were added, removed or replaced) {why}."
           )
         changes[i] = new
@@ -293,19 +296,14 @@ def enter(
 
       def filters(path: tuple, root: Any) -> tuple:
         i = index.get(id(root))
-        return call.root_filters[i] if i is not None and i < len(call.root_filters) else ()
+        return key.root_filters[i] if i is not None and i < len(key.root_filters) else ()
 
       out = graph_api.to_tree(out, filters=filters)
       structural_changes()
       return out
-    out = jax.tree.map(
-      lambda x: _InputRoot(index[id(x)]) if _is_root(x) and id(x) in index else x,
-      out,
-      is_leaf=_is_root,
-    )
     return graph_api.to_tree(out), structural_changes()
 
-  return args, kwargs, finish
+  return slots, finish
 
 
 def _is_graph_node(x: Any) -> bool:
@@ -321,10 +319,10 @@ def _variable_ids(states: Any) -> frozenset:
 
 
 def exit(call: GraphCall, out: Any, *, carry: bool = False) -> Any:
-  """Outside: rebuild returned Modules, restore inputs by identity, apply structure changes.
+  """Outside: rebuild returned Modules and apply structural changes to the caller's roots.
 
-  An output GraphNode holding exactly an input root's Variables (a carry written back in
-  place) is that root: the caller gets its own object back.
+  In carry form, an output GraphNode holding exactly an input root's Variables (a carry
+  written back in place) is that root: the caller gets its own object back.
   """
   roots = call.roots
   if carry:
@@ -334,10 +332,8 @@ def exit(call: GraphCall, out: Any, *, carry: bool = False) -> Any:
   for i, node in structural.items():
     _transplant(roots[i], graph_api.from_tree(node))
   treedef: jax.tree_util.PyTreeDef  # jaxlib ships no stub for it: this reads as Any
-  leaves, treedef = jax.tree_util.tree_flatten(
-    out, is_leaf=lambda x: isinstance(x, (GraphNode, _InputRoot))
-  )
-  matches = {k: roots[x.index] for k, x in enumerate(leaves) if isinstance(x, _InputRoot)}
+  leaves, treedef = jax.tree_util.tree_flatten(out, is_leaf=_is_graph_node)
+  matches: dict[int, Any] = {}
   if carry and any(isinstance(x, GraphNode) for x in leaves):
     root_ids = [
       _variable_ids([o for o in graph_plan(r).objects if isinstance(o, Variable)]) for r in roots
@@ -487,44 +483,6 @@ def cotangent_node(api: str, warg: Any, ct: Any) -> Any:
   return GraphNode(warg.graphdef, (first, *warg.states[1:]))
 
 
-def call(api: str, transform: Any, args: tuple, kwargs: dict) -> Any:
-  """Runs a tree-mode transform object (``vmap``/``scan``...) in graph mode.
-
-  ``transform`` has ``f``, ``in_axes`` and ``graph_updates``; a shallow copy runs in tree
-  mode on the GraphNode-wrapped arguments, with each StateAxes turned into a
-  GraphNode-shaped prefix. Structural changes cannot leave a mapped/scanned function.
-  """
-  in_axes = transform.in_axes
-  per_arg = list(in_axes) if isinstance(in_axes, (tuple, list)) else [in_axes] * len(args)
-
-  def filters(path: tuple, root: Any) -> tuple:
-    if len(path) == 2 and path[0] == 0 and path[1] < len(per_arg):
-      return spec_filters(per_arg[path[1]])
-    return ()
-
-  check_shared_specs(api, "in_axes", args, per_arg, argnames_of(transform.f))
-  wargs, wkwargs, gc = to_tree(args, kwargs, api, transform.graph_updates, filters)
-  if isinstance(in_axes, (tuple, list)):
-    new_axes = type(in_axes)(node_prefix(ax, a) for ax, a in zip(per_arg, wargs))
-  else:
-    new_axes = node_prefix(in_axes, wargs[0]) if len(wargs) == 1 else in_axes
-  user_f = transform.f
-
-  def adapted(*a: Any, **k: Any) -> Any:
-    objs, kobjs, finish = enter(gc, a, k, carry=True)
-    return finish(user_f(*objs, **kobjs))
-
-  tree_t = copy.copy(transform)
-  tree_t.f = adapted
-  tree_t.in_axes = new_axes
-  tree_t.graph = False
-  tree_t.forced_graph = False
-  for cache in ("_specs", "_cache"):
-    if hasattr(tree_t, cache):
-      setattr(tree_t, cache, {})
-  return exit(gc, tree_t(*wargs, **wkwargs), carry=True)
-
-
 def _spec_for(spec: Any, path: tuple, var: Variable) -> Any:
   if isinstance(spec, StateAxes):
     for f, axis in spec.items():
@@ -535,19 +493,19 @@ def _spec_for(spec: Any, path: tuple, var: Variable) -> Any:
 
 
 def check_shared_specs(
-  api: str, what: str, args: Sequence[Any], specs: Sequence[Any], names: Sequence[str] | None = None
+  transform: Any, slots: Sequence[Any], layout: Sequence[Any], names: Sequence[str], n_pos: int
 ) -> None:
   """A Variable shared by two arguments must get the same spec from both (graph mode).
 
   Raises AxisSpecError naming both paths when the two specs disagree.
   """
-  if len(args) < 2:
+  specs = [transform.slot_spec(k, n_pos) for k in layout]
+  if len(slots) < 2 or all(s is None for s in specs):
     return
   seen: dict[int, tuple[int, str, Any]] = {}
-  for i, (arg, spec) in enumerate(zip(args, specs)):
+  for i, (arg, spec, name) in enumerate(zip(slots, specs, names)):
     if not _roots(arg):
       continue
-    name = names[i] if names and i < len(names) else f"args[{i}]"
     for path, x in graph_api.iter_graph(arg):
       if not isinstance(x, Variable):
         continue
@@ -555,8 +513,9 @@ def check_shared_specs(
       where = format_path(path, name)
       first = seen.setdefault(id(x), (i, where, mine))
       if first[0] != i and first[2] != mine:
+        what = transform.spec_name
         raise AxisSpecError(
-          f"{api}: the same {type(x).__name__} is given two different {what}:\n"
+          f"{transform.api}: the same {type(x).__name__} is given two different {what}:\n"
           f"  {first[1]}: {first[2]!r}\n  {where}: {mine!r}\n"
           f"A Variable shared between arguments has one value, so it must be mapped the same "
           f"way everywhere. Give both arguments the same {what} for it."

@@ -1,15 +1,16 @@
-"""The one lift every pynnx transform uses.
+"""The one lift every pynnx transform runs (the pipeline is described in README.md).
 
-    caller's args ──flatten_args──▶ Flat(static, values, cells)
-                                        │ values: per-argument lists of raw arrays
-                                        ▼
-                      jax.<transform>(inner, values...)      static: hashable plans
-                                        │
-           inner: rebuild_arg(plan, values) ─▶ fresh Variables (new Frame)
-                  out = f(*args)
-                  changed(...) ─▶ values of the cells f changed
-                                        ▼
-    write_back(flat, updates) ◀── outputs
+    caller's args ──bind──▶ dynamic slots (positional + keyword) and static values
+                  ──graph hook (graph mode only): to_tree──▶ GraphNode-wrapped slots
+                  ──flatten──▶ Flat(plans, values, cells)   + sharing check over all slots
+                        │
+           jax.<transform>(inner, values...)      static: hashable CallStatic
+                        │
+           inner: Inner(static, values) ─▶ fresh Variables in a new Frame, graph enter,
+                  out = f(*args, **kwargs), graph finish, returned inputs marked,
+                  updates = changed cells (or every cell)
+                        ▼
+    write_back(flat, updates) ─▶ graph exit ─▶ returned inputs resolved to the caller's objects
 
 A frozen Module's plan (its leaves with Variables as leaves, the treedef and each
 Variable's type and metadata) is computed once and cached on the Module, so a call costs
@@ -20,22 +21,40 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
 
+from .._core.config import resolve_graph
+from .._core.errors import BoundMethodError, ConfigError
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
-from .._core.tree import shared_reference_error
-from .._core.variables import FRAMES, STRUCTURE, Variable, is_variable, pop_frame, push_frame
+from .._core.tree import check_tree_depth, shared_reference_error
+from .._core.variables import (
+  FRAMES,
+  STRUCTURE,
+  Variable,
+  is_variable,
+  meta_from_aux,
+  pop_frame,
+  push_frame,
+)
 from .._graph.api import GraphNode
+from . import graph_adapter
+from .tracebacks import hide_frames
+
+hide_frames(__file__)
 
 # slot descriptors: the hot path bypasses __setattr__ (mypy does not model slot members)
 _RAW = Variable._raw_value  # type: ignore[attr-defined]
 _META = Variable._metadata  # type: ignore[attr-defined]
 _FRAME = Variable._frame  # type: ignore[attr-defined]
 _get_raw = _RAW.__get__
+
+
+# --- flatten -----------------------------------------------------------------------------------
 
 
 class ArgPlan:
@@ -77,7 +96,7 @@ def _kind(leaf: Any) -> Any:
 class _Entry:
   """What a frozen Pytree caches for the lift: its leaves, plan and last value list."""
 
-  __slots__ = ("epoch", "leaves", "plan", "values", "stamp")
+  __slots__ = ("epoch", "leaves", "plan", "values", "stamp", "__weakref__")
 
   def __init__(self, epoch: int, leaves: list, plan: ArgPlan):
     self.epoch = epoch
@@ -89,27 +108,28 @@ class _Entry:
 
 def _plan_of(arg: Any) -> tuple[list, ArgPlan]:
   """``(leaves, plan)`` of one argument (uncached)."""
+  if isinstance(arg, Pytree):
+    check_tree_depth(arg)
   leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_variable)
   return leaves, ArgPlan(treedef, tuple(map(_kind, leaves)), leaves)
 
 
 def _entry_of(arg: Any) -> _Entry | None:
   """The cached entry of a frozen Pytree (or a cached GraphNode), rebuilt when the
-  structure epoch moved."""
+  structure epoch moved. The epoch is read first: a change made meanwhile invalidates it."""
+  epoch = STRUCTURE.epoch
   if isinstance(arg, GraphNode):
     entry = arg._pynnx_lift_plan
-    if entry is None or entry.epoch != STRUCTURE.epoch:
-      leaves, plan = _plan_of(arg)
-      entry = arg._pynnx_lift_plan = _Entry(STRUCTURE.epoch, leaves, plan)
+    if entry is None or entry.epoch != epoch:
+      entry = arg._pynnx_lift_plan = _Entry(epoch, *_plan_of(arg))
     return entry
   d = arg.__dict__
   entry = d.get("_pynnx_lift_plan")
-  if entry is not None and entry.epoch == STRUCTURE.epoch:
+  if entry is not None and entry.epoch == epoch:
     return entry
   if not d.get("_pynnx_frozen", False):
     return None
-  leaves, plan = _plan_of(arg)
-  entry = d["_pynnx_lift_plan"] = _Entry(STRUCTURE.epoch, leaves, plan)
+  entry = d["_pynnx_lift_plan"] = _Entry(epoch, *_plan_of(arg))
   return entry
 
 
@@ -136,31 +156,37 @@ class Flat:
 
 
 class SharingCheck:
-  """Remembers argument combinations already checked for shared Variables (tree mode)."""
+  """Raises SharedReferenceError when a Variable appears twice across all arguments.
 
-  def __init__(self, api: str, argnames: Sequence[str] | None = None):
+  Combinations of frozen Modules already checked are remembered by weak reference only,
+  so the memo never keeps a discarded model alive.
+  """
+
+  def __init__(self, api: str):
     self.api = api
-    self.argnames = argnames
     self._seen: dict = {}
 
-  def __call__(self, cells: list, plans: Sequence[ArgPlan], args: Sequence[Any]) -> None:
-    # Only arguments holding Variables matter; cached plans make their lists stable.
-    holders = [leaves for leaves, plan in zip(cells, plans) if plan.var_idx]
-    if len(holders) < 2 and all(plan.unique for plan in plans):
+  def __call__(self, flat: Flat, args: Sequence[Any], names: Sequence[str]) -> None:
+    holders = [i for i, plan in enumerate(flat.plans) if plan.var_idx]
+    if len(holders) < 2 and all(plan.unique for plan in flat.plans):
       return
-    key = tuple(map(id, holders))
-    if key in self._seen:
-      return
-    ids = [id(leaf) for leaves in holders for leaf in leaves if isinstance(leaf, Variable)]
+    entries = [flat.entries[i] for i in holders]
+    key = tuple(map(id, entries)) if all(e is not None for e in entries) else None
+    if key is not None:
+      refs = self._seen.get(key)
+      if refs is not None and all(r() is e for r, e in zip(refs, entries)):
+        return
+    ids = [id(flat.cells[i][j]) for i in holders for j in flat.plans[i].var_idx]
     if len(set(ids)) != len(ids):
-      self._raise(args)
-    if len(self._seen) > 64:
-      self._seen.clear()
-    self._seen[key] = tuple(holders)  # keeps the lists alive so their ids stay unique
+      self._raise(args, names)
+    if key is not None:
+      if len(self._seen) > 64:
+        self._seen.clear()
+      self._seen[key] = tuple(weakref.ref(e) for e in entries)
 
-  def _raise(self, args: Sequence[Any]) -> None:
+  def _raise(self, args: Sequence[Any], names: Sequence[str]) -> None:
     first: dict[int, str] = {}
-    for arg, name in zip(args, arg_names(self.argnames, len(args))):
+    for arg, name in zip(args, names):
       leaves = jax.tree_util.tree_leaves(arg, is_leaf=is_variable)
       for leaf, where in zip(leaves, leaf_paths(arg, name)):
         if isinstance(leaf, Variable):
@@ -172,7 +198,7 @@ class SharingCheck:
 _ARRAY_PLAN = ArgPlan(jax.tree_util.tree_structure(0), (None,), [0])
 
 
-def flatten_args(args: Sequence[Any], check: SharingCheck | None = None) -> Flat:
+def flatten_args(args: Sequence[Any]) -> Flat:
   """Flattens each argument into raw values plus its (cached) static plan.
 
   A frozen Pytree also caches its value list, valid while no Variable was
@@ -203,16 +229,15 @@ def flatten_args(args: Sequence[Any], check: SharingCheck | None = None) -> Flat
     cells.append(leaves)
     values.append(vals)
     entries.append(entry)
-  if check is not None:
-    check(cells, plans, args)
   return Flat(tuple(plans), values, cells, entries, stamp)
 
 
-def _new_var(kind: tuple, value: Any) -> Variable:
+def new_var(kind: tuple, value: Any) -> Variable:
+  """A Variable of ``kind`` (type, metadata) holding ``value``, owned by the current frame."""
   typ, aux = kind
   var = object.__new__(typ)
   _RAW.__set__(var, value)
-  _META.__set__(var, dict(aux))
+  _META.__set__(var, meta_from_aux(aux))
   _FRAME.__set__(var, FRAMES.current)
   return var
 
@@ -224,7 +249,7 @@ def rebuild_arg(plan: ArgPlan, values: Sequence[Any]) -> tuple[Any, list]:
   leaves = list(values)
   fresh = []
   for i in plan.var_idx:
-    var = _new_var(plan.kinds[i], values[i])
+    var = new_var(plan.kinds[i], values[i])
     leaves[i] = var
     fresh.append(var)
   return plan.treedef.unflatten(leaves), fresh
@@ -249,28 +274,26 @@ def write_back(flat: Flat, updates: Sequence[dict[int, Any]]) -> None:
   """Writes ``updates[arg][leaf] = value`` into the caller's Variables.
 
   Keeps the cached value lists of ``flat``'s Pytrees current when no other Variable write
-  happened since ``flatten_args``; otherwise they are simply left stale (and rebuilt).
+  happened since ``flatten_args``; otherwise they are simply left stale (and rebuilt). The
+  whole write holds the counters' lock, so a concurrent write can never be mistaken for
+  this one.
   """
   if not any(updates):
     return
-  clean = STRUCTURE.writes == flat.stamp
-  STRUCTURE.writes += 1
-  for leaves, entry, upd in zip(flat.cells, flat.entries, updates):
-    for i, value in upd.items():
-      _RAW.__set__(leaves[i], value)
-    if entry is not None and clean:
-      vals = entry.values
+  with STRUCTURE.lock:
+    clean = STRUCTURE.writes == flat.stamp
+    STRUCTURE.writes += 1
+    for leaves, entry, upd in zip(flat.cells, flat.entries, updates):
       for i, value in upd.items():
-        vals[i] = value
-  if clean:
-    for entry in flat.entries:
-      if entry is not None:
-        entry.stamp = STRUCTURE.writes
-
-
-def write_all(flat: Flat, values: Sequence[Sequence[Any]]) -> None:
-  """Writes every Variable leaf's value back (for transforms that return them all)."""
-  write_back(flat, [{i: vals[i] for i in plan.var_idx} for plan, vals in zip(flat.plans, values)])
+        _RAW.__set__(leaves[i], value)
+      if entry is not None and clean:
+        vals = entry.values
+        for i, value in upd.items():
+          vals[i] = value
+    if clean:
+      for entry in flat.entries:
+        if entry is not None:
+          entry.stamp = STRUCTURE.writes
 
 
 class InnerFrame:
@@ -290,7 +313,242 @@ class InnerFrame:
     return False
 
 
-# --- decorator plumbing --------------------------------------------------------------------
+# --- returned inputs ------------------------------------------------------------------------
+
+
+class InputRef:
+  """Output placeholder for "object ``k`` of input table ``table``" (no pytree leaves).
+
+  An input Module or Variable returned from a transform comes back as the caller's own
+  object: inside, it is replaced by this marker; outside, the marker is resolved against
+  the caller's objects, listed in the same order (:func:`object_table`).
+  """
+
+  __slots__ = ("table", "k")
+
+  def __init__(self, table: int, k: int):
+    self.table = table
+    self.k = k
+
+
+jax.tree_util.register_pytree_node(
+  InputRef, lambda r: ((), (r.table, r.k)), lambda aux, _: InputRef(*aux)
+)
+
+
+def _is_obj(x: Any) -> bool:
+  return isinstance(x, (Pytree, Variable))
+
+
+def object_table(tree: Any) -> list:
+  """Every Pytree and Variable in ``tree``, in a fixed (pre-)order."""
+  out: list = []
+
+  def walk(x: Any) -> None:
+    for leaf in jax.tree_util.tree_leaves(x, is_leaf=lambda y: y is not x and _is_obj(y)):
+      if _is_obj(leaf) and leaf is not x:
+        out.append(leaf)
+        if isinstance(leaf, Pytree):
+          walk(leaf)
+
+  if _is_obj(tree):
+    out.append(tree)
+    if isinstance(tree, Pytree):
+      walk(tree)
+  else:
+    walk(tree)
+  return out
+
+
+def mark_inputs(out: Any, tables: Sequence[list]) -> tuple[Any, bool]:
+  """``out`` with every object of ``tables`` replaced by its InputRef."""
+  if not any(_is_obj(x) for x in jax.tree_util.tree_leaves(out, is_leaf=_is_obj)):
+    return out, False
+  where = {id(o): (t, k) for t, table in enumerate(tables) for k, o in enumerate(table)}
+  found = False
+
+  def mark(x: Any) -> Any:
+    nonlocal found
+    pos = where.get(id(x)) if _is_obj(x) else None
+    if pos is None:
+      if isinstance(x, Pytree):  # a new Module may hold input Variables / sub-Modules
+        return jax.tree_util.tree_map(mark, x, is_leaf=lambda y: y is not x and _is_obj(y))
+      return x
+    found = True
+    return InputRef(*pos)
+
+  marked = jax.tree_util.tree_map(mark, out, is_leaf=_is_obj)
+  return marked, found
+
+
+def resolve_inputs(out: Any, tables: Sequence[list]) -> Any:
+  """Replaces every InputRef of ``out`` by the caller's object."""
+  return jax.tree_util.tree_map(
+    lambda x: tables[x.table][x.k] if isinstance(x, InputRef) else x,
+    out,
+    is_leaf=lambda x: isinstance(x, InputRef),
+  )
+
+
+# --- the call ---------------------------------------------------------------------------------
+
+
+class CallStatic:
+  """The hashable half of one call: what the inner function needs besides the values.
+
+  ``layout[s]`` says where dynamic slot ``s`` goes: an int (a positional argument) or a
+  str (a keyword); ``static_pos`` / ``static_kw`` are the static arguments re-inserted
+  inside; ``graph`` is the graph-mode marker (None in tree mode).
+  """
+
+  __slots__ = ("plans", "layout", "n_pos", "static_pos", "static_kw", "graph", "_hash")
+
+  def __init__(self, plans, layout, n_pos, static_pos, static_kw, graph):
+    self.plans = plans
+    self.layout = layout
+    self.n_pos = n_pos
+    self.static_pos = static_pos
+    self.static_kw = static_kw
+    self.graph = graph
+    self._hash = hash((plans, layout, n_pos, static_pos, static_kw, graph))
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __eq__(self, other: object) -> bool:
+    return self is other or (
+      isinstance(other, CallStatic)
+      and self._hash == other._hash
+      and self.plans == other.plans
+      and self.layout == other.layout
+      and self.n_pos == other.n_pos
+      and self.static_pos == other.static_pos
+      and self.static_kw == other.static_kw
+      and self.graph == other.graph
+    )
+
+  def assemble(self, dyn: Sequence[Any]) -> tuple[list, dict]:
+    """The positional and keyword arguments from the dynamic slots and static values."""
+    args: list = [None] * self.n_pos
+    kwargs: dict = {}
+    for key, value in zip(self.layout, dyn):
+      if type(key) is int:
+        args[key] = value
+      else:
+        kwargs[key] = value
+    for pos, value in self.static_pos:
+      args[pos] = value
+    kwargs.update(self.static_kw)
+    return args, kwargs
+
+
+class Call:
+  """One call, outside: dynamic slots (graph-wrapped in graph mode), their names, Flat."""
+
+  __slots__ = ("static", "flat", "slots", "names", "graph")
+
+  def __init__(self, static: CallStatic, flat: Flat, slots: list, names: list, graph: Any):
+    self.static = static
+    self.flat = flat
+    self.slots = slots
+    self.names = names
+    self.graph = graph  # the GraphCall (with the caller's roots) or None
+
+  def finish(self, out: Any, updates: Sequence[dict], *, carry: bool = False) -> Any:
+    """Writes updates back, runs the graph exit and resolves returned inputs.
+
+    ``carry``: the output was produced in carry form (scan / loops: no InputRefs).
+    """
+    write_back(self.flat, updates)
+    tables = None
+    if not carry and _has_refs(out):
+      tables = (
+        graph_adapter.root_tables(self.graph)
+        if self.graph is not None
+        else [object_table(s) for s in self.slots]
+      )
+    if self.graph is not None:
+      out = graph_adapter.exit(self.graph, out, carry=carry)
+    if tables is not None:
+      out = resolve_inputs(out, tables)
+    return out
+
+
+def _has_refs(out: Any) -> bool:
+  return any(
+    isinstance(x, InputRef)
+    for x in jax.tree_util.tree_leaves(out, is_leaf=lambda x: isinstance(x, InputRef))
+  )
+
+
+class Inner:
+  """One call, inside: ``with Inner(static, values, name) as inner:`` rebuilds the
+  arguments with fresh Variables in a new frame (and, in graph mode, Modules around them).
+
+  ``carry=True`` (scan, loops): the output keeps its input form (graph mode's carry form)
+  and returned inputs are not replaced by InputRefs. ``fixed=True`` (vmap, shard_map,
+  cond...): the function may not change the Variable structure of its arguments.
+  """
+
+  __slots__ = ("static", "values", "name", "carry", "fixed", "frame", "rebuilt", "slots", "_finish")
+
+  def __init__(
+    self,
+    static: CallStatic,
+    values: Sequence[Sequence[Any]],
+    name: str,
+    *,
+    carry: bool = False,
+    fixed: bool = False,
+  ):
+    self.static = static
+    self.values = values
+    self.name = name
+    self.carry = carry
+    self.fixed = fixed
+
+  def __enter__(self) -> Inner:
+    self.frame = push_frame(self.name)
+    static = self.static
+    self.rebuilt = [rebuild_arg(p, v) for p, v in zip(static.plans, self.values)]
+    self.slots = [a for a, _ in self.rebuilt]
+    self._finish = None
+    if static.graph is not None:
+      self.slots, self._finish = graph_adapter.enter(
+        static.graph, self.slots, carry=self.carry, fixed=self.fixed
+      )
+    return self
+
+  def __exit__(self, *exc: Any) -> Literal[False]:
+    pop_frame(self.frame)
+    return False
+
+  def call(self, f: Callable) -> Any:
+    """``f`` applied to the rebuilt arguments (static ones re-inserted)."""
+    args, kwargs = self.static.assemble(self.slots)
+    return f(*args, **kwargs)
+
+  def output(self, out: Any) -> Any:
+    """The output in the form that leaves the JAX call: returned inputs marked (unless in
+    carry form) and graph mode's finish applied."""
+    if not self.carry:
+      if self.static.graph is not None:
+        tables = graph_adapter.inner_tables(self.slots)
+      else:
+        tables = [object_table(a) for a in self.slots]
+      out, _ = mark_inputs(out, tables)
+    if self._finish is not None:
+      out = self._finish(out)
+    return out
+
+  def updates(self, policy: Callable = changed) -> list[dict]:
+    """Per slot ``{leaf index: value}``: the changed cells (or every cell, by policy)."""
+    return [
+      policy(p, fr, v) for p, (_, fr), v in zip(self.static.plans, self.rebuilt, self.values)
+    ]
+
+
+# --- the transformed callable ---------------------------------------------------------------
 
 
 def arg_names(argnames: Sequence[str] | None, n: int) -> list[str]:
@@ -303,6 +561,18 @@ def leaf_paths(arg: Any, argname: str) -> list[str]:
   """The user-facing path of every leaf of ``arg`` (Variables are leaves), for errors."""
   items = jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_variable)[0]
   return [format_path(jax_path_to_parts(p), argname) for p, _ in items]
+
+
+def argnames_of(f: Callable) -> list[str] | None:
+  try:
+    params = inspect.signature(f).parameters.values()
+  except (TypeError, ValueError):
+    return None
+  return [
+    p.name
+    for p in params
+    if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+  ]
 
 
 class _Missing:
@@ -320,36 +590,169 @@ def wrap_or_decorate(cls: type, f: Any, kw: dict) -> Any:
   return cls(f, **kw)
 
 
-def check_not_bound(f: Any, api: str) -> None:
+def check_not_bound(f: Any, transform: str) -> None:
   if inspect.ismethod(f) and not isinstance(f.__self__, type):
     name = getattr(f, "__name__", "method")
     cls = type(f.__self__).__name__
-    raise TypeError(
-      f"pynnx.{api} does not accept bound methods such as {cls}(...).{name}: the Module would "
-      f"be captured instead of passed, so its updates could not be written back. Use the "
-      f"unbound form `pynnx.{api}({cls}.{name})(module, ...)` or decorate the method "
-      f"definition with `@pynnx.{api}`."
+    raise BoundMethodError(
+      f"pynnx.{transform} does not accept bound methods such as {cls}(...).{name}: the Module "
+      f"would be captured instead of passed, so its updates could not be written back. Use "
+      f"the unbound form `pynnx.{transform}({cls}.{name})(module, ...)` or decorate the "
+      f"method definition with `@pynnx.{transform}`."
     )
 
 
-def argnames_of(f: Callable) -> list[str] | None:
-  try:
-    params = inspect.signature(f).parameters.values()
-  except (TypeError, ValueError):
-    return None
-  return [
-    p.name
-    for p in params
-    if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-  ]
+def _as_tuple(x: Any, kind: type) -> tuple:
+  if x is None:
+    return ()
+  if isinstance(x, kind):
+    return (x,)
+  return tuple(x)
 
 
-class MethodAware:
-  """Base for transformed callables: binds like a function when used as a method."""
+def resolve_static(nums: Any, names: Any, argnames: list[str] | None) -> tuple[tuple, tuple]:
+  """Like jax.jit: one of argnums/argnames given -> the other inferred from the signature."""
+  nums, names = _as_tuple(nums, int), _as_tuple(names, str)
+  if argnames is not None:
+    if nums and not names:
+      names = tuple(argnames[i] for i in nums if 0 <= i < len(argnames))
+    elif names and not nums:
+      nums = tuple(argnames.index(n) for n in names if n in argnames)
+  return nums, names
 
-  __call__: Callable[..., Any]  # defined by every subclass
+
+class Transform:
+  """Base of every transformed callable: binds a call, runs the graph hook and flattens.
+
+  A subclass sets ``transform`` (its public name), ``keywords`` (``"dynamic"``: keyword
+  arguments are traced slots like positional ones; ``"reject"``: the JAX primitive takes
+  positional arguments only) and overrides :meth:`slot_spec` when it has per-argument specs
+  (in_axes, in_specs, in_shardings): graph mode reads StateAxes / StateSharding filters
+  from it by slot, never by tuple position. Instances are immutable; as class attributes
+  they work as methods (``__get__`` binds the instance as the first argument).
+  """
+
+  transform = "transform"
+  keywords = "dynamic"
+  check_bound = True
+  spec_name = "specs"
+
+  def __init__(
+    self,
+    f: Callable,
+    *,
+    graph: bool | None,
+    graph_updates: bool | None,
+    static_argnums: Any = (),
+    static_argnames: Any = (),
+    specs: Sequence[Any] = (),
+  ):
+    if self.check_bound:
+      check_not_bound(f, self.transform)
+    functools.update_wrapper(self, f, updated=())
+    self.f = f
+    self.graph = graph
+    self.graph_updates = graph_updates
+    self.api = f"pynnx.{self.transform}({getattr(f, '__name__', 'f')})"
+    self.argnames = argnames_of(f)
+    self.static_argnums, self.static_argnames = resolve_static(
+      static_argnums, static_argnames, self.argnames
+    )
+    self.forced_graph = graph_adapter.specs_force_graph(self.api, graph, *specs)
+    self.check = SharingCheck(self.api)
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    if self.__dict__.get("_pynnx_built"):
+      raise AttributeError(
+        f"{self.api} is immutable once built; create a new transform with the new options."
+      )
+    object.__setattr__(self, name, value)
+
+  def _built(self) -> None:
+    object.__setattr__(self, "_pynnx_built", True)
 
   def __get__(self, obj: Any, objtype: Any = None) -> Any:
     if obj is None:
       return self
     return functools.partial(self, obj)
+
+  def __repr__(self) -> str:
+    return f"<{self.api}>"
+
+  # -- what a subclass may override ------------------------------------------------------
+  def slot_names(self, layout: Sequence[int | str]) -> list[str]:
+    """The names errors use for the dynamic slots: parameter or keyword names."""
+    known = self.argnames or []
+    return [
+      k if isinstance(k, str) else (known[k] if k < len(known) else f"args[{k}]") for k in layout
+    ]
+
+  def slot_spec(self, key: int | str, n_pos: int) -> Any:
+    """The per-argument spec of slot ``key`` (a position or a keyword name)."""
+    return None
+
+  def graph_filters(self, key: int | str, n_pos: int) -> tuple:
+    """Graph mode: the filters splitting slot ``key``'s Modules into States."""
+    return graph_adapter.spec_filters(self.slot_spec(key, n_pos))
+
+  # -- the pipeline ----------------------------------------------------------------------
+  def in_graph_mode(self) -> bool:
+    return self.forced_graph or resolve_graph(self.graph)
+
+  def bind(self, args: tuple, kwargs: dict) -> Call:
+    """Binds the call, applies the graph hook and flattens every dynamic slot."""
+    n = len(args)
+    if kwargs and self.keywords == "reject":
+      raise ConfigError(
+        f"{self.api} was called with keyword argument(s) {', '.join(sorted(kwargs))}, but "
+        f"pynnx.{self.transform} passes arguments positionally (as the JAX primitive does). "
+        f"Pass them positionally."
+      )
+    static_pos: tuple = ()
+    static_kw: tuple = ()
+    if self.static_argnums or self.static_argnames:
+      nums = {i % n for i in self.static_argnums if -n <= i < n}
+      static_pos = tuple((i, args[i]) for i in sorted(nums))
+      layout: list = [i for i in range(n) if i not in nums]
+      slots = [args[i] for i in layout]
+      static_kw = tuple((k, kwargs[k]) for k in sorted(kwargs) if k in self.static_argnames)
+      kwnames = sorted(k for k in kwargs if k not in self.static_argnames)
+    else:
+      layout, slots = list(range(n)), list(args)
+      kwnames = sorted(kwargs) if kwargs else []
+    if kwnames:
+      layout += kwnames
+      slots += [kwargs[k] for k in kwnames]
+    names = self.slot_names(layout)
+    gcall = None
+    if self.in_graph_mode():
+      filters = [self.graph_filters(k, n) for k in layout]
+      graph_adapter.check_shared_specs(self, slots, layout, names, n)
+      slots, gcall = graph_adapter.to_tree(slots, filters, self.api, self.graph_updates)
+    flat = flatten_args(slots)
+    self.check(flat, slots, names)
+    static = CallStatic(
+      flat.plans,
+      tuple(layout),
+      n,
+      static_pos,
+      static_kw,
+      gcall.key if gcall is not None else None,
+    )
+    return Call(static, flat, slots, names, gcall)
+
+  def specs_for(self, call: Call) -> list:
+    """Per dynamic slot: its spec, as a GraphNode-shaped prefix in graph mode."""
+    n = call.static.n_pos
+    specs = [self.slot_spec(k, n) for k in call.static.layout]
+    if call.graph is not None:
+      specs = [graph_adapter.node_prefix(s, a) for s, a in zip(specs, call.slots)]
+    return specs
+
+  def named(self, inner: Callable) -> Callable:
+    """``inner`` carrying the user function's name, so JAX errors name it."""
+    for attr in ("__name__", "__qualname__"):
+      value = getattr(self.f, attr, None)
+      if isinstance(value, str):
+        setattr(inner, attr, value)
+    return inner

@@ -10,79 +10,19 @@ are written back once, when the forward pass runs.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from .._core.config import resolve_graph
 from .._core.errors import ConfigError, StructureChangeError
 from .._core.variables import Param, Variable, is_variable
 from . import graph_adapter
 from .autodiff import diff_mask, grad_like
-from .lift import (
-  MISSING,
-  Flat,
-  InnerFrame,
-  MethodAware,
-  SharingCheck,
-  argnames_of,
-  changed,
-  check_not_bound,
-  flatten_args,
-  rebuild_arg,
-  write_back,
-)
+from .lift import MISSING, Call, Inner, Transform
 
 __all__ = ["vjp", "jvp"]
-
-
-def _param_filters(path: tuple, root: Any) -> tuple:
-  return (Param, ...) if len(path) == 2 and path[0] == 0 else ()
-
-
-def _adapt(f: Callable, gc: Any, has_aux: bool) -> Callable:
-  """``f`` on GraphNode-wrapped arguments (graph mode): aux is converted for exit."""
-
-  def adapted(*wrapped: Any) -> Any:
-    objs, _, finish = graph_adapter.enter(gc, list(wrapped), {})
-    out = f(*objs)
-    if has_aux:
-      out, aux = out
-      return out, finish(aux)
-    return out
-
-  return adapted
-
-
-def _vjp_graph(
-  f: Callable, primals: tuple, has_aux: bool, check: SharingCheck, api: str, graph_updates: Any
-) -> tuple:
-  """Graph mode: cotangents of Module primals are States of their Params."""
-  wrapped, _, gc = graph_adapter.to_tree(primals, {}, api, graph_updates, _param_filters)
-  result = _vjp_call(_adapt(f, gc, has_aux), wrapped, has_aux, check, api)
-  tree_fn = result[1]
-
-  def vjp_fn(ct: Any) -> tuple:
-    return tuple(graph_adapter.selected_state(g) for g in tree_fn(ct))
-
-  if has_aux:
-    return result[0], vjp_fn, graph_adapter.exit(gc, result[2])
-  return result[0], vjp_fn
-
-
-def _jvp_graph(
-  f: Callable, primals: Any, tangents: Any, has_aux: bool, api: str, graph_updates: Any
-) -> tuple:
-  """Graph mode: Module primals and tangents are graph-flattened alike."""
-  wrapped, _, gc = graph_adapter.to_tree(tuple(primals), {}, api, graph_updates, _param_filters)
-  wtangents, _, _ = graph_adapter.to_tree(tuple(tangents), {}, api, graph_updates, _param_filters)
-  result = _jvp_call(_adapt(f, gc, has_aux), wrapped, wtangents, has_aux, api)
-  if has_aux:
-    return result[0], result[1], graph_adapter.exit(gc, result[2])
-  return result
 
 
 def _split(values: Sequence[Any], mask: Sequence[bool]) -> list:
@@ -94,39 +34,35 @@ def _merge(values: Sequence[Any], mask: Sequence[bool], diff: Sequence[Any]) -> 
   return [next(it) if m else v for v, m in zip(values, mask)]
 
 
-def _lifted(
-  f: Callable, flat: Flat, masks: Sequence[tuple], has_aux: bool, api: str, frame: str
-) -> Callable:
+def _lifted(f: Callable, call: Call, masks: Sequence[tuple], has_aux: bool, api: str, frame: str):
   """The pure function of the differentiated leaves that ``jax.vjp``/``jax.jvp`` sees.
 
   It returns ``(out, (aux, updates))``; the updates are auxiliary, so they are primal values.
   """
-  plans, values = flat.plans, flat.values
+  static, values = call.static, call.flat.values
 
   def inner(*diff: list) -> tuple:
     full = [_merge(v, m, d) for v, m, d in zip(values, masks, diff)]
-    with InnerFrame(frame):
-      rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, full)]
-      out = f(*(a for a, _ in rebuilt))
-      updates = [changed(p, fr, v) for p, (_, fr), v in zip(plans, rebuilt, full)]
-    if has_aux:
-      if not (isinstance(out, tuple) and len(out) == 2):
-        raise ConfigError(
-          f"{api} with has_aux=True: the function must return a pair (output, aux), got "
-          f"{type(out).__name__}. Return a tuple or set has_aux=False."
-        )
-      out, aux = out
-    else:
-      aux = None
+    with Inner(static, full, frame) as scope:
+      out = scope.call(f)
+      if has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+          raise ConfigError(
+            f"{api} with has_aux=True: the function must return a pair (output, aux), got "
+            f"{type(out).__name__}. Return a tuple or set has_aux=False."
+          )
+        out, aux = out
+      else:
+        aux = None
+      aux = scope.output(aux)
+      updates = scope.updates()
     return out, (aux, updates)
 
   return inner
 
 
-def _prepare(primals: Sequence[Any], check: SharingCheck) -> tuple[Flat, list]:
-  flat = flatten_args(primals, check)
-  masks = [diff_mask(p, v, False) for p, v in zip(flat.plans, flat.values)]
-  return flat, masks
+def _masks(call: Call) -> list:
+  return [diff_mask(p, v, False) for p, v in zip(call.flat.plans, call.flat.values)]
 
 
 class _ShapeCotangents:
@@ -136,36 +72,30 @@ class _ShapeCotangents:
   can be passed into ``jax.jit`` / ``nnx.jit`` like JAX's own ``vjp_fn``.
   """
 
-  __slots__ = ("plans", "masks", "_hash")
+  __slots__ = ("plans", "masks", "graph", "_hash")
 
-  def __init__(self, plans: tuple, masks: tuple):
+  def __init__(self, plans: tuple, masks: tuple, graph: bool):
     self.plans = plans
     self.masks = masks
-    self._hash = hash((plans, masks))
+    self.graph = graph  # graph mode: a Module's cotangent is the State of its Params
+    self._hash = hash((plans, masks, graph))
 
   def __hash__(self) -> int:
     return self._hash
 
   def __eq__(self, other: object) -> bool:
-    return isinstance(other, _ShapeCotangents) and (self.plans, self.masks) == (
+    return isinstance(other, _ShapeCotangents) and (self.plans, self.masks, self.graph) == (
       other.plans,
       other.masks,
+      other.graph,
     )
 
   def __call__(self, jax_vjp_fn: Callable, cotangent: Any) -> tuple:
     cts = jax_vjp_fn(cotangent)
-    return tuple(grad_like(p, m, c) for p, m, c in zip(self.plans, self.masks, cts))
-
-
-def _vjp_call(f: Callable, primals: tuple, has_aux: bool, check: SharingCheck, api: str) -> tuple:
-  flat, masks = _prepare(primals, check)
-  diff = [_split(v, m) for v, m in zip(flat.values, masks)]
-  inner = _lifted(f, flat, masks, has_aux, api, "vjp")
-  out, jax_vjp_fn, (aux, updates) = jax.vjp(inner, *diff, has_aux=True)
-  write_back(flat, updates)
-  shape = _ShapeCotangents(flat.plans, tuple(masks))
-  vjp_fn = jax.tree_util.Partial(shape, jax_vjp_fn)
-  return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
+    shaped = tuple(grad_like(p, m, c) for p, m, c in zip(self.plans, self.masks, cts))
+    if self.graph:
+      shaped = tuple(graph_adapter.selected_state(g) for g in shaped)
+    return shaped
 
 
 def _tangent_values(
@@ -188,70 +118,80 @@ def _tangent_values(
   return out
 
 
-def _jvp_call(f: Callable, primals: Any, tangents: Any, has_aux: bool, api: str) -> tuple:
-  for what, seq in (("primals", primals), ("tangents", tangents)):
-    if not isinstance(seq, (tuple, list)):
-      raise ConfigError(
-        f"{api}: {what} must be a tuple with one entry per argument of the function, got "
-        f"{type(seq).__name__}. For a single argument write `({what[:-1]},)`."
-      )
-  if len(primals) != len(tangents):
-    raise StructureChangeError(
-      f"{api}: got {len(primals)} primals but {len(tangents)} tangents; give one tangent "
-      "per primal."
-    )
-  names = argnames_of(f) or []
-  names = [names[i] if i < len(names) else f"primals[{i}]" for i in range(len(primals))]
-  flat, masks = _prepare(tuple(primals), SharingCheck(api, names))
-  diff, tans = [], []
-  for i, (plan, vals, mask, t) in enumerate(zip(flat.plans, flat.values, masks, tangents)):
-    diff.append(_split(vals, mask))
-    tans.append(_tangent_values(api, i, names[i], plan, mask, vals, t))
-  inner = _lifted(f, flat, masks, has_aux, api, "jvp")
-  out, t_out, (aux, updates) = jax.jvp(inner, tuple(diff), tuple(tans), has_aux=True)
-  write_back(flat, updates)
-  return (out, t_out, aux) if has_aux else (out, t_out)
+class VjpWrapped(Transform):
+  """``nnx.vjp(f)``: calling it with primals returns ``(primals_out, vjp_fn[, aux])``.
 
+  Primals are positional (as in ``jax.vjp``).
+  """
 
-def _fname(f: Callable) -> str:
-  return getattr(f, "__name__", "f")
-
-
-class VjpWrapped(MethodAware):
-  """``nnx.vjp(f)``: calling it with primals returns ``(primals_out, vjp_fn[, aux])``."""
+  transform = "vjp"
+  keywords = "reject"
 
   def __init__(self, f: Callable, *, has_aux: bool, graph: Any, graph_updates: Any):
-    check_not_bound(f, "vjp")
-    functools.update_wrapper(self, f)
-    self.f = f
+    super().__init__(f, graph=graph, graph_updates=graph_updates)
     self.has_aux = has_aux
-    self.graph = graph
-    self.graph_updates = graph_updates
-    self.api = f"pynnx.vjp({_fname(f)})"
-    self.check = SharingCheck(self.api, argnames_of(f))
+    self._built()
 
-  def __call__(self, *primals: Any) -> tuple:
-    if resolve_graph(self.graph):
-      return _vjp_graph(self.f, primals, self.has_aux, self.check, self.api, self.graph_updates)
-    return _vjp_call(self.f, primals, self.has_aux, self.check, self.api)
+  def graph_filters(self, key: int | str, n_pos: int) -> tuple:
+    return (Param, ...)  # graph mode: a Module's cotangent is the State of its Params
+
+  def __call__(self, *primals: Any, **kwargs: Any) -> tuple:
+    call = self.bind(primals, kwargs)
+    masks = _masks(call)
+    diff = [_split(v, m) for v, m in zip(call.flat.values, masks)]
+    inner = _lifted(self.f, call, masks, self.has_aux, self.api, "vjp")
+    out, jax_vjp_fn, (aux, updates) = jax.vjp(self.named(inner), *diff, has_aux=True)
+    aux = call.finish(aux, updates)
+    shape = _ShapeCotangents(call.static.plans, tuple(masks), call.graph is not None)
+    vjp_fn = jax.tree_util.Partial(shape, jax_vjp_fn)
+    return (out, vjp_fn, aux) if self.has_aux else (out, vjp_fn)
 
 
-class JvpWrapped(MethodAware):
+class JvpWrapped(Transform):
   """``nnx.jvp(f)``: call it as ``g(primals, tangents)``."""
 
+  transform = "jvp"
+  keywords = "reject"
+
   def __init__(self, f: Callable, *, has_aux: bool, graph: Any, graph_updates: Any):
-    check_not_bound(f, "jvp")
-    functools.update_wrapper(self, f)
-    self.f = f
+    super().__init__(f, graph=graph, graph_updates=graph_updates)
     self.has_aux = has_aux
-    self.graph = graph
-    self.graph_updates = graph_updates
-    self.api = f"pynnx.jvp({_fname(f)})"
+    self._built()
+
+  def graph_filters(self, key: int | str, n_pos: int) -> tuple:
+    return (Param, ...)
+
+  def slot_names(self, layout: Sequence[int | str]) -> list[str]:
+    known = self.argnames or []
+    return [k if isinstance(k, str) else known[k] if k < len(known) else f"primals[{k}]" for k in layout]
 
   def __call__(self, primals: Any, tangents: Any) -> tuple:
-    if resolve_graph(self.graph):
-      return _jvp_graph(self.f, primals, tangents, self.has_aux, self.api, self.graph_updates)
-    return _jvp_call(self.f, primals, tangents, self.has_aux, self.api)
+    api = self.api
+    for what, seq in (("primals", primals), ("tangents", tangents)):
+      if not isinstance(seq, (tuple, list)):
+        raise ConfigError(
+          f"{api}: {what} must be a tuple with one entry per argument of the function, got "
+          f"{type(seq).__name__}. For a single argument write `({what[:-1]},)`."
+        )
+    if len(primals) != len(tangents):
+      raise StructureChangeError(
+        f"{api}: got {len(primals)} primals but {len(tangents)} tangents; give one tangent "
+        "per primal."
+      )
+    call = self.bind(tuple(primals), {})
+    if call.graph is not None:
+      filters = [self.graph_filters(k, len(primals)) for k in call.static.layout]
+      tangents, _ = graph_adapter.to_tree(tangents, filters, api, self.graph_updates)
+    masks = _masks(call)
+    diff, tans = [], []
+    flat = call.flat
+    for i, (plan, vals, mask, t) in enumerate(zip(flat.plans, flat.values, masks, tangents)):
+      diff.append(_split(vals, mask))
+      tans.append(_tangent_values(api, i, call.names[i], plan, mask, vals, t))
+    inner = _lifted(self.f, call, masks, self.has_aux, api, "jvp")
+    out, t_out, (aux, updates) = jax.jvp(self.named(inner), tuple(diff), tuple(tans), has_aux=True)
+    aux = call.finish(aux, updates)
+    return (out, t_out, aux) if self.has_aux else (out, t_out)
 
 
 def vjp(

@@ -21,24 +21,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._core.config import resolve_graph
 from .._core.errors import AxisSpecError, PynnxError, StructureChangeError
 from .._core.variables import Variable, is_variable
-from . import graph_adapter
 from .lift import (
   MISSING,
-  InnerFrame,
-  MethodAware,
-  SharingCheck,
-  _new_var,
-  arg_names,
-  argnames_of,
-  check_not_bound,
+  CallStatic,
+  Inner,
+  Transform,
   flatten_args,
   leaf_paths,
-  rebuild_arg,
+  new_var,
   wrap_or_decorate,
-  write_back,
 )
 from .prefix import broadcast_prefix
 from .vmap import (
@@ -123,8 +116,14 @@ def _typeof(x: Any) -> tuple:
   return t.shape, t.dtype
 
 
-class ScanWrapped(MethodAware):
-  """A function transformed by ``nnx.scan``; call it like the original."""
+class ScanWrapped(Transform):
+  """A function transformed by ``nnx.scan``; call it like the original.
+
+  Keyword arguments are broadcast (every step sees them whole) and read-only.
+  """
+
+  transform = "scan"
+  spec_name = "in_axes"
 
   def __init__(
     self,
@@ -140,10 +139,7 @@ class ScanWrapped(MethodAware):
     graph: bool | None,
     graph_updates: bool | None,
   ):
-    check_not_bound(f, "scan")
-    functools.update_wrapper(self, f)
-    self.f = f
-    self.api = f"pynnx.scan({getattr(f, '__name__', 'f')})"
+    super().__init__(f, graph=graph, graph_updates=graph_updates, specs=(in_axes, out_axes))
     self.length = length
     self.reverse = reverse
     self.unroll = unroll
@@ -151,30 +147,32 @@ class ScanWrapped(MethodAware):
     self.in_axes = in_axes
     self.out_axes = out_axes
     self.transform_metadata = dict(transform_metadata)
-    self.graph = graph
-    self.graph_updates = graph_updates
-    self.argnames = argnames_of(f)
-    self.check = SharingCheck(self.api, self.argnames)
     self._specs: dict = {}
-    self.forced_graph = graph_adapter.specs_force_graph(self.api, graph, in_axes, out_axes)
     if not self.forced_graph:
       _validate(in_axes, out_axes, self.api)
+    self._built()
 
-  def _leaf_specs(self, args: tuple, plans: tuple) -> tuple[int | None, tuple]:
-    key = (len(args), plans)
+  def slot_spec(self, key: int | str, n_pos: int) -> Any:
+    if isinstance(key, str):
+      return None
+    return per_arg(self.in_axes, n_pos, self.api, "in_axes")[key]
+
+  def _leaf_specs(self, call: Any) -> tuple[int | None, tuple]:
+    key = call.static
     hit = self._specs.get(key)
     if hit is not None:
       return hit
-    axes = per_arg(self.in_axes, len(args), self.api, "in_axes")
-    names = arg_names(self.argnames, len(args))
     carry_idx = None
     specs = []
-    for a, (ax, arg, plan, name) in enumerate(zip(axes, args, plans, names)):
+    for a, (ax, arg, plan, name) in enumerate(
+      zip(self.specs_for(call), call.slots, call.static.plans, call.names)
+    ):
       if ax is Carry:
         if carry_idx is not None:
           raise AxisSpecError(
             f"{self.api}: in_axes=Carry applies to every argument, but the function was "
-            f"called with {len(args)}; with in_axes=nnx.Carry it takes exactly one argument."
+            f"called with {call.static.n_pos}; with in_axes=nnx.Carry it takes exactly one "
+            f"argument."
           )
         carry_idx = a
         specs.append((Carry,) * len(plan.kinds))
@@ -277,19 +275,17 @@ class ScanWrapped(MethodAware):
     return values
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    if self.forced_graph or resolve_graph(self.graph):
-      return graph_adapter.call(self.api, self, args, kwargs)
-    flat = flatten_args(args, self.check)
-    carry_idx, specs = self._leaf_specs(args, flat.plans)
-    names = arg_names(self.argnames, len(args))
-    kwnames = sorted(kwargs)
-    kwflat = flatten_args([kwargs[n] for n in kwnames])
+    call = self.bind(args, kwargs)
+    flat, static, names, slots = call.flat, call.static, call.names, call.slots
+    carry_idx, specs = self._leaf_specs(call)
     pname = self.transform_metadata.get(PARTITION_NAME)
-    plans = flat.plans
     if pname is not None:
       plans = tuple(
         p if a == carry_idx else strip_axis_names(p, s, v, pname)
-        for a, (p, s, v) in enumerate(zip(plans, specs, flat.values))
+        for a, (p, s, v) in enumerate(zip(flat.plans, specs, flat.values))
+      )
+      static = CallStatic(
+        plans, static.layout, static.n_pos, static.static_pos, static.static_kw, static.graph
       )
     xs, x_pos = [], []
     for a, (spec, vals) in enumerate(zip(specs, flat.values)):
@@ -301,7 +297,7 @@ class ScanWrapped(MethodAware):
           x_pos.append((a, i))
     carry_init = list(flat.values[carry_idx]) if carry_idx is not None else []
     record: dict = {}
-    f, base, kwplans = self.f, flat.values, kwflat.plans
+    f, base = self.f, flat.values
 
     def body(carry: list, x: list):
       values = [list(v) for v in base]
@@ -309,30 +305,26 @@ class ScanWrapped(MethodAware):
         values[carry_idx] = list(carry)
       for (a, i), xv in zip(x_pos, x):
         values[a][i] = xv
-      with InnerFrame("scan"):
-        rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, values)]
-        kwrebuilt = [rebuild_arg(p, v) for p, v in zip(kwplans, kwflat.values)]
-        out = f(*(a for a, _ in rebuilt), **{n: a for n, (a, _) in zip(kwnames, kwrebuilt)})
+      with Inner(static, values, "scan", carry=True) as scope:
+        out = scope.output(scope.call(f))
         updates = {}
-        for a, (plan, (_, fresh), vals, spec) in enumerate(zip(plans, rebuilt, values, specs)):
+        for a, upd in enumerate(scope.updates()):
           if a == carry_idx:
             continue
-          for i, var in zip(plan.var_idx, fresh):
-            if var._raw_value is vals[i]:
-              continue
-            if spec[i] is None:
-              self._broadcast_error(leaf_paths(args[a], names[a])[i])
-            updates[(a, i)] = var._raw_value
-        for n, plan, (_, fresh), vals in zip(kwnames, kwplans, kwrebuilt, kwflat.values):
-          for i, var in zip(plan.var_idx, fresh):
-            if var._raw_value is not vals[i]:
-              self._broadcast_error(leaf_paths(kwargs[n], n)[i])
+          for i, new in upd.items():
+            if specs[a][i] is None:
+              self._broadcast_error(leaf_paths(slots[a], names[a])[i])
+            updates[(a, i)] = new
         carry_out, ys, ys_axes = self._split_out(out)
         new_carry = []
         if carry_idx is not None:
-          plan, (_, fresh) = plans[carry_idx], rebuilt[carry_idx]
           new_carry = self._check_carry(
-            plan, fresh, values[carry_idx], carry_out, names[carry_idx], args[carry_idx]
+            static.plans[carry_idx],
+            scope.rebuilt[carry_idx][1],
+            values[carry_idx],
+            carry_out,
+            names[carry_idx],
+            slots[carry_idx],
           )
         yflat = flatten_args([ys])
         yplan = yflat.plans[0]
@@ -355,7 +347,7 @@ class ScanWrapped(MethodAware):
 
     try:
       carry_final, (ys_vals, updates) = jax.lax.scan(
-        body,
+        self.named(body),
         carry_init,
         xs,
         length=self.length,
@@ -366,20 +358,18 @@ class ScanWrapped(MethodAware):
     except (ValueError, IndexError) as e:  # JAX's errors about xs: name the leaf instead
       if not isinstance(e, PynnxError):
         scanned = [() if a == carry_idx else s for a, s in enumerate(specs)]
-        check_mapped_axes(self.api, args, names, flat.values, scanned, "scanned", self.length)
+        check_mapped_axes(self.api, slots, names, flat.values, scanned, "scanned", self.length)
       raise
-    per_arg_updates: list[dict] = [{} for _ in args]
+    per_slot: list[dict] = [{} for _ in flat.plans]
     for (a, i), value in updates.items():
       axis = specs[a][i]
-      per_arg_updates[a][i] = value if axis == 0 else jnp.moveaxis(value, 0, axis)
+      per_slot[a][i] = value if axis == 0 else jnp.moveaxis(value, 0, axis)
     carry = None
     if carry_idx is not None:
       cells, plan = flat.cells[carry_idx], flat.plans[carry_idx]
-      per_arg_updates[carry_idx] = {i: carry_final[i] for i in plan.var_idx}
-    write_back(flat, per_arg_updates)
-    if carry_idx is not None:
+      per_slot[carry_idx] = {i: carry_final[i] for i in plan.var_idx}
       if len(plan.var_idx) == len(cells):
-        carry = args[carry_idx]
+        carry = slots[carry_idx]
       else:
         leaves = [c if k is not None else v for c, k, v in zip(cells, plan.kinds, carry_final)]
         carry = plan.treedef.unflatten(leaves)
@@ -389,11 +379,12 @@ class ScanWrapped(MethodAware):
       if spec != 0:
         value = jnp.moveaxis(value, 0, spec)
       if kind is not None:
-        value = _new_var(kind, value)
+        value = new_var(kind, value)
         if pname is not None:
           add_axis_name(value, spec, pname)
       leaves.append(value)
-    return self._join_out(carry, yplan.treedef.unflatten(leaves))
+    out = self._join_out(carry, yplan.treedef.unflatten(leaves))
+    return call.finish(out, per_slot, carry=True)
 
   def _broadcast_error(self, path: str) -> None:
     raise AxisSpecError(

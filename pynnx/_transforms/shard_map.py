@@ -16,23 +16,8 @@ from typing import Any
 import jax
 from jax.sharding import PartitionSpec
 
-from .._core.config import resolve_graph
 from .._core.errors import AxisSpecError
-from . import graph_adapter
-from .lift import (
-  MISSING,
-  InnerFrame,
-  MethodAware,
-  SharingCheck,
-  _get_raw,
-  arg_names,
-  argnames_of,
-  check_not_bound,
-  flatten_args,
-  rebuild_arg,
-  wrap_or_decorate,
-  write_back,
-)
+from .lift import MISSING, Inner, Transform, _get_raw, wrap_or_decorate
 from .prefix import broadcast_prefix
 
 __all__ = ["shard_map"]
@@ -65,8 +50,15 @@ def _fit(spec: Any, value: Any) -> Any:
   return spec
 
 
-class ShardMapWrapped(MethodAware):
-  """A function transformed by ``nnx.shard_map``; call it like the original."""
+class ShardMapWrapped(Transform):
+  """A function transformed by ``nnx.shard_map``; call it like the original.
+
+  Arguments are positional only (``jax.shard_map`` maps positional arguments).
+  """
+
+  transform = "shard_map"
+  keywords = "reject"
+  spec_name = "in_specs"
 
   def __init__(
     self,
@@ -80,41 +72,34 @@ class ShardMapWrapped(MethodAware):
     graph: bool | None,
     graph_updates: bool | None,
   ):
-    check_not_bound(f, "shard_map")
-    functools.update_wrapper(self, f)
-    self.f = f
+    super().__init__(f, graph=graph, graph_updates=graph_updates, specs=(in_specs, out_specs))
     self.mesh = mesh
     self.in_specs = in_specs
     self.out_specs = out_specs
     self.axis_names = frozenset(axis_names)
     self.check_vma = check_vma
-    self.graph = graph
-    self.graph_updates = graph_updates
-    self.api = f"pynnx.shard_map({getattr(f, '__name__', 'f')})"
-    self.argnames = argnames_of(f)
-    self.check = SharingCheck(self.api, self.argnames)
-    self.forced_graph = graph_adapter.specs_force_graph(self.api, graph, in_specs, out_specs)
     self._cache: dict = {}
+    self._built()
 
-  def _arg_specs(self, n: int) -> list:
+  def slot_spec(self, key: int | str, n_pos: int) -> Any:
     specs = self.in_specs
     if specs is None or isinstance(specs, PartitionSpec):
-      return [specs] * n
+      return specs
     if isinstance(specs, (tuple, list)):
-      if len(specs) != n:
+      if len(specs) != n_pos:
         raise AxisSpecError(
           f"{self.api}: in_specs has {len(specs)} entries but the function was called with "
-          f"{n} positional arguments. Give one spec (or spec tree) per argument."
+          f"{n_pos} positional arguments. Give one spec (or spec tree) per argument."
         )
-      return list(specs)
+      return specs[key]
     raise AxisSpecError(
       f"{self.api}: in_specs must be a PartitionSpec, None, or a tuple with one spec per "
       f"argument; got {type(specs).__name__}."
     )
 
-  def _leaf_specs(self, args: tuple, plans: tuple, arg_specs: list) -> list:
-    """Per argument, one spec per leaf of its plan (cached by the plans)."""
-    leaf_specs = self._cache.get(plans)
+  def _leaf_specs(self, call: Any) -> list:
+    """Per slot, one spec per leaf of its plan (cached by the call's static part)."""
+    leaf_specs = self._cache.get(call.static)
     if leaf_specs is None:
       leaf_specs = [
         broadcast_prefix(
@@ -122,61 +107,39 @@ class ShardMapWrapped(MethodAware):
           arg,
           plan,
           self.api,
-          arg_names(self.argnames, i + 1)[i],
+          name,
           what="in_specs",
           leaf_ok=_spec_ok,
           leaf_desc="a PartitionSpec or None",
         )
-        for i, (spec, arg, plan) in enumerate(zip(arg_specs, args, plans, strict=True))
+        for spec, arg, plan, name in zip(
+          self.specs_for(call), call.slots, call.static.plans, call.names, strict=True
+        )
       ]
       if len(self._cache) > 32:
         self._cache.clear()
-      self._cache[plans] = leaf_specs
+      self._cache[call.static] = leaf_specs
     return leaf_specs
 
-  def __call__(self, *args: Any) -> Any:
-    gs = None
-    arg_specs = self._arg_specs(len(args))
-    if self.forced_graph or resolve_graph(self.graph):
-      # Graph mode: the adapter turns Modules into GraphNodes, a StateSharding into one
-      # State per filter and a GraphNode-shaped prefix of specs.
-      def filters(path: tuple, root: Any) -> tuple:
-        if len(path) == 2 and path[0] == 0:
-          return graph_adapter.spec_filters(arg_specs[path[1]])
-        return ()
-
-      graph_adapter.check_shared_specs(
-        self.api, "in_specs", args, arg_specs, arg_names(self.argnames, len(args))
-      )
-      args, _, gs = graph_adapter.to_tree(args, {}, self.api, self.graph_updates, filters)
-      arg_specs = [
-        graph_adapter.node_prefix(s, a, default=PartitionSpec()) for s, a in zip(arg_specs, args)
-      ]
-    flat = flatten_args(args, self.check)
-    plans = flat.plans
-    leaf_specs = self._leaf_specs(args, plans, arg_specs)
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    call = self.bind(args, kwargs)
+    flat, static = call.flat, call.static
     in_specs = tuple(
       [_fit(s, v) for s, v in zip(specs, values, strict=True)]
-      for specs, values in zip(leaf_specs, flat.values, strict=True)
+      for specs, values in zip(self._leaf_specs(call), flat.values, strict=True)
     )
-    var_specs = [[in_specs[a][i] for i in plan.var_idx] for a, plan in enumerate(plans)]
+    var_specs = [[in_specs[a][i] for i in plan.var_idx] for a, plan in enumerate(flat.plans)]
     out_specs = (_none_to_replicated(self.out_specs), var_specs)
     f = self.f
 
     def inner(*values: Any):
-      with InnerFrame("shard_map"):
-        rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, values, strict=True)]
-        call_args = [a for a, _ in rebuilt]
-        if gs is not None:
-          call_args, _, finish = graph_adapter.enter(gs, call_args, {})
-          out = finish(f(*call_args))
-        else:
-          out = f(*call_args)
-        new = [[_get_raw(v) for v in fresh] for _, fresh in rebuilt]
+      with Inner(static, values, "shard_map", fixed=True) as scope:
+        out = scope.output(scope.call(f))
+        new = [[_get_raw(v) for v in fresh] for _, fresh in scope.rebuilt]
       return out, new
 
     mapped = jax.shard_map(
-      inner,
+      self.named(inner),
       mesh=self.mesh,
       in_specs=in_specs,
       out_specs=out_specs,
@@ -184,11 +147,8 @@ class ShardMapWrapped(MethodAware):
       check_vma=self.check_vma,
     )
     out, new = mapped(*flat.values)
-    updates = [dict(zip(p.var_idx, vals, strict=True)) for p, vals in zip(plans, new, strict=True)]
-    write_back(flat, updates)
-    if gs is not None:
-      out = graph_adapter.exit(gs, out)
-    return out
+    updates = [dict(zip(p.var_idx, vals, strict=True)) for p, vals in zip(flat.plans, new)]
+    return call.finish(out, updates)
 
 
 def shard_map(

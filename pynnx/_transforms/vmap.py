@@ -18,25 +18,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._core.config import resolve_graph
 from .._core.errors import AxisSpecError, PynnxError
 from .._core.sharding import sharding_key
-from .._core.variables import Variable, is_variable
-from . import graph_adapter
+from .._core.variables import Variable, is_variable, meta_from_aux
 from .lift import (
   MISSING,
   ArgPlan,
-  InnerFrame,
-  MethodAware,
-  SharingCheck,
-  arg_names,
-  argnames_of,
-  check_not_bound,
+  CallStatic,
+  Inner,
+  Transform,
   flatten_args,
   leaf_paths,
-  rebuild_arg,
   wrap_or_decorate,
-  write_back,
 )
 from .prefix import broadcast_prefix
 
@@ -125,7 +118,7 @@ def strip_axis_names(
   for i in plan.var_idx:
     axis = specs[i]
     typ, aux = kinds[i]
-    meta = dict(aux)
+    meta = meta_from_aux(aux)
     key = sharding_key(meta)
     names = meta.get(key) if key is not None else None
     if key is None or not isinstance(axis, int) or not isinstance(names, tuple):
@@ -167,8 +160,11 @@ def add_axis_names_out(out: Any, out_axes: Any, api: str, name: Any) -> None:
 # --- vmap -----------------------------------------------------------------------------------
 
 
-class VmapWrapped(MethodAware):
+class VmapWrapped(Transform):
   """A function transformed by ``nnx.vmap``; call it like the original."""
+
+  transform = "vmap"
+  spec_name = "in_axes"
 
   def __init__(
     self,
@@ -183,33 +179,29 @@ class VmapWrapped(MethodAware):
     graph: bool | None,
     graph_updates: bool | None,
   ):
-    check_not_bound(f, "vmap")
-    functools.update_wrapper(self, f)
-    self.f = f
+    super().__init__(f, graph=graph, graph_updates=graph_updates, specs=(in_axes, out_axes))
     self.in_axes = in_axes
     self.out_axes = out_axes
     self.axis_name = axis_name
     self.axis_size = axis_size
     self.spmd_axis_name = spmd_axis_name
     self.transform_metadata = dict(transform_metadata)
-    self.graph = graph
-    self.graph_updates = graph_updates
-    self.api = f"pynnx.vmap({getattr(f, '__name__', 'f')})"
-    self.argnames = argnames_of(f)
-    self.check = SharingCheck(self.api, self.argnames)
-    self.forced_graph = graph_adapter.specs_force_graph(self.api, graph, in_axes, out_axes)
     self._specs: dict = {}
+    self._built()
 
-  def _leaf_specs(self, args: tuple, plans: tuple) -> tuple:
-    key = (len(args), plans)
+  def slot_spec(self, key: int | str, n_pos: int) -> Any:
+    if isinstance(key, str):
+      return 0  # keyword arguments are mapped along their leading axis, as in jax.vmap
+    return per_arg(self.in_axes, n_pos, self.api, "in_axes")[key]
+
+  def _leaf_specs(self, call: Any) -> tuple:
+    key = call.static
     hit = self._specs.get(key)
     if hit is not None:
       return hit
-    axes = per_arg(self.in_axes, len(args), self.api, "in_axes")
-    names = arg_names(self.argnames, len(args))
     specs = tuple(
       broadcast_prefix(ax, a, p, self.api, n, leaf_ok=is_axis, leaf_desc="an int or None")
-      for ax, a, p, n in zip(axes, args, plans, names)
+      for ax, a, p, n in zip(self.specs_for(call), call.slots, call.static.plans, call.names)
     )
     if len(self._specs) > 64:
       self._specs.clear()
@@ -217,79 +209,58 @@ class VmapWrapped(MethodAware):
     return specs
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    if self.forced_graph or resolve_graph(self.graph):
-      return graph_adapter.call(self.api, self, args, kwargs)
-    flat = flatten_args(args, self.check)
-    specs = self._leaf_specs(args, flat.plans)
-    names = sorted(kwargs)
-    kwflat = flatten_args([kwargs[n] for n in names])
+    call = self.bind(args, kwargs)
+    flat, static = call.flat, call.static
+    specs = self._leaf_specs(call)
     pname = self.transform_metadata.get(PARTITION_NAME)
-    plans = flat.plans
     if pname is not None:
-      plans = tuple(strip_axis_names(p, s, v, pname) for p, s, v in zip(plans, specs, flat.values))
-    f, kwplans = self.f, kwflat.plans
+      plans = tuple(strip_axis_names(p, s, v, pname) for p, s, v in zip(flat.plans, specs, flat.values))
+      static = CallStatic(plans, static.layout, static.n_pos, static.static_pos, static.static_kw, static.graph)
+    f = self.f
     seen: dict = {}
 
-    def inner(values: tuple, kwvalues: tuple):
-      with InnerFrame("vmap"):
-        rebuilt = [rebuild_arg(p, v) for p, v in zip(plans, values)]
-        kwrebuilt = [rebuild_arg(p, v) for p, v in zip(kwplans, kwvalues)]
-        out = f(*(a for a, _ in rebuilt), **{n: a for n, (a, _) in zip(names, kwrebuilt)})
+    def inner(values: tuple):
+      with Inner(static, values, "vmap", fixed=True) as scope:
+        out = scope.output(scope.call(f))
         mapped: dict[tuple[int, int], Any] = {}
         bcast: dict[tuple[int, int], Any] = {}
-        for a, (plan, (_, fresh), vals, spec) in enumerate(zip(plans, rebuilt, values, specs)):
-          for i, var in zip(plan.var_idx, fresh):
-            new = var._raw_value
-            if new is not vals[i]:
-              (bcast if spec[i] is None else mapped)[(a, i)] = new
-        kwmapped = {}
-        for a, (plan, (_, fresh), vals) in enumerate(zip(kwplans, kwrebuilt, kwvalues)):
-          for i, var in zip(plan.var_idx, fresh):
-            if var._raw_value is not vals[i]:
-              kwmapped[(a, i)] = var._raw_value
+        for a, upd in enumerate(scope.updates()):
+          for i, new in upd.items():
+            (bcast if specs[a][i] is None else mapped)[(a, i)] = new
       seen["bcast"] = sorted(bcast)
-      return out, mapped, bcast, kwmapped
+      return out, mapped, bcast
 
-    in_axes = (tuple(list(s) for s in specs), 0)
-    operands = (tuple(flat.values), tuple(kwflat.values))
-
-    def run(bcast_axes: Any, call: Callable = lambda g, *a: g(*a)) -> Any:
+    def run(bcast_axes: Any, through: Callable = lambda g, *a: g(*a)) -> Any:
       vmapped = jax.vmap(
-        inner,
-        in_axes=in_axes,
-        out_axes=(self.out_axes, 0, bcast_axes, 0),
+        self.named(inner),
+        in_axes=(tuple(list(s) for s in specs),),
+        out_axes=(self.out_axes, 0, bcast_axes),
         axis_name=self.axis_name,
         axis_size=self.axis_size,
         spmd_axis_name=self.spmd_axis_name,
       )
-      return call(vmapped, *operands)
+      return through(vmapped, tuple(flat.values))
 
     try:
-      out, mapped, bcast, kwmapped = run(None)
+      out, mapped, bcast = run(None)
     except ValueError as e:
       if isinstance(e, PynnxError):
         raise
-      self._explain(e, args, lambda axes: run(axes, jax.eval_shape), seen.get("bcast", []))
-      check_mapped_axes(
-        self.api, args, arg_names(self.argnames, len(args)), flat.values, specs, size=self.axis_size
-      )
+      self._explain(e, call, lambda axes: run(axes, jax.eval_shape), seen.get("bcast", []))
+      check_mapped_axes(self.api, call.slots, call.names, flat.values, specs, size=self.axis_size)
       raise
-    updates: list[dict] = [{} for _ in args]
+    updates: list[dict] = [{} for _ in flat.plans]
     for (a, i), value in mapped.items():
       axis = specs[a][i]
       updates[a][i] = value if axis == 0 else jnp.moveaxis(value, 0, axis)
     for (a, i), value in bcast.items():
       updates[a][i] = value
-    write_back(flat, updates)
-    kwupdates: list[dict] = [{} for _ in names]
-    for (a, i), value in kwmapped.items():
-      kwupdates[a][i] = value
-    write_back(kwflat, kwupdates)
+    out = call.finish(out, updates)
     if pname is not None:
       add_axis_names_out(out, self.out_axes, self.api, pname)
     return out
 
-  def _explain(self, e: ValueError, args: tuple, probe: Callable, cands: list) -> None:
+  def _explain(self, e: ValueError, call: Any, probe: Callable, cands: list) -> None:
     """Turns JAX's out_axes error into one naming the broadcast Variable or out_axes."""
     msg = str(e)
     if "out_axes" not in msg:
@@ -300,7 +271,7 @@ class VmapWrapped(MethodAware):
         probe({k: None if k == cand else 0 for k in cands})
       except ValueError:
         a, i = cand
-        path = leaf_paths(args[a], arg_names(self.argnames, len(args))[a])[i]
+        path = leaf_paths(call.slots[a], call.names[a])[i]
         raise AxisSpecError(
           f"{self.api}: the broadcast (in_axes=None) Variable {path} was updated with a "
           f"value that varies along the mapped axis; a broadcast Variable holds one value for "

@@ -125,7 +125,7 @@ def test_cond_returning_an_operand_gives_back_the_callers_variables():
 
 def test_cond_branches_changing_a_variable_dtype_raise():
   def to_float(c):
-    c.count[...] = c.count[...].astype(jnp.float32)
+    c.count.value = c.count[...].astype(jnp.float32)  # `.value =` replaces the cell
 
   with pytest.raises(nnx.StructureChangeError, match=r"operands\[0\]\.count as int32"):
     nnx.cond(jnp.array(True), inc, to_float, Counter())

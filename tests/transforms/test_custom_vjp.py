@@ -257,7 +257,7 @@ def test_error_configuration():
   with pytest.raises(nnx.ConfigError, match="keyword-only"):
     k(Foo(), scale=2.0)
   m = Foo()
-  with pytest.raises(TypeError, match="bound methods"):
+  with pytest.raises(nnx.BoundMethodError, match="bound methods"):
     nnx.custom_vjp(m.__init__)
   with pytest.raises(nnx.SharedReferenceError, match="same Param"):
     s = nnx.custom_vjp(lambda a, b: a.x[...])

@@ -107,7 +107,7 @@ def test_remat_static_argnums_allow_python_control_flow():
 
 def test_remat_bound_method_raises():
   m = Block(nnx.Rngs(0))
-  with pytest.raises(TypeError, match="does not accept bound methods"):
+  with pytest.raises(nnx.BoundMethodError, match="does not accept bound methods"):
     nnx.remat(m.__call__)
 
 

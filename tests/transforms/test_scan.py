@@ -363,7 +363,7 @@ def test_scan_carry_shape_change_raises_with_path():
 
   @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
   def f(m, x):
-    m.count[...] = jnp.zeros(4)
+    m.count.value = jnp.zeros(4)  # `.value =` replaces: a new shape
     return m
 
   with pytest.raises(nnx.StructureChangeError, match=r"shape \(4,\).* at m\.count"):

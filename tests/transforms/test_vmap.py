@@ -305,7 +305,7 @@ def test_vmap_state_axes_with_graph_false_raises():
 
 def test_vmap_rejects_bound_method():
   m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
-  with pytest.raises(TypeError, match="bound method"):
+  with pytest.raises(nnx.BoundMethodError, match="bound method"):
     nnx.vmap(m.__call__)
 
 
