@@ -24,70 +24,10 @@ from typing import Any
 import jax
 
 from .._core.errors import StructureChangeError, TraceContextError
-from .._core.paths import format_path, jax_path_to_parts
-from .._core.variables import Variable, is_variable
-from .lift import Inner, Transform, _get_raw, _kind, all_values, changed, leaf_paths
+from .carry import aval_str, check_kept, next_carry, same_type
+from .lift import Inner, Transform, all_values, changed, leaf_paths
 
 __all__ = ["cond", "switch", "while_loop", "fori_loop"]
-
-
-# --- structure checks (run at trace time only) ----------------------------------------------
-
-
-def _describe(kind: Any) -> str:
-  if kind is None:
-    return "a plain value"
-  typ, meta = kind
-  return f"a {typ.__name__}" + (f" with metadata {dict(meta)}" if meta else "")
-
-
-def _paths(tree: Any) -> dict:
-  flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]
-  return {jax_path_to_parts(p): _kind(leaf) for p, leaf in flat}
-
-
-def _difference(before: Any, after: Any, root: str) -> str:
-  """A sentence naming the first path where ``after``'s Variable structure leaves ``before``'s."""
-  b, a = _paths(before), _paths(after)
-  for p in b:
-    if p not in a:
-      return f"{format_path(p, root)} ({_describe(b[p])}) is missing"
-  for p in a:
-    if p not in b:
-      return f"{format_path(p, root)} ({_describe(a[p])}) was added"
-  for p in b:
-    if b[p] != a[p]:
-      return f"{format_path(p, root)} was {_describe(b[p])} and became {_describe(a[p])}"
-  return f"the containers of {root} changed type"
-
-
-def _same_structure(plan: Any, tree: Any) -> tuple[bool, list]:
-  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_variable)
-  return treedef == plan.treedef and tuple(map(_kind, leaves)) == plan.kinds, leaves
-
-
-def _check_args_kept(
-  api: str, who: str, plans: Sequence, before: Sequence, after: Sequence, roots: Sequence[str]
-) -> None:
-  """Raises if ``who`` added/removed Variables or changed their metadata in an argument."""
-  for plan, b, a, root in zip(plans, before, after, roots, strict=True):
-    if not _same_structure(plan, a)[0]:
-      raise StructureChangeError(
-        f"{api}: {who} changed the Variable structure of {root}: "
-        f"{_difference(b, a, root)}. Inside {api} the Variables may change value but not "
-        f"their number, types, metadata or places (no `sow`, new Variables or metadata "
-        f"changes). Make such changes outside the {api.split('.')[-1]} call."
-      )
-
-
-def _aval_str(x: Any) -> str:
-  t = jax.typeof(x)
-  return t.str_short() if hasattr(t, "str_short") else str(t)
-
-
-def _same_type(x: Any, y: Any) -> bool:
-  tx, ty = jax.typeof(x), jax.typeof(y)
-  return tx.shape == ty.shape and tx.dtype == ty.dtype
 
 
 # --- cond / switch ----------------------------------------------------------------------------
@@ -134,7 +74,7 @@ def _branches(
       with Inner(static, values, transform, fixed=True) as scope:
         out = scope.output(scope.call(fun))
         args = [a for a, _ in scope.rebuilt]
-        _check_args_kept(api, names[k], static.plans, call.slots, args, roots)
+        check_kept(api, names[k], static.plans, call.slots, args, roots)
         new = scope.updates(all_values)
       return out, new
 
@@ -169,17 +109,17 @@ def _diagnose(
     for a, (plan, v0, v1) in enumerate(zip(flat.plans, base_new, new, strict=True)):
       for i in plan.var_idx:
         x, y = v0[i], v1[i]
-        if not _same_type(x, y):
+        if not same_type(x, y):
           where = leaf_paths(operands[a], roots[a])[i]
           raise StructureChangeError(
-            f"{api}: {names[0]} leaves {where} as {_aval_str(x)} but {names[k]} leaves it as "
-            f"{_aval_str(y)}. Every branch must keep each Variable's shape and dtype equal."
+            f"{api}: {names[0]} leaves {where} as {aval_str(x)} but {names[k]} leaves it as "
+            f"{aval_str(y)}. Every branch must keep each Variable's shape and dtype equal."
           ) from error
   for k, (out, _) in enumerate(shapes[1:], 1):
     base_leaves, leaves = jax.tree.leaves(base_out), jax.tree.leaves(out)
     # jaxlib ships no stub for PyTreeDef, so mypy cannot type the comparison (ignore below)
     if jax.tree.structure(out) != jax.tree.structure(base_out) or any(  # type: ignore[operator]
-      not _same_type(x, y) for x, y in zip(base_leaves, leaves, strict=True)
+      not same_type(x, y) for x, y in zip(base_leaves, leaves, strict=True)
     ):
       raise StructureChangeError(
         f"{api}: {names[0]} and {names[k]} return outputs of different structure, shapes or "
@@ -294,51 +234,12 @@ class _Loop:
       with Inner(self.call.static, [carry], self.frame, carry=True) as scope:
         val = scope.slots[0]
         out = scope.output(body_fun(xs[0], val) if with_index else body_fun(val))
-        new = self._next_carry(scope.rebuilt[0][0], scope.rebuilt[0][1], carry, out)
+        rebuilt, fresh = scope.rebuilt[0]
+        new = next_carry(self.api, "body_fun", self.plan, fresh, carry, rebuilt, out, "init_val")
       return new
 
     body_.__name__ = getattr(body_fun, "__name__", "body_fun")
     return body_
-
-  def _next_carry(self, val: Any, fresh: list, carry: Sequence, out: Any) -> list:
-    api = self.api
-    same, leaves = _same_structure(self.plan, out)
-    if not same and out is None:
-      raise StructureChangeError(
-        f"{api}: body_fun returned None; it must return the next loop value, a value with "
-        f"the structure of init_val (e.g. `return module, x`)."
-      )
-    if not same:
-      raise StructureChangeError(
-        f"{api}: body_fun must return a value with the same structure as init_val (same "
-        f"containers, same Variable types and metadata at the same places), but "
-        f"{_difference(val, out, 'init_val')} in what it returned."
-      )
-    returned = {id(leaf) for leaf in leaves if isinstance(leaf, Variable)}
-    paths = None
-    new = []
-    for i, (leaf, old) in enumerate(zip(leaves, carry, strict=True)):
-      value = _get_raw(leaf) if isinstance(leaf, Variable) else leaf
-      if not _same_type(value, old):
-        paths = paths or self._leaf_paths()
-        raise StructureChangeError(
-          f"{api}: body_fun changed {paths[i]} from {_aval_str(old)} to {_aval_str(value)}. "
-          f"The loop carry must keep every leaf's shape and dtype (cast with `.astype` or "
-          f"reshape before returning)."
-        )
-      new.append(value)
-    for i, var in zip(self.plan.var_idx, fresh, strict=True):
-      if id(var) not in returned and _get_raw(var) is not carry[i]:
-        paths = paths or self._leaf_paths()
-        raise StructureChangeError(
-          f"{api}: body_fun updated {paths[i]} but returned a different object in its place, "
-          f"so the update would be lost. Return the value body_fun received (with its "
-          f"Variables) instead of a copy."
-        )
-    return new
-
-  def _leaf_paths(self) -> list[str]:
-    return leaf_paths(self.init_val, "init_val")
 
   def finish(self, final: Sequence) -> Any:
     leaves = list(final)
@@ -346,7 +247,9 @@ class _Loop:
     for i in self.plan.var_idx:
       leaves[i] = cells[i]
     out = self.plan.treedef.unflatten(leaves)
-    return self.call.finish(out, [dict(zip(self.plan.var_idx, (final[i] for i in self.plan.var_idx)))], carry=True)
+    return self.call.finish(
+      out, [dict(zip(self.plan.var_idx, (final[i] for i in self.plan.var_idx)))], carry=True
+    )
 
 
 def while_loop(

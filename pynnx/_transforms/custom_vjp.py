@@ -22,7 +22,6 @@ the residuals, so they may hold traced arrays (unlike ``jax.custom_vjp``'s nondi
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -148,7 +147,6 @@ def custom_vjp_tree(
   Differentiable arguments' Variables get cotangents from ``bwd``; the updates made to the
   other Variables are written back into the caller's Variables.
   """
-  args = call.slots
   nondiff = frozenset(nondiff_argnums)
   flat = call.flat
   lay = _Layout(flat, nondiff, masks)

@@ -296,23 +296,6 @@ def write_back(flat: Flat, updates: Sequence[dict[int, Any]]) -> None:
           entry.stamp = STRUCTURE.writes
 
 
-class InnerFrame:
-  """Context manager: a new Frame for the inner function of transform ``name``."""
-
-  __slots__ = ("name", "frame")
-
-  def __init__(self, name: str):
-    self.name = name
-
-  def __enter__(self):
-    self.frame = push_frame(self.name)
-    return self.frame
-
-  def __exit__(self, *exc: Any) -> Literal[False]:
-    pop_frame(self.frame)
-    return False
-
-
 # --- returned inputs ------------------------------------------------------------------------
 
 
@@ -398,34 +381,25 @@ class CallStatic:
 
   ``layout[s]`` says where dynamic slot ``s`` goes: an int (a positional argument) or a
   str (a keyword); ``static_pos`` / ``static_kw`` are the static arguments re-inserted
-  inside; ``graph`` is the graph-mode marker (None in tree mode).
+  inside; ``graph`` is the graph-mode key (None in tree mode).
   """
 
-  __slots__ = ("plans", "layout", "n_pos", "static_pos", "static_kw", "graph", "_hash")
+  __slots__ = ("plans", "layout", "n_pos", "static_pos", "static_kw", "graph", "_key", "_hash")
 
-  def __init__(self, plans, layout, n_pos, static_pos, static_kw, graph):
-    self.plans = plans
-    self.layout = layout
-    self.n_pos = n_pos
-    self.static_pos = static_pos
-    self.static_kw = static_kw
-    self.graph = graph
-    self._hash = hash((plans, layout, n_pos, static_pos, static_kw, graph))
+  def __init__(self, plans, layout, n_pos, static_pos=(), static_kw=(), graph=None):
+    self.plans, self.layout, self.n_pos, self.graph = plans, layout, n_pos, graph
+    self.static_pos, self.static_kw = static_pos, static_kw
+    self._key = (plans, layout, n_pos, static_pos, static_kw, graph)
+    self._hash = hash(self._key)
+
+  def replace_plans(self, plans: tuple) -> CallStatic:
+    return CallStatic(plans, *self._key[1:])
 
   def __hash__(self) -> int:
     return self._hash
 
   def __eq__(self, other: object) -> bool:
-    return self is other or (
-      isinstance(other, CallStatic)
-      and self._hash == other._hash
-      and self.plans == other.plans
-      and self.layout == other.layout
-      and self.n_pos == other.n_pos
-      and self.static_pos == other.static_pos
-      and self.static_kw == other.static_kw
-      and self.graph == other.graph
-    )
+    return self is other or (isinstance(other, CallStatic) and self._key == other._key)
 
   def assemble(self, dyn: Sequence[Any]) -> tuple[list, dict]:
     """The positional and keyword arguments from the dynamic slots and static values."""
@@ -461,7 +435,8 @@ class Call:
     """
     write_back(self.flat, updates)
     tables = None
-    if not carry and _has_refs(out):
+    is_ref = lambda x: isinstance(x, InputRef)  # noqa: E731
+    if not carry and any(map(is_ref, jax.tree_util.tree_leaves(out, is_leaf=is_ref))):
       tables = (
         graph_adapter.root_tables(self.graph)
         if self.graph is not None
@@ -472,13 +447,6 @@ class Call:
     if tables is not None:
       out = resolve_inputs(out, tables)
     return out
-
-
-def _has_refs(out: Any) -> bool:
-  return any(
-    isinstance(x, InputRef)
-    for x in jax.tree_util.tree_leaves(out, is_leaf=lambda x: isinstance(x, InputRef))
-  )
 
 
 class Inner:
@@ -543,18 +511,10 @@ class Inner:
 
   def updates(self, policy: Callable = changed) -> list[dict]:
     """Per slot ``{leaf index: value}``: the changed cells (or every cell, by policy)."""
-    return [
-      policy(p, fr, v) for p, (_, fr), v in zip(self.static.plans, self.rebuilt, self.values)
-    ]
+    return [policy(p, fr, v) for p, (_, fr), v in zip(self.static.plans, self.rebuilt, self.values)]
 
 
 # --- the transformed callable ---------------------------------------------------------------
-
-
-def arg_names(argnames: Sequence[str] | None, n: int) -> list[str]:
-  """Names for ``n`` positional arguments (``args[i]`` past the known names)."""
-  names = argnames or []
-  return [names[i] if i < len(names) else f"args[{i}]" for i in range(n)]
 
 
 def leaf_paths(arg: Any, argname: str) -> list[str]:

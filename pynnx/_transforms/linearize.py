@@ -163,7 +163,9 @@ class JvpWrapped(Transform):
 
   def slot_names(self, layout: Sequence[int | str]) -> list[str]:
     known = self.argnames or []
-    return [k if isinstance(k, str) else known[k] if k < len(known) else f"primals[{k}]" for k in layout]
+    return [
+      k if isinstance(k, str) else known[k] if k < len(known) else f"primals[{k}]" for k in layout
+    ]
 
   def __call__(self, primals: Any, tangents: Any) -> tuple:
     api = self.api

@@ -48,7 +48,9 @@ class RematWrapped(Transform):
         updates = scope.updates()
       return out, updates
 
-    checkpointed = jax.checkpoint(self.named(inner), prevent_cse=self.prevent_cse, policy=self.policy)
+    checkpointed = jax.checkpoint(
+      self.named(inner), prevent_cse=self.prevent_cse, policy=self.policy
+    )
     out, updates = checkpointed(call.flat.values)
     return call.finish(out, updates)
 

@@ -14,18 +14,16 @@ Outputs marked with an int in ``out_axes`` are stacked along that axis.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from .._core.errors import AxisSpecError, PynnxError, StructureChangeError
-from .._core.variables import Variable, is_variable
+from .._core.errors import AxisSpecError, PynnxError
+from .carry import next_carry
 from .lift import (
   MISSING,
-  CallStatic,
   Inner,
   Transform,
   flatten_args,
@@ -109,11 +107,6 @@ def _validate(in_axes: Any, out_axes: Any, api: str) -> None:
           f"{api}: out_axes={out_axes!r} has None: scan outputs cannot be broadcast. Give an "
           f"int (stack the per-step outputs along that axis) or nnx.Carry."
         )
-
-
-def _typeof(x: Any) -> tuple:
-  t = jax.typeof(x)
-  return t.shape, t.dtype
 
 
 class ScanWrapped(Transform):
@@ -215,65 +208,6 @@ class ScanWrapped(Transform):
       return (*ys[:idx], carry, *ys[idx:])
     return ys
 
-  def _check_carry(
-    self, plan: Any, fresh: list, carry_in: list, carry_out: Any, argname: str, arg: Any
-  ) -> list:
-    """The carry output's values, after checking it has the carry input's structure."""
-    leaves, treedef = jax.tree_util.tree_flatten(carry_out, is_leaf=is_variable)
-    if treedef != plan.treedef:
-      in_paths = leaf_paths(arg, argname)
-      out_paths = leaf_paths(carry_out, argname)
-      gone = [p for p in in_paths if p not in out_paths]
-      new = [p for p in out_paths if p not in in_paths]
-      detail = (
-        f"{gone[0]} is missing from the returned carry"
-        if gone
-        else f"{new[0]} is new in the returned carry"
-        if new
-        else "its static structure (attributes, container types) changed"
-      )
-      raise StructureChangeError(
-        f"{self.api}: the carry must keep its structure from step to step, but {detail}. "
-        f"Return a carry with exactly the structure of {argname!r}."
-      )
-    values = []
-    fresh_at = dict(zip(plan.var_idx, fresh))
-    for i, (kind, leaf, before) in enumerate(zip(plan.kinds, leaves, carry_in)):
-      is_var = isinstance(leaf, Variable)
-      value = leaf._raw_value if is_var else leaf
-      if (
-        (kind is None) == is_var
-        or (is_var and type(leaf) is not kind[0])
-        or _typeof(value) != _typeof(before)
-      ):
-        path = leaf_paths(arg, argname)[i]
-        if (kind is None) == is_var or (is_var and type(leaf) is not kind[0]):
-          what = f"a {type(leaf).__name__} where the input carry has " + (
-            "a plain value" if kind is None else f"a {kind[0].__name__}"
-          )
-        else:
-          (s0, d0), (s1, d1) = _typeof(before), _typeof(value)
-          what = f"shape {s1} dtype {d1} where the input carry has shape {s0} dtype {d0}"
-        raise StructureChangeError(
-          f"{self.api}: the returned carry has {what} at {path}. A scan carry keeps its "
-          f"Variables, shapes and dtypes from step to step."
-        )
-      var = fresh_at.get(i)
-      if (
-        var is not None
-        and var._raw_value is not before
-        and leaf is not var
-        and value is not var._raw_value
-      ):
-        path = leaf_paths(arg, argname)[i]
-        raise StructureChangeError(
-          f"{self.api}: the carry Variable {path} was updated in the loop body, but the "
-          f"returned carry holds another value there, so the update would be lost. Return "
-          f"the updated carry (the same Module / Variables that were passed in)."
-        )
-      values.append(value)
-    return values
-
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
     flat, static, names, slots = call.flat, call.static, call.names, call.slots
@@ -284,9 +218,7 @@ class ScanWrapped(Transform):
         p if a == carry_idx else strip_axis_names(p, s, v, pname)
         for a, (p, s, v) in enumerate(zip(flat.plans, specs, flat.values))
       )
-      static = CallStatic(
-        plans, static.layout, static.n_pos, static.static_pos, static.static_kw, static.graph
-      )
+      static = static.replace_plans(plans)
     xs, x_pos = [], []
     for a, (spec, vals) in enumerate(zip(specs, flat.values)):
       if a == carry_idx:
@@ -318,13 +250,10 @@ class ScanWrapped(Transform):
         carry_out, ys, ys_axes = self._split_out(out)
         new_carry = []
         if carry_idx is not None:
-          new_carry = self._check_carry(
-            static.plans[carry_idx],
-            scope.rebuilt[carry_idx][1],
-            values[carry_idx],
-            carry_out,
-            names[carry_idx],
-            slots[carry_idx],
+          rebuilt, fresh = scope.rebuilt[carry_idx]
+          plan, root = static.plans[carry_idx], names[carry_idx]
+          new_carry = next_carry(
+            self.api, "the scan body", plan, fresh, values[carry_idx], rebuilt, carry_out, root
           )
         yflat = flatten_args([ys])
         yplan = yflat.plans[0]

@@ -9,7 +9,6 @@ function is traced) and is written into the caller's Variable.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 

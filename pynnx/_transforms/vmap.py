@@ -10,7 +10,6 @@ come out as ordinary Modules whose Variables are stacked along ``out_axes``.
 
 from __future__ import annotations
 
-import functools
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,7 +23,6 @@ from .._core.variables import Variable, is_variable, meta_from_aux
 from .lift import (
   MISSING,
   ArgPlan,
-  CallStatic,
   Inner,
   Transform,
   flatten_args,
@@ -214,8 +212,10 @@ class VmapWrapped(Transform):
     specs = self._leaf_specs(call)
     pname = self.transform_metadata.get(PARTITION_NAME)
     if pname is not None:
-      plans = tuple(strip_axis_names(p, s, v, pname) for p, s, v in zip(flat.plans, specs, flat.values))
-      static = CallStatic(plans, static.layout, static.n_pos, static.static_pos, static.static_kw, static.graph)
+      plans = tuple(
+        strip_axis_names(p, s, v, pname) for p, s, v in zip(flat.plans, specs, flat.values)
+      )
+      static = static.replace_plans(plans)
     f = self.f
     seen: dict = {}
 

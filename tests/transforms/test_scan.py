@@ -366,7 +366,9 @@ def test_scan_carry_shape_change_raises_with_path():
     m.count.value = jnp.zeros(4)  # `.value =` replaces: a new shape
     return m
 
-  with pytest.raises(nnx.StructureChangeError, match=r"shape \(4,\).* at m\.count"):
+  with pytest.raises(
+    nnx.StructureChangeError, match=r"changed m\.count from float32\[3\] to float32\[4\]"
+  ):
     f(m, jnp.arange(3.0))
 
 
@@ -375,7 +377,7 @@ def test_scan_carry_structure_change_raises_with_path():
   def f(c, x):
     return {"a": c["a"]}
 
-  with pytest.raises(nnx.StructureChangeError, match=r"c\.b is missing from the returned carry"):
+  with pytest.raises(nnx.StructureChangeError, match=r"c\.b \(a plain value\) is missing"):
     f({"a": jnp.zeros(()), "b": jnp.zeros(())}, jnp.arange(3.0))
 
 
@@ -399,7 +401,7 @@ def test_scan_lost_carry_update_raises():
     model.count[...] += x
     return (Counter(), other)
 
-  match = r"carry Variable carry\[0\]\.count was updated"
+  match = r"updated carry\[0\]\.count but returned another value"
   with pytest.raises(nnx.StructureChangeError, match=match):
     f((m, jnp.zeros(())), jnp.arange(3.0))
 
