@@ -1,7 +1,9 @@
 """The lifted transforms (see README.md in this folder for the lift)."""
 
 from .autodiff import grad as grad
+from .autodiff import jvp as jvp
 from .autodiff import value_and_grad as value_and_grad
+from .autodiff import vjp as vjp
 from .control_flow import cond as cond
 from .control_flow import fori_loop as fori_loop
 from .control_flow import switch as switch
@@ -12,8 +14,6 @@ from .graph_adapter import DiffState as DiffState
 from .graph_adapter import StateAxes as StateAxes
 from .graph_adapter import StateSharding as StateSharding
 from .jit import jit as jit
-from .linearize import jvp as jvp
-from .linearize import vjp as vjp
 from .remat import remat as remat
 from .scan import Carry as Carry
 from .scan import scan as scan
