@@ -9,6 +9,7 @@ from ._core.config import set_graph_mode as set_graph_mode
 from ._core.config import set_graph_updates as set_graph_updates
 from ._core.errors import AttributeNotFoundError as AttributeNotFoundError
 from ._core.errors import AxisSpecError as AxisSpecError
+from ._core.errors import BoundMethodError as BoundMethodError
 from ._core.errors import ConfigError as ConfigError
 from ._core.errors import FilterError as FilterError
 from ._core.errors import FrozenModuleError as FrozenModuleError
@@ -25,7 +26,6 @@ from ._core.errors import StateMismatchError as StateMismatchError
 from ._core.errors import StaticAttributeError as StaticAttributeError
 from ._core.errors import StructureChangeError as StructureChangeError
 from ._core.errors import TraceContextError as TraceContextError
-from ._core.errors import BoundMethodError as BoundMethodError
 from ._core.errors import TreeStructureError as TreeStructureError
 from ._core.filters import All as All
 from ._core.filters import Any_ as Any  # noqa: F401  (Flax name)

@@ -23,18 +23,18 @@ from typing import Any
 
 from .errors import ConfigError
 
-_UNSET: Any = object()
+UNSET: Any = object()
 
 
 class _Setting:
   def __init__(self, name: str, default: bool):
     self.name = name
     self.default = default
-    self.local: contextvars.ContextVar = contextvars.ContextVar(f"pynnx_{name}", default=_UNSET)
+    self.local: contextvars.ContextVar = contextvars.ContextVar(f"pynnx_{name}", default=UNSET)
 
   def get(self) -> bool:
     value = self.local.get()
-    return self.default if value is _UNSET else value
+    return self.default if value is UNSET else value
 
 
 _WITH_OPS = frozenset({"BEFORE_WITH", "BEFORE_ASYNC_WITH", "SETUP_WITH", "SETUP_ASYNC_WITH"})
@@ -104,7 +104,7 @@ class _SettingChange:
     return wrapper
 
 
-_GRAPH_MODE = _Setting("graph_mode", False)
+GRAPH_MODE = _Setting("graph_mode", False)
 _GRAPH_UPDATES = _Setting("graph_updates", True)
 
 
@@ -126,7 +126,7 @@ def set_graph_mode(value: bool) -> _SettingChange:
     False
   """
   value = _check_bool("set_graph_mode", value)
-  return _SettingChange(_GRAPH_MODE, value, _opens_with_block(sys._getframe(1)))
+  return _SettingChange(GRAPH_MODE, value, _opens_with_block(sys._getframe(1)))
 
 
 def set_graph_updates(value: bool) -> _SettingChange:
@@ -135,12 +135,12 @@ def set_graph_updates(value: bool) -> _SettingChange:
   return _SettingChange(_GRAPH_UPDATES, value, _opens_with_block(sys._getframe(1)))
 
 
-set_graph_mode.current_value = _GRAPH_MODE.get  # type: ignore[attr-defined]
+set_graph_mode.current_value = GRAPH_MODE.get  # type: ignore[attr-defined]
 set_graph_updates.current_value = _GRAPH_UPDATES.get  # type: ignore[attr-defined]
 
 
 def resolve_graph(graph: bool | None) -> bool:
-  return _GRAPH_MODE.get() if graph is None else bool(graph)
+  return GRAPH_MODE.get() if graph is None else bool(graph)
 
 
 def resolve_graph_updates(graph_updates: bool | None) -> bool:

@@ -8,7 +8,6 @@ cached plans (``_transforms/lift.py``).
 from __future__ import annotations
 
 import sys
-
 from collections.abc import Hashable, Iterator
 from typing import Any
 

@@ -109,9 +109,13 @@ class JitWrapped(Transform):
     """The jitted inner function for this call's layout (and argument structure when
     shardings are per-leaf), built once and cached."""
     static = call.static
+    hit = static.memo.get("jit")
+    if hit is not None:
+      return hit
     cache_key = static.layout if self._simple else static
     hit = self._by_layout.get(cache_key)
     if hit is not None:
+      static.memo["jit"] = hit
       return hit
     donate = tuple(
       s + 1 for s, key in enumerate(static.layout) if _donated(key, self.donate)
@@ -136,7 +140,7 @@ class JitWrapped(Transform):
     )
     if len(self._by_layout) > 32:
       self._by_layout.clear()
-    self._by_layout[cache_key] = jitted
+    self._by_layout[cache_key] = static.memo["jit"] = jitted
     return jitted
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import jax
 
-from .._core.config import resolve_graph
+from .._core.config import GRAPH_MODE, UNSET
 from .._core.errors import BoundMethodError, ConfigError
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
@@ -46,6 +46,7 @@ from . import graph_adapter
 from .tracebacks import hide_frames
 
 hide_frames(__file__)
+_GRAPH_LOCAL = GRAPH_MODE.local
 
 # slot descriptors: the hot path bypasses __setattr__ (mypy does not model slot members)
 _RAW = Variable._raw_value  # type: ignore[attr-defined]
@@ -145,14 +146,18 @@ def _values(leaves: list, plan: ArgPlan) -> list:
 class Flat:
   """Flattened arguments: ``plans`` (static), ``values`` and ``cells`` per argument."""
 
-  __slots__ = ("plans", "values", "cells", "entries", "stamp")
+  __slots__ = ("plans", "values", "cells", "entries", "stamp", "may_share")
 
-  def __init__(self, plans: tuple, values: list, cells: list, entries: list, stamp: int):
+  def __init__(
+    self, plans: tuple, values: list, cells: list, entries: list, stamp: int, may_share: bool
+  ):
     self.plans = plans
     self.values = values
     self.cells = cells
     self.entries = entries
     self.stamp = stamp
+    # Whether a Variable could appear twice: two slots hold Variables, or one repeats one.
+    self.may_share = may_share
 
 
 class SharingCheck:
@@ -166,10 +171,8 @@ class SharingCheck:
     self.api = api
     self._seen: dict = {}
 
-  def __call__(self, flat: Flat, args: Sequence[Any], names: Sequence[str]) -> None:
+  def __call__(self, flat: Flat, args: Sequence[Any], names: Callable[[], Sequence[str]]) -> None:
     holders = [i for i, plan in enumerate(flat.plans) if plan.var_idx]
-    if len(holders) < 2 and all(plan.unique for plan in flat.plans):
-      return
     entries = [flat.entries[i] for i in holders]
     key = tuple(map(id, entries)) if all(e is not None for e in entries) else None
     if key is not None:
@@ -178,7 +181,7 @@ class SharingCheck:
         return
     ids = [id(flat.cells[i][j]) for i in holders for j in flat.plans[i].var_idx]
     if len(set(ids)) != len(ids):
-      self._raise(args, names)
+      self._raise(args, names())
     if key is not None:
       if len(self._seen) > 64:
         self._seen.clear()
@@ -207,6 +210,7 @@ def flatten_args(args: Sequence[Any]) -> Flat:
   plans, values, cells = [], [], []
   entries: list[_Entry | None] = []
   stamp = STRUCTURE.writes
+  holders, repeats = 0, False
   for arg in args:
     if isinstance(arg, jax.Array):  # the common bare-array argument: a constant plan
       plans.append(_ARRAY_PLAN)
@@ -225,11 +229,14 @@ def flatten_args(args: Sequence[Any]) -> Flat:
       else:
         vals = entry.values = _values(leaves, plan)
         entry.stamp = stamp
+    if plan.var_idx:
+      holders += 1
+      repeats = repeats or not plan.unique
     plans.append(plan)
     cells.append(leaves)
     values.append(vals)
     entries.append(entry)
-  return Flat(tuple(plans), values, cells, entries, stamp)
+  return Flat(tuple(plans), values, cells, entries, stamp, holders > 1 or repeats)
 
 
 def new_var(kind: tuple, value: Any) -> Variable:
@@ -319,6 +326,18 @@ jax.tree_util.register_pytree_node(
 )
 
 
+class Marked:
+  """Wraps an output holding InputRefs, so the caller resolves them without a tree walk."""
+
+  __slots__ = ("value",)
+
+  def __init__(self, value: Any):
+    self.value = value
+
+
+jax.tree_util.register_pytree_node(Marked, lambda m: ((m.value,), None), lambda _, c: Marked(c[0]))
+
+
 def _is_obj(x: Any) -> bool:
   return isinstance(x, (Pytree, Variable))
 
@@ -384,11 +403,22 @@ class CallStatic:
   inside; ``graph`` is the graph-mode key (None in tree mode).
   """
 
-  __slots__ = ("plans", "layout", "n_pos", "static_pos", "static_kw", "graph", "_key", "_hash")
+  __slots__ = (
+    "plans",
+    "layout",
+    "n_pos",
+    "static_pos",
+    "static_kw",
+    "graph",
+    "memo",
+    "_key",
+    "_hash",
+  )
 
   def __init__(self, plans, layout, n_pos, static_pos=(), static_kw=(), graph=None):
     self.plans, self.layout, self.n_pos, self.graph = plans, layout, n_pos, graph
     self.static_pos, self.static_kw = static_pos, static_kw
+    self.memo: dict = {}  # what a transform derives from this call structure (specs, jitted)
     self._key = (plans, layout, n_pos, static_pos, static_kw, graph)
     self._hash = hash(self._key)
 
@@ -417,16 +447,21 @@ class CallStatic:
 
 
 class Call:
-  """One call, outside: dynamic slots (graph-wrapped in graph mode), their names, Flat."""
+  """One call, outside: dynamic slots (graph-wrapped in graph mode) and their Flat."""
 
-  __slots__ = ("static", "flat", "slots", "names", "graph")
+  __slots__ = ("transform", "static", "flat", "slots", "graph")
 
-  def __init__(self, static: CallStatic, flat: Flat, slots: list, names: list, graph: Any):
+  def __init__(self, transform: Transform, static: CallStatic, flat: Flat, slots, graph: Any):
+    self.transform = transform
     self.static = static
     self.flat = flat
     self.slots = slots
-    self.names = names
     self.graph = graph  # the GraphCall (with the caller's roots) or None
+
+  @property
+  def names(self) -> list[str]:
+    """The user-facing names of the slots (for error messages)."""
+    return self.transform.slot_names(self.static.layout)
 
   def finish(self, out: Any, updates: Sequence[dict], *, carry: bool = False) -> Any:
     """Writes updates back, runs the graph exit and resolves returned inputs.
@@ -435,8 +470,8 @@ class Call:
     """
     write_back(self.flat, updates)
     tables = None
-    is_ref = lambda x: isinstance(x, InputRef)  # noqa: E731
-    if not carry and any(map(is_ref, jax.tree_util.tree_leaves(out, is_leaf=is_ref))):
+    if type(out) is Marked:
+      out = out.value
       tables = (
         graph_adapter.root_tables(self.graph)
         if self.graph is not None
@@ -499,15 +534,16 @@ class Inner:
   def output(self, out: Any) -> Any:
     """The output in the form that leaves the JAX call: returned inputs marked (unless in
     carry form) and graph mode's finish applied."""
+    marked = False
     if not self.carry:
       if self.static.graph is not None:
         tables = graph_adapter.inner_tables(self.slots)
       else:
         tables = [object_table(a) for a in self.slots]
-      out, _ = mark_inputs(out, tables)
+      out, marked = mark_inputs(out, tables)
     if self._finish is not None:
       out = self._finish(out)
-    return out
+    return Marked(out) if marked else out
 
   def updates(self, policy: Callable = changed) -> list[dict]:
     """Per slot ``{leaf index: value}``: the changed cells (or every cell, by policy)."""
@@ -620,6 +656,8 @@ class Transform:
     )
     self.forced_graph = graph_adapter.specs_force_graph(self.api, graph, *specs)
     self.check = SharingCheck(self.api)
+    self._layouts: dict[int, tuple] = {}
+    self._statics: dict[tuple, CallStatic] = {}
 
   def __setattr__(self, name: str, value: Any) -> None:
     if self.__dict__.get("_pynnx_built"):
@@ -656,11 +694,43 @@ class Transform:
     return graph_adapter.spec_filters(self.slot_spec(key, n_pos))
 
   # -- the pipeline ----------------------------------------------------------------------
-  def in_graph_mode(self) -> bool:
-    return self.forced_graph or resolve_graph(self.graph)
-
   def bind(self, args: tuple, kwargs: dict) -> Call:
     """Binds the call, applies the graph hook and flattens every dynamic slot."""
+    n = len(args)
+    if kwargs or self.static_argnums or self.static_argnames:
+      layout, slots, static_pos, static_kw = self._bind_general(args, kwargs)
+    else:  # the hot path: positional arguments only
+      layout = self._layouts.get(n) or self._layouts.setdefault(n, tuple(range(n)))
+      slots, static_pos, static_kw = args, (), ()
+    gcall = None
+    graph = self.graph
+    if graph is None and not self.forced_graph:
+      graph = _GRAPH_LOCAL.get()
+      if graph is UNSET:
+        graph = GRAPH_MODE.default
+    if graph or self.forced_graph:
+      filters = [self.graph_filters(k, n) for k in layout]
+      graph_adapter.check_shared_specs(self, slots, layout, self.slot_names(layout), n)
+      slots, gcall = graph_adapter.to_tree(slots, filters, self.api, self.graph_updates)
+    flat = flatten_args(slots)
+    if flat.may_share:
+      self.check(flat, slots, lambda: self.slot_names(layout))
+    if gcall is None and not static_pos and not static_kw:
+      # Reuse the CallStatic of an identical call structure: jit's cache then matches it
+      # by identity. Keyed by the plans' ids, checked by equality (the memo keeps them alive).
+      key = (layout, *map(id, flat.plans))
+      static = self._statics.get(key)
+      if static is None or static.plans != flat.plans:
+        if len(self._statics) > 64:
+          self._statics.clear()
+        static = self._statics[key] = CallStatic(flat.plans, layout, n)
+    else:
+      graph_key = gcall.key if gcall is not None else None
+      static = CallStatic(flat.plans, layout, n, static_pos, static_kw, graph_key)
+    return Call(self, static, flat, slots, gcall)
+
+  def _bind_general(self, args: tuple, kwargs: dict) -> tuple:
+    """Static arguments and keywords: ``(layout, slots, static_pos, static_kw)``."""
     n = len(args)
     if kwargs and self.keywords == "reject":
       raise ConfigError(
@@ -668,38 +738,15 @@ class Transform:
         f"pynnx.{self.transform} passes arguments positionally (as the JAX primitive does). "
         f"Pass them positionally."
       )
-    static_pos: tuple = ()
-    static_kw: tuple = ()
-    if self.static_argnums or self.static_argnames:
-      nums = {i % n for i in self.static_argnums if -n <= i < n}
-      static_pos = tuple((i, args[i]) for i in sorted(nums))
-      layout: list = [i for i in range(n) if i not in nums]
-      slots = [args[i] for i in layout]
-      static_kw = tuple((k, kwargs[k]) for k in sorted(kwargs) if k in self.static_argnames)
-      kwnames = sorted(k for k in kwargs if k not in self.static_argnames)
-    else:
-      layout, slots = list(range(n)), list(args)
-      kwnames = sorted(kwargs) if kwargs else []
-    if kwnames:
-      layout += kwnames
-      slots += [kwargs[k] for k in kwnames]
-    names = self.slot_names(layout)
-    gcall = None
-    if self.in_graph_mode():
-      filters = [self.graph_filters(k, n) for k in layout]
-      graph_adapter.check_shared_specs(self, slots, layout, names, n)
-      slots, gcall = graph_adapter.to_tree(slots, filters, self.api, self.graph_updates)
-    flat = flatten_args(slots)
-    self.check(flat, slots, names)
-    static = CallStatic(
-      flat.plans,
-      tuple(layout),
-      n,
-      static_pos,
-      static_kw,
-      gcall.key if gcall is not None else None,
-    )
-    return Call(static, flat, slots, names, gcall)
+    nums = {i % n for i in self.static_argnums if -n <= i < n}
+    static_pos = tuple((i, args[i]) for i in sorted(nums))
+    layout: list = [i for i in range(n) if i not in nums]
+    slots = [args[i] for i in layout]
+    static_kw = tuple((k, kwargs[k]) for k in sorted(kwargs) if k in self.static_argnames)
+    kwnames = sorted(k for k in kwargs if k not in self.static_argnames)
+    layout += kwnames
+    slots += [kwargs[k] for k in kwnames]
+    return tuple(layout), slots, static_pos, static_kw
 
   def specs_for(self, call: Call) -> list:
     """Per dynamic slot: its spec, as a GraphNode-shaped prefix in graph mode."""
