@@ -190,8 +190,16 @@ def to_tree(
     found = [(jax_path_to_parts(p), x) for p, x in with_path if _is_root(x)]
     roots = tuple(x for _, x in found)
     root_filters = tuple(by_slot(p, x) for p, x in found)
-  key = GraphKey(resolve_graph_updates(graph_updates), api, root_filters)
+  updates = resolve_graph_updates(graph_updates)
+  key = _KEYS.get((updates, api, root_filters))
+  if key is None:
+    if len(_KEYS) > 256:
+      _KEYS.clear()
+    key = _KEYS[(updates, api, root_filters)] = GraphKey(updates, api, root_filters)
   return list(wslots), GraphCall(key, roots)
+
+
+_KEYS: dict = {}  # one GraphKey per (graph_updates, api, filters): jit's cache matches by identity
 
 
 _NODE_CACHE = "_pynnx_graph_nodes"
@@ -233,6 +241,8 @@ def _fast_to_tree(slots: list, filters: Sequence[tuple]) -> tuple | None:
       wslots.append(hit[0])
       roots.append(slot)
       root_filters.append(fs)
+    elif isinstance(slot, jax.Array):
+      wslots.append(slot)
     elif _is_root(slot) or any(_is_root(x) for x in jax.tree.leaves(slot, is_leaf=_is_root)):
       return None
     else:

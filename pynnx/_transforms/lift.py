@@ -658,6 +658,7 @@ class Transform:
     self.check = SharingCheck(self.api)
     self._layouts: dict[int, tuple] = {}
     self._statics: dict[tuple, CallStatic] = {}
+    self._filters: dict[tuple, list] = {}
 
   def __setattr__(self, name: str, value: Any) -> None:
     if self.__dict__.get("_pynnx_built"):
@@ -709,23 +710,26 @@ class Transform:
       if graph is UNSET:
         graph = GRAPH_MODE.default
     if graph or self.forced_graph:
-      filters = [self.graph_filters(k, n) for k in layout]
-      graph_adapter.check_shared_specs(self, slots, layout, self.slot_names(layout), n)
+      filters = self._filters.get((layout, n))
+      if filters is None:
+        filters = self._filters[(layout, n)] = [self.graph_filters(k, n) for k in layout]
+      if self.spec_name != "specs" and len(slots) > 1:
+        graph_adapter.check_shared_specs(self, slots, layout, self.slot_names(layout), n)
       slots, gcall = graph_adapter.to_tree(slots, filters, self.api, self.graph_updates)
     flat = flatten_args(slots)
     if flat.may_share:
       self.check(flat, slots, lambda: self.slot_names(layout))
-    if gcall is None and not static_pos and not static_kw:
+    graph_key = gcall.key if gcall is not None else None
+    if not static_pos and not static_kw:
       # Reuse the CallStatic of an identical call structure: jit's cache then matches it
       # by identity. Keyed by the plans' ids, checked by equality (the memo keeps them alive).
-      key = (layout, *map(id, flat.plans))
+      key = (layout, id(graph_key), *map(id, flat.plans))
       static = self._statics.get(key)
-      if static is None or static.plans != flat.plans:
+      if static is None or static.plans != flat.plans or static.graph is not graph_key:
         if len(self._statics) > 64:
           self._statics.clear()
-        static = self._statics[key] = CallStatic(flat.plans, layout, n)
+        static = self._statics[key] = CallStatic(flat.plans, layout, n, (), (), graph_key)
     else:
-      graph_key = gcall.key if gcall is not None else None
       static = CallStatic(flat.plans, layout, n, static_pos, static_kw, graph_key)
     return Call(self, static, flat, slots, gcall)
 
