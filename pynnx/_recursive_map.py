@@ -15,7 +15,7 @@ import jax
 
 from . import _functional as functional
 from ._core.config import resolve_graph
-from ._core.errors import SharedReferenceError
+from ._core.errors import NotAVariableError, SharedReferenceError
 from ._core.paths import format_path, key_to_part
 from ._core.pytree import Pytree
 from ._core.state import State, map_state
@@ -128,7 +128,14 @@ def map(  # noqa: A001  (Flax's name)
 
   def apply(path: Path, v: Any) -> Any:
     out = f(path, v)
-    if recreate_variables and isinstance(v, Variable) and not isinstance(out, Variable):
+    if isinstance(v, Variable) and not isinstance(out, Variable):
+      if not recreate_variables:
+        raise NotAVariableError(
+          f"pynnx.map: f returned a {type(out).__name__} for {format_path(path)}, a "
+          f"{type(v).__name__}, and recreate_variables=False keeps what f returns, but a "
+          f"Module holds Variables. Return `v.replace(value)` from f, or drop "
+          "recreate_variables=False."
+        )
       out = v.replace(out)
     return out
 

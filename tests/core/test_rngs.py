@@ -211,7 +211,9 @@ def test_split_rngs_squeeze_and_tuple():
   out = nnx.split_rngs(m, splits=1, squeeze=True)
   assert out.rngs.default.key.shape == ()
   assert nnx.split_rngs(m, splits=(2, 3)).rngs.default.key.shape == (2, 3)
-  with pytest.raises(nnx.RngError, match=r"squeeze=True is only supported for splits=1, got splits=3"):
+  with pytest.raises(
+    nnx.RngError, match=r"squeeze=True is only supported for splits=1, got splits=3"
+  ):
     nnx.split_rngs(m, splits=3, squeeze=True)
 
 
@@ -304,3 +306,24 @@ def test_rng_draws_inside_jit_with_module_returned():
   m2, key = step(m)
   assert m2.rngs.default.count[...] == 1
   assert same(key, nnx.Rngs(0)())
+
+
+def test_graph_none_reads_set_graph_mode():
+  m = Holder(nnx.Rngs(params=0))
+  with nnx.set_graph_mode(True):
+    backups = nnx.split_rngs(m, splits=2)  # graph mode, graph_updates default True: in place
+    assert m.rngs.params.key.shape == (2,)
+    nnx.restore_rngs(backups)
+    with nnx.set_graph_updates(False):
+      out = nnx.fork_rngs(m)
+      assert out is not m and m.rngs.params.count[...] == 2
+  assert isinstance(nnx.split_rngs(m, splits=2), Holder)  # tree mode: a copy
+
+
+def test_reseed_shared_stream_tree_mode_error():
+  rngs = nnx.Rngs(dropout=0)
+  both = Pair(rngs, rngs)
+  with pytest.raises(nnx.SharedReferenceError, match=r"(?s)pynnx.reseed.*model\.a\.dropout\.count"):
+    nnx.reseed(both, dropout=1)
+  nnx.reseed(both, dropout=1, graph=True)
+  assert same(rngs.dropout(), nnx.Rngs(dropout=nnx.Rngs(dropout=1).dropout()).dropout())
