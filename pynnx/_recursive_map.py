@@ -36,9 +36,7 @@ def _children(x: Any) -> tuple[list[tuple[Hashable, Any]], Any] | None:
   return [(key_to_part(kp[0]), c) for kp, c in with_path], treedef
 
 
-def recursive_map(
-  f: Callable[[Path, Any], Any], node: Any, /, *, graph: bool | None = None, root: str = "model"
-) -> Any:
+def recursive_map(f: Callable[[Path, Any], Any], node: Any, /, *, graph: bool | None = None) -> Any:
   """Rebuilds ``node`` bottom-up, replacing every node and leaf ``x`` at ``path`` by ``f(path, x)``.
 
   Children are mapped before their parent, so ``f`` sees each parent already rebuilt from
@@ -51,7 +49,6 @@ def recursive_map(
     graph: ``True``: a node or Variable reachable from several places is mapped once and its
       result shared; ``False``: each Variable must be reachable once (else
       ``SharedReferenceError``); ``None``: ``nnx.set_graph_mode``'s value.
-    root: the name error messages use for ``node`` (``model.layers[0]``).
 
   Example:
     >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
@@ -62,7 +59,7 @@ def recursive_map(
     >>> float(zeroed.kernel[...].sum()), zeroed is model
     (0.0, False)
   """
-  graph = resolve_graph(graph)
+  graph, root = resolve_graph(graph), "model"
   if not graph:  # checked before f runs: a shared Variable must not be half-mapped
     check_no_sharing(flatten_with_paths(node)[0], "pynnx.recursive_map", root)
   results: dict[int, Any] = {}

@@ -5,6 +5,7 @@ the builtin class of every error. Snippets take the library as their first argum
 same code runs on both; the ``graph`` fixture runs the mode-dependent ones in both modes.
 """
 
+import inspect
 import warnings
 
 import jax
@@ -103,6 +104,40 @@ def pair_class(nnx):
       self.b = b
 
   return Pair
+
+
+# --- signatures -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "name",
+  [
+    "split_rngs",
+    "fork_rngs",
+    "with_rngs",
+    "reseed",
+    "restore_rngs",
+    "recursive_map",
+    "map",
+    "Rngs.split",
+    "Rngs.broadcast",
+    "Rngs.fork",
+    "RngStream.split",
+    "RngStream.broadcast",
+    "RngStream.fork",
+  ],
+)
+def test_signatures_match_flax(name):
+  def params(lib):
+    obj = lib
+    for part in name.split("."):
+      obj = getattr(obj, part)
+    return [
+      (p.name, p.kind, p.default if isinstance(p.default, (int, str, type(None))) else "<obj>")
+      for p in inspect.signature(obj).parameters.values()
+    ]
+
+  assert params(pynnx) == params(flax_nnx)
 
 
 # --- key streams --------------------------------------------------------------------------
