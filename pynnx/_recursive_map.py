@@ -59,9 +59,14 @@ def recursive_map(f: Callable[[Path, Any], Any], node: Any, /, *, graph: bool | 
     >>> float(zeroed.kernel[...].sum()), zeroed is model
     (0.0, False)
   """
-  graph, root = resolve_graph(graph), "model"
+  return rebuild(f, node, resolve_graph(graph), "pynnx.recursive_map")
+
+
+def rebuild(f: Callable[[Path, Any], Any], node: Any, graph: bool, api: str) -> Any:
+  """``recursive_map`` with the mode resolved; ``api`` names the caller in errors."""
+  root = "model"
   if not graph:  # checked before f runs: a shared Variable must not be half-mapped
-    check_no_sharing(flatten_with_paths(node)[0], "pynnx.recursive_map", root)
+    check_no_sharing(flatten_with_paths(node)[0], api, root)
   results: dict[int, Any] = {}
   in_progress: dict[int, Path] = {}
 
@@ -72,9 +77,9 @@ def recursive_map(f: Callable[[Path, Any], Any], node: Any, /, *, graph: bool | 
       return results[key]
     if key in in_progress:
       raise SharedReferenceError(
-        f"pynnx.recursive_map found a cycle: {format_path(path, root)} is "
-        f"{format_path(in_progress[key], root)}, which contains it. recursive_map needs an "
-        "acyclic graph; break the cycle (store an index or a name instead of the object)."
+        f"{api} found a cycle: {format_path(path, root)} is "
+        f"{format_path(in_progress[key], root)}, which contains it. It needs an acyclic "
+        "graph; break the cycle (store an index or a name instead of the object)."
       )
     split = _children(x)
     if split is not None:

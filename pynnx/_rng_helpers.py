@@ -28,7 +28,7 @@ from ._core.paths import format_path
 from ._core.rngs import Rngs, RngStream
 from ._core.tree import check_no_sharing, flatten_with_paths
 from ._graph import api as graph_api
-from ._recursive_map import recursive_map
+from ._recursive_map import rebuild
 
 StreamBackup = tuple[RngStream, jax.Array, jax.Array] | tuple[RngStream, jax.Array]
 Path = tuple
@@ -182,7 +182,7 @@ def split_rngs(
         return _new_stream(x, split_key(x))
       return x
 
-    return recursive_map(f, target, graph=graph)
+    return rebuild(f, target, graph, "pynnx.split_rngs")
 
   return _as_decorator(apply, in_place) if node is _MISSING else apply(node)
 
@@ -253,7 +253,7 @@ def fork_rngs(
       key = fork_key(path, x) if isinstance(x, RngStream) else None
       return x if key is None else _new_stream(x, key)
 
-    return recursive_map(f, target, graph=graph)
+    return rebuild(f, target, graph, "pynnx.fork_rngs")
 
   return _as_decorator(apply, in_place) if node is _MISSING else apply(node)
 
@@ -352,7 +352,7 @@ def with_rngs(
       key = new_key(path, x) if isinstance(x, RngStream) else None
       return x if key is None else _new_stream(x, key)
 
-    return recursive_map(f, target, graph=graph)
+    return rebuild(f, target, graph, "pynnx.with_rngs")
 
   return _as_decorator(apply, in_place) if node is _MISSING else apply(node)
 

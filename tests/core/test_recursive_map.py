@@ -58,7 +58,10 @@ def test_recursive_map_cycle():
 
   node = Node()
   node.children.append(node)
-  with pytest.raises(nnx.SharedReferenceError, match=r"cycle: model\.children\[0\] is model"):
+  with pytest.raises(
+    nnx.SharedReferenceError,
+    match=r"pynnx.recursive_map found a cycle: model\.children\[0\] is model",
+  ):
     nnx.recursive_map(lambda p, x: x, node, graph=True)
 
 
