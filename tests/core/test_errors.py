@@ -181,6 +181,7 @@ def test_mutating_a_closed_over_variable_in_a_frame():
 
 def test_rng_errors():
   with pytest.raises(
-    nnx.RngError, match=r"no stream 'dropout' and no 'default' stream.*nnx\.Rngs\(dropout=seed"
+    nnx.RngStreamNotFoundError,
+    match=r"No RngStream named 'dropout'.*no 'default' stream.*nnx\.Rngs\(dropout=seed",
   ):
     _ = nnx.Rngs(params=0).dropout
