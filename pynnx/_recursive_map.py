@@ -9,7 +9,7 @@ Variable once and puts the one result at every place it was reachable from.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import jax
 
@@ -125,7 +125,8 @@ def map(  # noqa: A001  (Flax's name)
   """
   if isinstance(node, Variable):
     out = f((), node)
-    return out if isinstance(out, Variable) or not recreate_variables else node.replace(out)
+    keep = isinstance(out, Variable) or not recreate_variables
+    return cast(A, out if keep else node.replace(out))
   graphdef, state = functional.split(node, graph=graph)
 
   def apply(path: Path, v: Any) -> Any:

@@ -311,7 +311,7 @@ def with_rngs(
   def new_key(path: Path, stream: RngStream) -> jax.Array | None:
     if not only_pred(path, stream):
       return None
-    hits = {}
+    hits: dict[str, tuple[Any, Any]] = {}
     for rule, rules in (
       ("split", split_rules),
       ("broadcast", broadcast_rules),
