@@ -511,3 +511,34 @@ def test_map_values(graph):
     return doubled.w[...], type(doubled.w).__name__, same_var.w is m.w, doubled is m
 
   compare(snippet)
+
+
+def test_reference_split_rngs_vmap_scan_model(graph):
+  """The reference's stacked-blocks example: same params, dropout keys and outputs."""
+
+  def snippet(nnx):
+    class Block(nnx.Module):
+      def __init__(self, features, *, rngs):
+        self.linear = nnx.Linear(features, features, rngs=rngs)
+        self.dropout = nnx.Dropout(0.2, rngs=rngs)
+
+      def __call__(self, x):
+        return jnp.tanh(self.dropout(self.linear(x)))
+
+    @nnx.split_rngs(splits=3, graph=graph)
+    @nnx.vmap(in_axes=(0,), out_axes=0, graph=graph)
+    def create_block(rngs):
+      return Block(4, rngs=rngs)
+
+    rngs = nnx.Rngs(0)
+    blocks = create_block(rngs)
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, graph=graph)
+    def forward(x, block):
+      return block(x)
+
+    y = forward(jnp.linspace(-1.0, 1.0, 8).reshape(2, 4), blocks)
+    dropout = blocks.dropout.rngs
+    return blocks.linear.kernel[...], y, dropout.key[...], dropout.count[...], stream_state(rngs)
+
+  compare(snippet)
