@@ -330,3 +330,20 @@ def test_reseed_shared_stream_tree_mode_error():
     nnx.reseed(both, dropout=1)
   nnx.reseed(both, dropout=1, graph=True)
   assert same(rngs.dropout(), nnx.Rngs(dropout=nnx.Rngs(dropout=1).dropout()).dropout())
+
+
+def test_with_rngs_and_fork_rngs_decorators(graph):
+  m = Holder(nnx.Rngs(params=0, dropout=1))
+
+  @nnx.with_rngs(split={"dropout": 3}, fork="params", graph=graph)
+  def shapes(model):
+    return model.rngs.dropout.key.shape, model.rngs.params.count[...].tolist()
+
+  @nnx.fork_rngs(split={"params": 2}, graph=graph)
+  def forked(model):
+    return model.rngs.params.key.shape, model.rngs.dropout.count[...].tolist()
+
+  assert shapes(m) == ((3,), 0)
+  assert forked(m) == ((2,), 1)  # dropout: not forked; one key was drawn by shapes()
+  assert m.rngs.dropout.key.shape == () and m.rngs.params.key.shape == ()
+  assert m.rngs.params.count[...] == 2 and m.rngs.dropout.count[...] == 1
