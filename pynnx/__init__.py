@@ -4,6 +4,7 @@ Tree mode (Modules as plain JAX pytrees) is the default; graph mode (shared refe
 DiffState, StateAxes, StateSharding) is opt-in with ``graph=True`` or ``nnx.set_graph_mode``.
 """
 
+from . import compat as compat
 from ._core import filters as filterlib  # noqa: F401  (public module alias)
 from ._core.config import set_graph_mode as set_graph_mode
 from ._core.config import set_graph_updates as set_graph_updates
@@ -19,7 +20,9 @@ from ._core.errors import LeakedTracerError as LeakedTracerError
 from ._core.errors import MetricArgumentError as MetricArgumentError
 from ._core.errors import NotAVariableError as NotAVariableError
 from ._core.errors import PynnxError as PynnxError
+from ._core.errors import RngCallError as RngCallError
 from ._core.errors import RngError as RngError
+from ._core.errors import RngStreamNotFoundError as RngStreamNotFoundError
 from ._core.errors import ShapeError as ShapeError
 from ._core.errors import SharedReferenceError as SharedReferenceError
 from ._core.errors import StateMismatchError as StateMismatchError
@@ -52,10 +55,6 @@ from ._core.pytree import register_data_type as register_data_type
 from ._core.pytree import static as static
 from ._core.rngs import Rngs as Rngs
 from ._core.rngs import RngStream as RngStream
-from ._core.rngs import fork_rngs as fork_rngs
-from ._core.rngs import reseed as reseed
-from ._core.rngs import split_rngs as split_rngs
-from ._core.rngs import with_rngs as with_rngs
 from ._core.sharding import VariableMetadata as VariableMetadata
 from ._core.sharding import get_named_sharding as get_named_sharding
 from ._core.sharding import get_partition_spec as get_partition_spec
@@ -91,6 +90,13 @@ from ._functional import split as split
 from ._functional import state as state
 from ._functional import unflatten as unflatten
 from ._functional import update as update
+from ._recursive_map import map as map  # noqa: A004  (Flax's name)
+from ._recursive_map import recursive_map as recursive_map
+from ._rng_helpers import fork_rngs as fork_rngs
+from ._rng_helpers import reseed as reseed
+from ._rng_helpers import restore_rngs as restore_rngs
+from ._rng_helpers import split_rngs as split_rngs
+from ._rng_helpers import with_rngs as with_rngs
 from ._transforms import *  # noqa: F403  (each transform module defines __all__)
 from .nn import *  # noqa: F403
 from .nn import initializers as initializers

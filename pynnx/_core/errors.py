@@ -64,6 +64,17 @@ class RngError(PynnxError, ValueError):
   """A random stream is missing or misused."""
 
 
+class RngStreamNotFoundError(PynnxError, AttributeError, KeyError):
+  """An Rngs has no stream of that name and no ``default`` stream to fall back to."""
+
+  def __str__(self) -> str:  # KeyError would quote the message
+    return str(self.args[0]) if self.args else ""
+
+
+class RngCallError(PynnxError, TypeError):
+  """A random stream was called with arguments (``rngs.normall((2, 3))``, a misspelt method)."""
+
+
 class ConfigError(PynnxError, TypeError):
   """A setting was given a value of the wrong kind."""
 

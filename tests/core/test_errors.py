@@ -23,6 +23,8 @@ BUILTINS = {
   "StructureChangeError": ValueError,
   "ShapeError": ValueError,
   "RngError": ValueError,
+  "RngStreamNotFoundError": (AttributeError, KeyError),
+  "RngCallError": TypeError,
   "ConfigError": TypeError,
   "AttributeNotFoundError": AttributeError,
   "LayerArgumentError": ValueError,
@@ -40,7 +42,8 @@ def test_every_error_is_a_pynnx_error_and_a_builtin():
   }
   assert set(classes) == set(BUILTINS)
   for name, cls in classes.items():
-    assert issubclass(cls, BUILTINS[name]), name
+    bases = BUILTINS[name] if isinstance(BUILTINS[name], tuple) else (BUILTINS[name],)
+    assert all(issubclass(cls, b) for b in bases), name
     assert getattr(nnx, name) is cls  # exported
 
 
@@ -180,6 +183,7 @@ def test_mutating_a_closed_over_variable_in_a_frame():
 
 def test_rng_errors():
   with pytest.raises(
-    nnx.RngError, match=r"no stream 'dropout' and no 'default' stream.*nnx\.Rngs\(dropout=seed"
+    nnx.RngStreamNotFoundError,
+    match=r"No RngStream named 'dropout'.*no 'default' stream.*nnx\.Rngs\(dropout=seed",
   ):
     _ = nnx.Rngs(params=0).dropout

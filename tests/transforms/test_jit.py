@@ -122,7 +122,9 @@ def test_jit_method_decorator():
 
 def test_jit_rejects_bound_method():
   m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-  with pytest.raises(nnx.BoundMethodError, match=r"does not accept bound methods.*Linear\.__call__"):
+  with pytest.raises(
+    nnx.BoundMethodError, match=r"does not accept bound methods.*Linear\.__call__"
+  ):
     nnx.jit(m.__call__)
 
 
