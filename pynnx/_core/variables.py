@@ -282,10 +282,7 @@ class Variable(Generic[A]):
 
   # -- pytree ------------------------------------------------------------------------------
   def _pynnx_aux(self) -> tuple:
-    items = self._metadata.items()
-    if any(type(v) in _UNHASHABLE for _, v in items):
-      return tuple(sorted((k, _Frozen(v) if type(v) in _UNHASHABLE else v) for k, v in items))
-    return tuple(sorted(items))
+    return aux_from_meta(self._metadata)
 
 
 _UNHASHABLE = (list, dict, set)
@@ -323,6 +320,14 @@ def _freeze(v: Any) -> Any:
   except TypeError:
     return ("id", id(v))
   return v
+
+
+def aux_from_meta(meta: dict) -> tuple:
+  """A Variable's metadata as hashable pytree aux data (lists, dicts and sets frozen)."""
+  items = meta.items()
+  if any(type(v) in _UNHASHABLE for _, v in items):
+    return tuple(sorted((k, _Frozen(v) if type(v) in _UNHASHABLE else v) for k, v in items))
+  return tuple(sorted(items))
 
 
 def meta_from_aux(aux: tuple) -> dict:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from .._core.errors import AxisSpecError, PynnxError
 from .._core.sharding import sharding_key
-from .._core.variables import Variable, is_variable, meta_from_aux
+from .._core.variables import Variable, aux_from_meta, is_variable, meta_from_aux
 from .lift import (
   MISSING,
   ArgPlan,
@@ -125,7 +125,7 @@ def strip_axis_names(
     a = axis % ndim if ndim else 0
     if a < len(names):
       meta[key] = names[:a] + names[a + 1 :]
-      kinds[i] = (typ, tuple(sorted(meta.items())))
+      kinds[i] = (typ, aux_from_meta(meta))
       touched = True
   return ArgPlan(plan.treedef, tuple(kinds), [None] * len(kinds)) if touched else plan
 
