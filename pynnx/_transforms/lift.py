@@ -28,7 +28,7 @@ from typing import Any, Literal
 import jax
 
 from .._core.config import GRAPH_MODE, UNSET
-from .._core.errors import BoundMethodError, ConfigError
+from .._core.errors import BoundMethodError, ConfigError, TreeStructureError
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
 from .._core.tree import check_tree_depth, shared_reference_error
@@ -109,8 +109,7 @@ class _Entry:
 
 def _plan_of(arg: Any) -> tuple[list, ArgPlan]:
   """``(leaves, plan)`` of one argument (uncached)."""
-  if isinstance(arg, Pytree):
-    check_tree_depth(arg)
+  check_tree_depth(arg)  # before JAX's recursive flatten can exhaust the stack
   leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_variable)
   return leaves, ArgPlan(treedef, tuple(map(_kind, leaves)), leaves)
 
@@ -716,7 +715,12 @@ class Transform:
       if self.spec_name != "specs" and len(slots) > 1:
         graph_adapter.check_shared_specs(self, slots, layout, self.slot_names(layout), n)
       slots, gcall = graph_adapter.to_tree(slots, filters, self.api, self.graph_updates)
-    flat = flatten_args(slots)
+    try:
+      flat = flatten_args(slots)
+    except TreeStructureError:  # name the argument as the user wrote it
+      for slot, name in zip(slots, self.slot_names(layout)):
+        check_tree_depth(slot, name)
+      raise
     if flat.may_share:
       self.check(flat, slots, lambda: self.slot_names(layout))
     graph_key = gcall.key if gcall is not None else None
