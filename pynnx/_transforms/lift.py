@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import weakref
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -94,12 +94,16 @@ def _kind(leaf: Any) -> Any:
   return (type(leaf), leaf._pynnx_aux()) if isinstance(leaf, Variable) else None
 
 
+_SERIALS = itertools.count()
+
+
 class _Entry:
   """What a frozen Pytree caches for the lift: its leaves, plan and last value list."""
 
-  __slots__ = ("epoch", "leaves", "plan", "values", "stamp", "__weakref__")
+  __slots__ = ("epoch", "leaves", "plan", "values", "stamp", "serial")
 
   def __init__(self, epoch: int, leaves: list, plan: ArgPlan):
+    self.serial = next(_SERIALS)  # never reused: memo keys need no reference to the Module
     self.epoch = epoch
     self.leaves = leaves
     self.plan = plan
@@ -145,11 +149,9 @@ def _values(leaves: list, plan: ArgPlan) -> list:
 class Flat:
   """Flattened arguments: ``plans`` (static), ``values`` and ``cells`` per argument."""
 
-  __slots__ = ("plans", "values", "cells", "entries", "stamp", "may_share")
+  __slots__ = ("plans", "values", "cells", "entries", "stamp", "may_share", "share_key")
 
-  def __init__(
-    self, plans: tuple, values: list, cells: list, entries: list, stamp: int, may_share: bool
-  ):
+  def __init__(self, plans, values, cells, entries, stamp, may_share, share_key):
     self.plans = plans
     self.values = values
     self.cells = cells
@@ -157,34 +159,32 @@ class Flat:
     self.stamp = stamp
     # Whether a Variable could appear twice: two slots hold Variables, or one repeats one.
     self.may_share = may_share
+    # The serials of the cached entries of the slots holding Variables (None: not all cached).
+    self.share_key = share_key
 
 
 class SharingCheck:
   """Raises SharedReferenceError when a Variable appears twice across all arguments.
 
-  Combinations of frozen Modules already checked are remembered by weak reference only,
-  so the memo never keeps a discarded model alive.
+  Combinations of frozen Modules already checked are remembered by their cache entries'
+  serial numbers, so the memo never keeps a discarded model alive.
   """
 
   def __init__(self, api: str):
     self.api = api
-    self._seen: dict = {}
+    self._seen: set = set()
 
   def __call__(self, flat: Flat, args: Sequence[Any], names: Callable[[], Sequence[str]]) -> None:
-    holders = [i for i, plan in enumerate(flat.plans) if plan.var_idx]
-    entries = [flat.entries[i] for i in holders]
-    key = tuple(map(id, entries)) if all(e is not None for e in entries) else None
-    if key is not None:
-      refs = self._seen.get(key)
-      if refs is not None and all(r() is e for r, e in zip(refs, entries)):
-        return
-    ids = [id(flat.cells[i][j]) for i in holders for j in flat.plans[i].var_idx]
+    key = flat.share_key
+    if key is not None and key in self._seen:
+      return
+    ids = [id(cells[j]) for cells, p in zip(flat.cells, flat.plans) for j in p.var_idx]
     if len(set(ids)) != len(ids):
       self._raise(args, names())
     if key is not None:
-      if len(self._seen) > 64:
+      if len(self._seen) > 256:
         self._seen.clear()
-      self._seen[key] = tuple(weakref.ref(e) for e in entries)
+      self._seen.add(key)
 
   def _raise(self, args: Sequence[Any], names: Sequence[str]) -> None:
     first: dict[int, str] = {}
@@ -209,7 +209,7 @@ def flatten_args(args: Sequence[Any]) -> Flat:
   plans, values, cells = [], [], []
   entries: list[_Entry | None] = []
   stamp = STRUCTURE.writes
-  holders, repeats = 0, False
+  holders, repeats, serials = 0, False, []
   for arg in args:
     if isinstance(arg, jax.Array):  # the common bare-array argument: a constant plan
       plans.append(_ARRAY_PLAN)
@@ -231,11 +231,13 @@ def flatten_args(args: Sequence[Any]) -> Flat:
     if plan.var_idx:
       holders += 1
       repeats = repeats or not plan.unique
+      serials.append(entry.serial if entry is not None else None)
     plans.append(plan)
     cells.append(leaves)
     values.append(vals)
     entries.append(entry)
-  return Flat(tuple(plans), values, cells, entries, stamp, holders > 1 or repeats)
+  share_key = None if None in serials else tuple(serials)
+  return Flat(tuple(plans), values, cells, entries, stamp, holders > 1 or repeats, share_key)
 
 
 def new_var(kind: tuple, value: Any) -> Variable:
