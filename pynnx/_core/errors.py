@@ -78,3 +78,11 @@ class LayerArgumentError(PynnxError, ValueError):
 
 class MetricArgumentError(PynnxError, TypeError):
   """A metric was given a missing or wrongly typed argument."""
+
+
+class CloneArgumentError(PynnxError, ValueError):
+  """``nnx.clone`` was given options that contradict each other."""
+
+
+class UnsupportedOptionError(PynnxError, ValueError):
+  """A Flax option pynnx does not implement was turned on (pynnx never ignores one)."""

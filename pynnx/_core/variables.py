@@ -15,6 +15,7 @@ import jax
 import jax.extend.core as jex_core
 import numpy as np
 
+from . import eager
 from .errors import LeakedTracerError, NotAVariableError, TraceContextError
 from .reprs import variable_repr
 
@@ -112,6 +113,8 @@ class Variable(Generic[A]):
       # a value from nnx.with_metadata / with_partitioning initializers
       boxed: Any = value
       value, metadata = boxed.raw_value, {**boxed.metadata, **metadata}
+    metadata = _creation_metadata(type(self).__name__, metadata)
+    value = eager.place(value, metadata)
     object.__setattr__(self, "_raw_value", value)
     object.__setattr__(self, "_metadata", metadata)
     object.__setattr__(self, "_frame", FRAMES.current)
@@ -157,15 +160,24 @@ class Variable(Generic[A]):
   def __setitem__(self, key: Any, item: Any) -> None:
     if key is Ellipsis:
       self.set_value(item)
+    elif isinstance(self._raw_value, (dict, list)):
+      # A pytree-valued Variable (Flax allows `v['a'] = 1`): write a modified copy, so the
+      # change goes through set_value like any other write.
+      value: Any = self.get_value()
+      new: Any = dict(value) if isinstance(value, dict) else list(value)
+      new[key] = item
+      self.set_value(new)
     else:
       self.set_value(self.get_value().at[key].set(item))  # type: ignore[attr-defined]
 
   # -- metadata ------------------------------------------------------------------------
   def get_metadata(self, name: str | None = None, default: Any = ...) -> Any:
     if name is None:
-      return dict(self._metadata)
+      return {**_REPORTED_DEFAULTS, **self._metadata}
     if name in self._metadata:
       return self._metadata[name]
+    if name in _REPORTED_DEFAULTS:
+      return _REPORTED_DEFAULTS[name]
     if default is not ...:
       return default
     raise AttributeError(f"{type(self).__name__} has no metadata {name!r}.")
@@ -205,6 +217,8 @@ class Variable(Generic[A]):
       raise AttributeError(name) from None
     if name in metadata:
       return metadata[name]
+    if name in _REPORTED_DEFAULTS:
+      return _REPORTED_DEFAULTS[name]
     return getattr(self.get_value(), name)
 
   def __setattr__(self, name: str, value: Any) -> None:
@@ -257,6 +271,21 @@ class Variable(Generic[A]):
   # -- pytree ------------------------------------------------------------------------------
   def _pynnx_aux(self) -> tuple:
     return tuple(sorted(self._metadata.items()))
+
+
+# Metadata every Flax Variable reports; pynnx stores an entry only when it differs.
+_REPORTED_DEFAULTS = {"hijax": False, "ref": False, "eager_sharding": True}
+
+
+def _creation_metadata(kind: str, metadata: dict) -> dict:
+  """Checks Flax's creation options and drops the ones equal to their defaults."""
+  eager.check_var_options(f"nnx.{kind}(...)", metadata.get("hijax"), metadata.get("ref"))
+  metadata = {k: v for k, v in metadata.items() if k not in ("hijax", "ref")}
+  if metadata.get("eager_sharding", False) is True:
+    del metadata["eager_sharding"]
+  elif "eager_sharding" not in metadata and not eager.using_eager_sharding():
+    metadata["eager_sharding"] = False  # created with eager sharding off: remember it
+  return metadata
 
 
 def _raise_outer_write(var: Variable, frame: Frame) -> None:

@@ -27,6 +27,8 @@ BUILTINS = {
   "AttributeNotFoundError": AttributeError,
   "LayerArgumentError": ValueError,
   "MetricArgumentError": TypeError,
+  "CloneArgumentError": ValueError,
+  "UnsupportedOptionError": ValueError,
 }
 
 

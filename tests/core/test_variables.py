@@ -77,7 +77,8 @@ def test_metadata_kwargs_and_get_metadata():
   v = nnx.Param(jnp.zeros((2,)), sharding_names=("model",), tag="x")
   assert v.get_metadata("sharding_names") == ("model",)
   assert v.sharding_names == ("model",)
-  assert v.get_metadata() == {"sharding_names": ("model",), "tag": "x"}
+  defaults = {"hijax": False, "ref": False, "eager_sharding": True}  # reported as in Flax
+  assert v.get_metadata() == {**defaults, "sharding_names": ("model",), "tag": "x"}
   assert v.get_metadata("missing", None) is None
   with pytest.raises(AttributeError, match="Param has no metadata 'missing'"):
     v.get_metadata("missing")
@@ -89,7 +90,8 @@ def test_set_metadata_forms():
   v.set_metadata({"b": 2})
   v.set_metadata(c=3)
   v.d = 4  # attribute assignment sets metadata
-  assert v.get_metadata() == {"a": 1, "b": 2, "c": 3, "d": 4}
+  assert v.get_metadata() == {"a": 1, "b": 2, "c": 3, "d": 4, **nnx.var_defaults()._asdict(),
+                              "eager_sharding": True}
   with pytest.raises(TypeError, match="set_metadata takes"):
     v.set_metadata("a", 1, 2)
 
