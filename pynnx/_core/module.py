@@ -47,6 +47,8 @@ class Module(Pytree):
     (3, 1)
   """
 
+  _pynnx_is_module = True
+
   # -- sow / perturb ---------------------------------------------------------------------
   def sow(
     self,

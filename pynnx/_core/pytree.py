@@ -269,6 +269,7 @@ class Pytree(metaclass=_PytreeMeta):
 
   _pynnx_auto_containers = True
   _pynnx_field_kinds: dict = {}  # set by nnx.dataclass from field declarations
+  _pynnx_is_module = False  # Module sets it: its fixes (set_attributes, view) differ
   _pynnx_is_pytree = True  # False for `class Foo(nnx.Pytree, pytree=False)`: graph mode only
 
   def __init_subclass__(cls, pytree: bool | None = None, **kwargs: Any):
@@ -295,13 +296,7 @@ class Pytree(metaclass=_PytreeMeta):
   def __setattr__(self, name: str, value: Any) -> None:
     d = self.__dict__
     if d.get("_pynnx_frozen", False) and not name.startswith(_INTERNAL):
-      raise FrozenModuleError(
-        f"Cannot set attribute {name!r} of {type(self).__name__}: pynnx Modules are frozen "
-        f"once built (the outermost constructor has returned). State changes go through "
-        f"Variables (`{type(self).__name__.lower()}.{name}[...] = new_value` if it holds a "
-        f"Variable). To change static attributes use `module.set_attributes({name}=...)` or the "
-        f"functional `nnx.view(module, {name}=...)`; to rebuild, construct a new Module."
-      )
+      raise FrozenModuleError(_frozen_message(self, name, value))
     self._pynnx_store(name, value)
 
   def __delattr__(self, name: str) -> None:
@@ -405,6 +400,41 @@ class Pytree(metaclass=_PytreeMeta):
 
   def __setstate__(self, state: dict) -> None:
     self.__dict__.update(state)
+
+
+def _frozen_message(obj: Pytree, name: str, value: Any) -> str:
+  """The error for ``obj.name = value`` on a built object, with a fix that works for it."""
+  kind = type(obj).__name__
+  is_module = type(obj)._pynnx_is_module
+  root = "model" if is_module else "obj"
+  where = f"`{root}.{name}`"
+  head = (
+    f"Cannot set attribute {name!r} of {kind} ({where} if it is the top-level object): pynnx "
+    f"{'Modules' if is_module else 'Pytrees'} are frozen once built (the outermost "
+    "constructor has returned). "
+  )
+  current = obj.__dict__.get(name)
+  if isinstance(current, Variable):
+    return head + (
+      f"{where} holds a {type(current).__name__}: change its value in place with "
+      f"`{root}.{name}[...] = new_value` (or `{root}.{name}.value = new_value`)."
+    )
+  if isinstance(current, Pytree) or isinstance(value, Pytree):
+    return head + (
+      f"To swap a sub-{'Module' if is_module else 'object'}, build the {kind} with the new one "
+      "(pass it to the constructor), or keep swappable parts in an `nnx.List` / `nnx.Dict`, "
+      f"whose items can be replaced: `{root}.layers[0] = new_layer`."
+    )
+  if is_module:
+    return head + (
+      f"To change a static attribute use `{root}.set_attributes({name}=...)` or the "
+      f"functional `nnx.view({root}, {name}=...)`; to rebuild, construct a new {kind}."
+    )
+  return head + (
+    f"Construct a new {kind} with the new {name!r}"
+    f"{' (`dataclasses.replace(obj, ...)` for an nnx.dataclass)' if hasattr(obj, '__dataclass_fields__') else ''}"
+    f", or hold the value in a Variable (`obj.{name}[...] = ...`) if it must change."
+  )
 
 
 def _register(cls: type) -> None:

@@ -56,13 +56,32 @@ def test_frozen_assignment():
   m = Model()
   with pytest.raises(
     nnx.FrozenModuleError,
-    match=r"Cannot set attribute 'size' of Model.*frozen.*nnx\.view\(module, size=\.\.\.\)",
+    match=r"Cannot set attribute 'size' of Model.*frozen.*nnx\.view\(model, size=\.\.\.\)",
   ):
     m.size = 3
   with pytest.raises(
-    nnx.FrozenModuleError, match=r"Cannot set attribute 'kernel' of Linear.*set_attributes"
+    nnx.FrozenModuleError,
+    match=r"Cannot set attribute 'kernel' of Linear.*holds a Param.*model\.kernel\[\.\.\.\] = ",
   ):
     m.encoder.kernel = nnx.Param(jnp.zeros((2, 2)))
+  with pytest.raises(
+    nnx.FrozenModuleError,
+    match=r"Cannot set attribute 'encoder' of Model \(`model\.encoder`.*swap a sub-Module.*nnx\.List",
+  ) as info:
+    m.encoder = nnx.Linear(2, 2, rngs=nnx.Rngs(1))
+  assert "set_attributes" not in str(info.value)  # the static-attribute fix does not apply
+
+
+def test_frozen_pytree_message_has_a_fix_for_pytrees():
+  class Box(nnx.Pytree):
+    def __init__(self):
+      self.n = 1
+
+  with pytest.raises(
+    nnx.FrozenModuleError, match=r"Cannot set attribute 'n' of Box.*construct a new Box"
+  ) as info:
+    Box().n = 2
+  assert "set_attributes" not in str(info.value) and "view(" not in str(info.value)
   with pytest.raises(
     nnx.FrozenModuleError, match=r"Cannot delete attribute 'stats' of Model.*nnx\.pop.*nnx\.view"
   ):

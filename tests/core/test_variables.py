@@ -90,8 +90,14 @@ def test_set_metadata_forms():
   v.set_metadata({"b": 2})
   v.set_metadata(c=3)
   v.d = 4  # attribute assignment sets metadata
-  assert v.get_metadata() == {"a": 1, "b": 2, "c": 3, "d": 4, **nnx.var_defaults()._asdict(),
-                              "eager_sharding": True}
+  assert v.get_metadata() == {
+    "a": 1,
+    "b": 2,
+    "c": 3,
+    "d": 4,
+    **nnx.var_defaults()._asdict(),
+    "eager_sharding": True,
+  }
   with pytest.raises(TypeError, match="set_metadata takes"):
     v.set_metadata("a", 1, 2)
 
