@@ -301,10 +301,16 @@ class Pytree(metaclass=_PytreeMeta):
 
   def __delattr__(self, name: str) -> None:
     if self.__dict__.get("_pynnx_frozen", False):
+      kind = type(self).__name__
+      alternative = (
+        "`nnx.view(...)` for a modified copy"
+        if type(self)._pynnx_is_module
+        else f"construct a new {kind} without it"
+      )
       raise FrozenModuleError(
-        f"Cannot delete attribute {name!r} of {type(self).__name__}: pynnx Modules are frozen "
-        f"once built. Use `nnx.pop(module, filter)` to remove Variables such as sown "
-        f"intermediates, or `nnx.view(...)` for a modified copy."
+        f"Cannot delete attribute {name!r} of {kind}: pynnx "
+        f"{'Modules' if type(self)._pynnx_is_module else 'Pytrees'} are frozen once built. Use "
+        f"`nnx.pop(obj, filter)` to remove Variables such as sown intermediates, or {alternative}."
       )
     del self.__dict__[name]
     self.__dict__["_pynnx_forced"].pop(name, None)
