@@ -82,7 +82,7 @@ def test_frozen_pytree_message_has_a_fix_for_pytrees():
       self.n = 1
 
   with pytest.raises(
-    nnx.FrozenModuleError, match=r"Cannot set attribute 'n' of Box.*construct a new Box"
+    nnx.FrozenModuleError, match=r"Cannot set attribute 'n' of Box.*Construct a new Box"
   ) as info:
     Box().n = 2
   assert "set_attributes" not in str(info.value) and "view(" not in str(info.value)
