@@ -152,13 +152,24 @@ def flatten(node: Any, /, *, with_paths: bool = True, graph: bool | None = None)
   return (graphdef_, flat) if with_paths else (graphdef_, flat.leaves)
 
 
-def unflatten(graphdef: Any, state: Any, /) -> Any:
-  """Inverse of ``flatten``: takes a FlatState, a State or a list of leaves (in order)."""
+def unflatten(graphdef: Any, state: Any, /, *, copy_variables: bool = False) -> Any:
+  """Inverse of ``flatten``: takes a FlatState, a State or a list of leaves (in order).
+
+  ``copy_variables=True`` gives the result copies of the Variables instead of the ones in
+  ``state``.
+  """
+  state = _as_flat(graphdef, state)
+  if copy_variables:
+    state = FlatState([(p, v.copy() if isinstance(v, Variable) else v) for p, v in state])
+  if isinstance(graphdef, tree.TreeGraphDef):
+    return tree.unflatten(graphdef, state)
+  return graph_api.unflatten(graphdef, state)
+
+
+def _as_flat(graphdef: Any, state: Any) -> Any:
   if isinstance(state, State):
     state = state.flat_state()
   elif isinstance(state, list) and not (state and isinstance(state[0], tuple)):
     paths = graphdef.paths if isinstance(graphdef, tree.TreeGraphDef) else graph_api.paths(graphdef)
     state = FlatState(list(zip(paths, state, strict=True)))
-  if isinstance(graphdef, tree.TreeGraphDef):
-    return tree.unflatten(graphdef, state)
-  return graph_api.unflatten(graphdef, state)
+  return state

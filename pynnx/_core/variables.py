@@ -458,12 +458,21 @@ def variable_name_from_type(typ: type[Variable], *, allow_register: bool = False
   )
 
 
-def variable_type_from_name(name: str, *, allow_register: bool = False) -> type[Variable]:
-  """The Variable type registered for a collection name (``'params'`` -> ``Param``)."""
+def variable_type_from_name(
+  name: str, /, *, base: type[Variable] = Variable, allow_register: bool = False
+) -> type[Variable]:
+  """The Variable type registered for a collection name (``'params'`` -> ``Param``).
+
+  With ``allow_register=True`` an unknown name gets a new subclass of ``base``.
+  """
   if name in _NAME_TO_TYPE:
     return _NAME_TO_TYPE[name]
   if allow_register:
-    typ = type(name, (Variable,), {})
+    if not (isinstance(base, type) and issubclass(base, Variable)):
+      raise NotAVariableError(
+        f"variable_type_from_name(base=...) must be a Variable subclass, got {base!r}."
+      )
+    typ = type(name, (base,), {})
     register_variable_name(name, typ)
     return typ
   raise ValueError(f"No Variable type is registered under the name {name!r}.")
