@@ -703,7 +703,7 @@ class Dict(Pytree):
     keys = self._pynnx_keys()
     if not keys:
       raise KeyError("popitem(): nnx.Dict is empty")
-    return keys[-1], self.pop(keys[-1])
+    return keys[0], self.pop(keys[0])  # the first key, as MutableMapping.popitem (and Flax)
 
   @_UnshadowedMethod
   def update(self, other: Any = (), /, **kwargs: Any) -> None:
