@@ -114,7 +114,11 @@ def place(value: Any, metadata: Mapping[str, Any]) -> Any:
   mesh = _current_mesh(metadata)
   if mesh is None:
     return value
-  spec = PartitionSpec(*_apply_rules(tuple(names), metadata.get("sharding_rules")))
+  names = _apply_rules(tuple(names), metadata.get("sharding_rules"))
+  axes = set(mesh.axis_names)
+  if not all(n is None or n in axes or (isinstance(n, tuple) and set(n) <= axes) for n in names):
+    return value  # logical names for another mesh: kept as metadata (like nnx.eval_shape)
+  spec = PartitionSpec(*names)
   if isinstance(value, jax.core.Tracer) or isinstance(mesh, jax.sharding.AbstractMesh):
     if mesh.are_all_axes_explicit:
       return jax.sharding.reshard(value, spec)
