@@ -178,6 +178,8 @@ class Variable(Generic[A]):
       return self._metadata[name]
     if name in _REPORTED_DEFAULTS:
       return _REPORTED_DEFAULTS[name]
+    if name == "sharding_names" and "out_sharding" in self._metadata:
+      return self._metadata["out_sharding"]
     if default is not ...:
       return default
     raise AttributeError(f"{type(self).__name__} has no metadata {name!r}.")
@@ -219,6 +221,8 @@ class Variable(Generic[A]):
       return metadata[name]
     if name in _REPORTED_DEFAULTS:
       return _REPORTED_DEFAULTS[name]
+    if name == "sharding_names" and "out_sharding" in metadata:
+      return metadata["out_sharding"]
     return getattr(self.get_value(), name)
 
   def __setattr__(self, name: str, value: Any) -> None:
@@ -281,6 +285,9 @@ def _creation_metadata(kind: str, metadata: dict) -> dict:
   """Checks Flax's creation options and drops the ones equal to their defaults."""
   eager.check_var_options(f"nnx.{kind}(...)", metadata.get("hijax"), metadata.get("ref"))
   metadata = {k: v for k, v in metadata.items() if k not in ("hijax", "ref")}
+  if "sharding_names" in metadata and "out_sharding" not in metadata:
+    # Flax 0.12's key for the older `sharding_names` (still answered as an alias).
+    metadata["out_sharding"] = metadata.pop("sharding_names")
   if metadata.get("eager_sharding", False) is True:
     del metadata["eager_sharding"]
   elif "eager_sharding" not in metadata and not eager.using_eager_sharding():
