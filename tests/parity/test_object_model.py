@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.sharding import AxisType, PartitionSpec
 
 import pynnx
@@ -616,7 +618,7 @@ def test_dict_protocol():
 
   theirs, ours = run_both(snippet)
   assert ours == theirs
-  with pytest.raises(KeyError):
+  with pytest.raises(KeyError, match="nope"):
     pynnx.Dict().pop("nope")
   with pytest.raises(KeyError, match="empty"):
     pynnx.Dict().popitem()
@@ -629,7 +631,7 @@ def test_check_pytree():
 
   for lib in (fnnx, pynnx):
     lib.check_pytree(lib.Linear(1, 1, rngs=lib.Rngs(0)))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="Pytree"):
       lib.check_pytree(3)
   with pytest.raises(pynnx.StaticAttributeError, match="not hashable"):
     Bad()
@@ -639,3 +641,20 @@ def test_view_info_lists_view_attributes():
   text = pynnx.view_info(pynnx.Dropout(0.5, rngs=pynnx.Rngs(0)))
   assert text.startswith("Dropout:") and "deterministic: bool = False" in text
   assert "Dropout:" in fnnx.view_info(fnnx.Dropout(0.5, rngs=fnnx.Rngs(0)))
+
+
+# --- properties -----------------------------------------------------------------------------
+
+
+@settings(max_examples=15, deadline=None)
+@given(din=st.integers(1, 4), dout=st.integers(1, 4), other=st.integers(1, 4), graph=st.booleans())
+def test_graphdef_apply_matches_merge_and_equality_tracks_structure(din, dout, other, graph):
+  model = pynnx.Linear(din, dout, rngs=pynnx.Rngs(0))
+  graphdef, state = pynnx.split(model, graph=graph)
+  x = jnp.ones((2, din))
+  y, (g2, s2) = graphdef.apply(state, graph=graph)(x)
+  np.testing.assert_array_equal(y, pynnx.merge(graphdef, state)(x))
+  assert g2 == graphdef and hash(g2) == hash(graphdef)
+  assert jax.tree.structure(s2) == jax.tree.structure(state)
+  g_other = pynnx.graphdef(pynnx.Linear(din, other, rngs=pynnx.Rngs(1)), graph=graph)
+  assert (g_other == graphdef) == (other == dout)
