@@ -192,11 +192,13 @@ class Variable(Generic[A]):
         metadata = {**args[0], **metadata}
       else:
         raise TypeError("set_metadata takes (name, value), a dict, or keyword arguments.")
+    eager.check_var_options("Variable.set_metadata", metadata.get("hijax"), metadata.get("ref"))
     object.__setattr__(self, "_metadata", {**self._metadata, **metadata})
     bump_structure()
 
   def replace(self, value: Any = ..., **metadata: Any) -> Variable[A]:
     """A new Variable of the same type with ``value`` and/or metadata replaced."""
+    eager.check_var_options("Variable.replace", metadata.get("hijax"), metadata.get("ref"))
     new = object.__new__(type(self))
     object.__setattr__(new, "_raw_value", self._raw_value if value is ... else value)
     object.__setattr__(new, "_metadata", {**self._metadata, **metadata})

@@ -394,6 +394,10 @@ def test_hijax_and_ref_raise_instead_of_losing_updates(option):
     pynnx.var_defaults(**{option: True})
   with pytest.raises(ValueError, match=option):
     pynnx.with_vars(pynnx.Linear(1, 1, rngs=pynnx.Rngs(0)), **{option: True})
+  with pytest.raises(pynnx.UnsupportedOptionError, match="Variable.set_metadata"):
+    pynnx.Param(1.0).set_metadata(**{option: True})
+  with pytest.raises(pynnx.UnsupportedOptionError, match="Variable.replace"):
+    pynnx.Param(1.0).replace(**{option: True})
   with pynnx.var_defaults(**{option: False}) as defaults:  # the only pynnx value: fine
     assert tuple(defaults) == (False, False)
 
