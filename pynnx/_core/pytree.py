@@ -380,12 +380,15 @@ class Pytree(metaclass=_PytreeMeta):
       try:
         hash(v)
       except TypeError:
+        item = isinstance(self, (List, Dict))
+        where = f"[{k!r}]" if item else f".{k}"
+        mark = "wrap the item in `nnx.data(...)`" if item else f"mark it `self.{k} = nnx.data(...)`"
         raise StaticAttributeError(
-          f"{type(self).__name__}.{k} is a static attribute (it holds no arrays, Variables or "
-          f"Modules) but its value of type {type(v).__name__} is not hashable. Static "
-          f"attributes are part of the compile cache key. Use a hashable value (a tuple "
-          f"instead of a list, a frozenset instead of a set), or mark it "
-          f"`self.{k} = nnx.data(...)` if it should be traced."
+          f"{type(self).__name__}{where} is a static {'item' if item else 'attribute'} (it holds "
+          f"no arrays, Variables or Modules) but its value of type {type(v).__name__} is not "
+          "hashable. Static values are part of the compile cache key. Use a hashable value (a "
+          f"tuple instead of a list, a frozenset instead of a set), or {mark} if it should be "
+          "traced."
         ) from None
     return _Meta(tuple(data_keys), tuple(self._pynnx_key_obj(k) for k in data_keys), tuple(statics))
 

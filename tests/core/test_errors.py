@@ -169,8 +169,12 @@ def test_unhashable_static_attribute():
     match=r"Conf\.features is a static attribute.*type set is not hashable.*frozenset",
   ):
     Conf()
-  with pytest.raises(nnx.StaticAttributeError, match=r"List\.1 is a static attribute.*type list"):
+  with pytest.raises(
+    nnx.StaticAttributeError, match=r"List\[1\] is a static item.*type list.*nnx\.data\(\.\.\.\)"
+  ):
     nnx.List([nnx.Param(1.0), [1, 2]])
+  with pytest.raises(nnx.StaticAttributeError, match=r"Dict\['cfg'\] is a static item.*type dict"):
+    nnx.Dict(cfg={"lr": 1}, w=jnp.ones(1))
 
 
 def test_replace_by_pure_dict_mismatch():
