@@ -26,6 +26,7 @@ from ._core.state import State
 from ._core.tree import GraphDef
 from ._core.variables import Variable, is_variable
 from ._graph import api as graph_api
+from ._graph.graphdef import GraphDef as GraphModeGraphDef
 
 A = TypeVar("A")
 M = TypeVar("M", bound=Module)
@@ -335,14 +336,14 @@ class MergeContext:
   def __init__(self) -> None:
     self._tables: list[dict[int, Any]] = []
 
-  def merge(self, graphdef: GraphDef, state: Any, /, *states: Any) -> Any:
+  def merge(self, graphdef: GraphModeGraphDef, state: Any, /, *states: Any) -> Any:
     """Like ``nnx.merge``, resolving references to objects of earlier merges."""
     flat = graph_api.collect_flat(graphdef, (state, *states), "MergeContext.merge")
     node, table = graph_api.rebuild(graphdef, flat, outer=self._tables, api="MergeContext.merge")
     self._tables.append(table)
     return node
 
-  def unflatten(self, graphdef: GraphDef, flat_state: Any, /, *flat_states: Any) -> Any:
+  def unflatten(self, graphdef: GraphModeGraphDef, flat_state: Any, /, *flat_states: Any) -> Any:
     """Like :meth:`merge` for flat states (or lists of leaves in ``flatten`` order)."""
     states = []
     for f in (flat_state, *flat_states):

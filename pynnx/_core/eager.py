@@ -50,9 +50,8 @@ class use_eager_sharding:  # noqa: N801  (Flax's name; a class so it works as a 
   def __enter__(self) -> use_eager_sharding:
     return self
 
-  def __exit__(self, *exc: Any) -> bool:
+  def __exit__(self, *exc: Any) -> None:
     _SETTINGS.eager_sharding = self._previous
-    return False
 
 
 def using_eager_sharding() -> bool:

@@ -207,7 +207,7 @@ class GraphState(MutableMapping):
 jax.tree_util.register_pytree_with_keys(
   GraphState,
   lambda g: (((jax.tree_util.GetAttrKey("state"), g._state),), g._graphdef),
-  lambda graphdef, children: GraphState(graphdef, children[0]),
+  lambda graphdef, children: GraphState(graphdef, *children),
   lambda g: ((g._state,), g._graphdef),
 )
 
