@@ -8,6 +8,7 @@ objects as one graph, so sharing between them survives.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
@@ -107,7 +108,10 @@ def find_duplicates(node: Any, /, *, only: Any = ...) -> list[list[Path]]:
 
 
 def view_info(node: Any, /, *, only: Any = ..., graph: bool | None = None) -> str:
-  """Lists, per Module type in ``node``, the static attributes ``nnx.view`` can change.
+  """Lists, per Module type in ``node``, what ``nnx.view`` can change.
+
+  For a Module with a ``set_view`` method (Flax's hook) that is its parameters; otherwise the
+  static attributes ``nnx.view`` replaces by name.
 
   Example:
     >>> import pynnx as nnx
@@ -121,16 +125,21 @@ def view_info(node: Any, /, *, only: Any = ..., graph: bool | None = None) -> st
   pred = filterlib.to_predicate(only)
   by_type: dict[str, dict[str, Any]] = {}
   for path, module in iter_modules(node, graph=graph):
-    if pred(path, module):
-      entry = by_type.setdefault(type(module).__name__, {})
-      for k, v in module._pynnx_get_meta().statics:
-        if isinstance(k, str) and not k.startswith("_"):
-          entry.setdefault(k, v)
+    if pred(path, module) and type(module).__name__ not in by_type:
+      entry = by_type[type(module).__name__] = {}
+      if hasattr(module, "set_view"):
+        for p in inspect.signature(module.set_view).parameters.values():
+          if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            annotation = p.annotation if isinstance(p.annotation, str) else p.annotation.__name__
+            entry[p.name] = f"{annotation} = {p.default!r}"
+      else:
+        for k, v in module._pynnx_get_meta().statics:
+          if isinstance(k, str) and not k.startswith("_"):
+            entry[k] = f"{type(v).__name__} = {v!r}"
   lines = []
   for name in sorted(by_type):
     lines.append(f"{name}:")
-    for k, v in sorted(by_type[name].items()):
-      lines.append(f"  {k}: {type(v).__name__} = {v!r}")
+    lines += [f"  {k}: {v}" for k, v in sorted(by_type[name].items())]
   return "\n".join(lines)
 
 

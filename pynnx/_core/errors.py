@@ -68,8 +68,11 @@ class ConfigError(PynnxError, TypeError):
   """A setting was given a value of the wrong kind."""
 
 
-class AttributeNotFoundError(PynnxError, AttributeError):
-  """``set_attributes`` / ``view`` named an attribute no submodule has."""
+class AttributeNotFoundError(PynnxError, AttributeError, ValueError):
+  """``set_attributes`` / ``view`` named an attribute no submodule has.
+
+  A ``ValueError`` as in Flax (and an ``AttributeError``, as pynnx raised before).
+  """
 
 
 class LayerArgumentError(PynnxError, ValueError):

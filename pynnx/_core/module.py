@@ -7,6 +7,7 @@ conveniences of Flax NNX: ``sow``, ``perturb``, ``train()`` / ``eval()``,
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
@@ -237,10 +238,13 @@ def view(
         nd[k] = v if isinstance(k, str) and k.startswith("_pynnx_") else copy(v, (*path, k))
       nd["_pynnx_forced"] = dict(x.__dict__.get("_pynnx_forced", {}))
       if isinstance(new, Module) and pred(path, x):
-        for name, value in attributes.items():
-          if name in nd:
-            nd[name] = value
-            found.add(name)
+        if hasattr(new, "set_view"):
+          found.update(_call_set_view(new, attributes))
+        else:
+          for name, value in attributes.items():
+            if name in nd:
+              nd[name] = value
+              found.add(name)
       nd["_pynnx_meta"] = new._pynnx_compute_meta()
       return new
     if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
@@ -260,6 +264,27 @@ def view(
 
 
 with_attributes = view
+
+
+def _call_set_view(module: Module, attributes: dict[str, Any]) -> set[str]:
+  """Runs a Module's own ``set_view`` (Flax's hook for ``nnx.view``) on a fresh copy.
+
+  It gets the ``attributes`` its signature accepts (all of them with ``**kwargs``); the copy is
+  writable during the call, as a constructor would be. Returns the names it accepted.
+  """
+  params = inspect.signature(module.set_view).parameters.values()
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+    accepted = set(attributes)
+  else:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = {p.name for p in params if p.kind in kinds} & set(attributes)
+  d = module.__dict__
+  d["_pynnx_frozen"] = False
+  try:
+    module.set_view(**{k: attributes[k] for k in accepted})
+  finally:
+    d["_pynnx_frozen"] = True
+  return accepted
 
 
 def display(*args: Any) -> None:

@@ -662,3 +662,50 @@ def test_graphdef_apply_matches_merge_and_equality_tracks_structure(din, dout, o
   assert jax.tree.structure(s2) == jax.tree.structure(state)
   g_other = pynnx.graphdef(pynnx.Linear(din, other, rngs=pynnx.Rngs(1)), graph=graph)
   assert (g_other == graphdef) == (other == dout)
+
+
+def test_view_calls_a_modules_set_view():
+  def snippet(lib):
+    class Block(lib.Module):
+      def __init__(self):
+        self.mode = "train"
+        self.w = lib.Param(jnp.ones(1))
+
+      def set_view(self, *, inference: "bool | None" = None):
+        if inference is not None:
+          self.mode = "eval" if inference else "train"
+
+    block = Block()
+    viewed = lib.view(block, inference=True)
+    try:
+      lib.view(block, mode="x")
+      unused = None
+    except ValueError:
+      unused = ValueError
+    return viewed.mode, block.mode, viewed.w is block.w, unused, lib.view_info(block)
+
+  theirs, ours = run_both(snippet)
+  assert ours[:4] == theirs[:4] == ("eval", "train", True, ValueError)
+  with pytest.raises(pynnx.AttributeNotFoundError, match=r"\['mode'\]"):
+    raise_from_view()
+  assert "inference: bool | None = None" in ours[4] and "inference" in theirs[4]
+
+
+def raise_from_view():
+  class Block(pynnx.Module):
+    def __init__(self):
+      self.mode = "train"
+
+    def set_view(self, *, inference=None):
+      pass
+
+  pynnx.view(Block(), mode="x")
+
+
+def test_set_attributes_and_view_errors_are_value_errors_like_flax():
+  for lib in (fnnx, pynnx):
+    model = lib.Linear(1, 1, rngs=lib.Rngs(0))
+    with pytest.raises(ValueError, match="foo"):
+      model.set_attributes(foo=1)
+    with pytest.raises(ValueError, match="foo"):
+      lib.view(model, foo=1)
