@@ -709,3 +709,23 @@ def test_set_attributes_and_view_errors_are_value_errors_like_flax():
       model.set_attributes(foo=1)
     with pytest.raises(ValueError, match="foo"):
       lib.view(model, foo=1)
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["tree", "graph"])
+def test_pytree_valued_variable_updates_survive_jit(graph):
+  def snippet(lib):
+    class Holder(lib.Module):
+      def __init__(self):
+        self.v = lib.Variable({"a": jnp.ones(1), "b": jnp.zeros(1)})
+
+    holder = Holder()
+
+    @lib.jit(graph=graph)
+    def step(h):
+      h.v["a"] = h.v["a"] + 1
+
+    step(holder)
+    return jax.tree.map(lambda x: x.tolist(), holder.v.get_value())
+
+  theirs, ours = run_both(snippet)
+  assert ours == theirs == {"a": [2.0], "b": [0.0]}
