@@ -46,7 +46,11 @@ def test_unpack_and_merge_graph_states():
     params, stats = lib.unpack(model, lib.Param, lib.BatchStat)
     whole = lib.unpack(model)
     merged = lib.merge(params, stats)
+    target = lib.clone(model)
+    target.scale[...] = target.scale[...] * 0
+    lib.update(target, params)
     return (
+      np.asarray(target.scale[...]).tolist(),
       type(params).__name__,
       sorted(params.keys()),
       sorted(stats.keys()),
