@@ -88,10 +88,10 @@ def graphdef(node: Any, *, graph: bool | None = None) -> Any:
 
 def update(node: Any, state: Any, /, *states: Any, graph: bool | None = None) -> None:
   """Writes the values of ``states`` (States or GraphStates) into ``node``'s Variables."""
-  state, *states = [s._state if isinstance(s, tree.GraphState) else s for s in (state, *states)]
+  plain = [s._state if isinstance(s, tree.GraphState) else s for s in (state, *states)]
   if resolve_graph(graph):
-    return graph_api.update(node, state, *states)
-  return tree.update(node, state, *states)
+    return graph_api.update(node, *plain)
+  return tree.update(node, *plain)
 
 
 def clone(

@@ -272,7 +272,8 @@ def _call_set_view(module: Module, attributes: dict[str, Any]) -> set[str]:
   It gets the ``attributes`` its signature accepts (all of them with ``**kwargs``); the copy is
   writable during the call, as a constructor would be. Returns the names it accepted.
   """
-  params = inspect.signature(module.set_view).parameters.values()
+  set_view: Callable[..., Any] = getattr(module, "set_view")  # noqa: B009  (user-defined hook)
+  params = inspect.signature(set_view).parameters.values()
   if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
     accepted = set(attributes)
   else:
@@ -281,7 +282,7 @@ def _call_set_view(module: Module, attributes: dict[str, Any]) -> set[str]:
   d = module.__dict__
   d["_pynnx_frozen"] = False
   try:
-    module.set_view(**{k: attributes[k] for k in accepted})
+    set_view(**{k: attributes[k] for k in accepted})
   finally:
     d["_pynnx_frozen"] = True
   return accepted
