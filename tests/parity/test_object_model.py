@@ -733,3 +733,24 @@ def test_pytree_valued_variable_updates_survive_jit(graph):
 
   theirs, ours = run_both(snippet)
   assert ours == theirs == {"a": [2.0], "b": [0.0]}
+
+
+def test_context_flatten_and_unflatten_keep_sharing():
+  def snippet(lib):
+    w = lib.Param(jnp.ones(2))
+    a, b = lib.Dict(w=w, u=lib.Param(jnp.zeros(1))), lib.Dict(w=w)
+    with lib.split_context() as ctx:
+      ga, fa = ctx.flatten(a)
+      gb, fb = ctx.flatten(b)
+    with lib.merge_context() as ctx:
+      a2, b2 = ctx.unflatten(ga, fa), ctx.unflatten(gb, fb)
+    return [tuple(p) for p, _ in fa], len(fb), a2["w"] is b2["w"], sorted(a2.keys())
+
+  theirs, ours = run_both(snippet)
+  assert ours == theirs
+  w = pynnx.Param(jnp.ones(2))
+  with pynnx.split_context() as ctx:
+    g, leaves = ctx.flatten(pynnx.Dict(w=w, v=w), with_paths=False)
+  with pynnx.merge_context() as ctx:
+    rebuilt = ctx.unflatten(g, leaves)
+  assert len(leaves) == 1 and rebuilt["v"] is rebuilt["w"] is w
