@@ -10,8 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from ._core import tree
 from ._core.config import resolve_graph
+from ._core.errors import CloneArgumentError
+from ._core.state import FlatState, State
+from ._core.variables import Variable
 from ._graph import api as graph_api
 
 
@@ -30,11 +36,40 @@ def split(node: Any, *filters: Any, graph: bool | None = None) -> tuple:
   return tree.split(node, *filters)
 
 
-def merge(graphdef: Any, state: Any, /, *states: Any, copy: bool = False) -> Any:
-  """Rebuilds a Module from a GraphDef and States (mode taken from the GraphDef)."""
+def merge(graphdef_or_graphstate: Any, /, *states: Any, copy: bool = False) -> Any:
+  """Rebuilds a Module from a GraphDef and States, or from GraphStates (see ``unpack``).
+
+  The mode is taken from the GraphDef. The Module holds the States' Variables themselves;
+  ``copy=True`` gives it copies instead.
+
+  Example:
+    >>> import pynnx as nnx
+    >>> graphdef, state = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> type(nnx.merge(graphdef, state)).__name__
+    'Linear'
+  """
+  graphdef, all_states = tree.split_graph_states((graphdef_or_graphstate, *states))
   if isinstance(graphdef, tree.TreeGraphDef):
-    return tree.merge(graphdef, state, *states, copy=copy)
-  return graph_api.merge(graphdef, state, *states, copy=copy)
+    return tree.merge(graphdef, *all_states, copy=copy)
+  return graph_api.merge(graphdef, *all_states, copy=copy)
+
+
+def unpack(node: Any, *filters: Any, graph: bool | None = None) -> Any:
+  """Like ``split``, but each State comes bundled with the GraphDef as a ``GraphState``.
+
+  Returns one GraphState for zero or one filter, else a tuple of them.
+
+  Example:
+    >>> import pynnx as nnx
+    >>> model = nnx.BatchNorm(2, rngs=nnx.Rngs(0))
+    >>> params, stats = nnx.unpack(model, nnx.Param, nnx.BatchStat)
+    >>> type(nnx.merge(params, stats)).__name__
+    'BatchNorm'
+  """
+  graphdef_, *states = split(node, *filters, graph=graph)
+  if len(states) == 1:
+    return tree.GraphState(graphdef_, states[0])
+  return tuple(tree.GraphState(graphdef_, s) for s in states)
 
 
 def state(node: Any, *filters: Any, graph: bool | None = None) -> Any:
@@ -52,17 +87,50 @@ def graphdef(node: Any, *, graph: bool | None = None) -> Any:
 
 
 def update(node: Any, state: Any, /, *states: Any, graph: bool | None = None) -> None:
-  """Writes the values of ``states`` into ``node``'s Variables."""
+  """Writes the values of ``states`` (States or GraphStates) into ``node``'s Variables."""
+  plain = [s._state if isinstance(s, tree.GraphState) else s for s in (state, *states)]
   if resolve_graph(graph):
-    return graph_api.update(node, state, *states)
-  return tree.update(node, state, *states)
+    return graph_api.update(node, *plain)
+  return tree.update(node, *plain)
 
 
-def clone(node: Any, *, graph: bool | None = None) -> Any:
-  """A deep copy of ``node``'s structure with new Variables."""
-  if resolve_graph(graph):
-    return graph_api.clone(node)
-  return tree.clone(node)
+def clone(
+  node: Any, variables: bool = True, *, arrays: bool = False, graph: bool | None = None
+) -> Any:
+  """A copy of ``node``'s structure.
+
+  Args:
+    node: the Module (or any graph of Modules / Variables) to copy.
+    variables: give the copy new Variables (default); with False it shares ``node``'s.
+    arrays: also copy the array buffers, so the copy can be donated (needs ``variables``).
+    graph: graph mode (keeps sharing inside ``node``) or tree mode; default from
+      ``nnx.set_graph_mode``.
+
+  Example:
+    >>> import pynnx as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> copy = nnx.clone(model)
+    >>> copy.kernel is model.kernel, nnx.clone(model, variables=False).kernel is model.kernel
+    (False, True)
+  """
+  if arrays and not variables:
+    raise CloneArgumentError(
+      "nnx.clone(..., variables=False, arrays=True): copied arrays need new Variables to "
+      "hold them. Pass variables=True, or arrays=False to share everything."
+    )
+  if not variables:
+    graphdef_, *states = split(node, graph=graph)
+    return merge(graphdef_, *states)
+  out = graph_api.clone(node) if resolve_graph(graph) else tree.clone(node)
+  if arrays:
+    for _, leaf in iter_graph(out, graph=graph):
+      if isinstance(leaf, Variable):
+        leaf.set_value(jax.tree.map(_copy_array, leaf.get_value()))
+  return out
+
+
+def _copy_array(x: Any) -> Any:
+  return jnp.array(x, copy=True) if isinstance(x, jax.Array) else x
 
 
 def pop(node: Any, *filters: Any, graph: bool | None = None) -> Any:
@@ -79,18 +147,30 @@ def iter_graph(node: Any, *, graph: bool | None = None) -> Iterator[tuple[tuple,
   return tree.iter_graph(node)
 
 
-def flatten(node: Any, *, graph: bool | None = None) -> tuple:
-  """``(graphdef, flat_state)`` of ``node``."""
-  if resolve_graph(graph):
-    return graph_api.flatten(node)
-  return tree.flatten(node)
+def flatten(node: Any, /, *, with_paths: bool = True, graph: bool | None = None) -> tuple:
+  """``(graphdef, flat_state)`` of ``node``; ``with_paths=False`` gives a list of leaves."""
+  graphdef_, flat = graph_api.flatten(node) if resolve_graph(graph) else tree.flatten(node)
+  return (graphdef_, flat) if with_paths else (graphdef_, flat.leaves)
 
 
-def unflatten(graphdef: Any, flat_state: Any) -> Any:
-  """Inverse of ``flatten``."""
+def unflatten(graphdef: Any, state: Any, /, *, copy_variables: bool = False) -> Any:
+  """Inverse of ``flatten``: takes a FlatState, a State or a list of leaves (in order).
+
+  ``copy_variables=True`` gives the result copies of the Variables instead of the ones in
+  ``state``.
+  """
+  state = _as_flat(graphdef, state)
+  if copy_variables:
+    state = FlatState([(p, v.copy() if isinstance(v, Variable) else v) for p, v in state])
   if isinstance(graphdef, tree.TreeGraphDef):
-    return tree.unflatten(graphdef, flat_state)
-  return graph_api.unflatten(graphdef, flat_state)
+    return tree.unflatten(graphdef, state)
+  return graph_api.unflatten(graphdef, state)
 
 
-as_abstract = tree.as_abstract
+def _as_flat(graphdef: Any, state: Any) -> Any:
+  if isinstance(state, State):
+    state = state.flat_state()
+  elif isinstance(state, list) and not (state and isinstance(state[0], tuple)):
+    paths = graphdef.paths if isinstance(graphdef, tree.TreeGraphDef) else graph_api.paths(graphdef)
+    state = FlatState(list(zip(paths, state, strict=True)))
+  return state

@@ -79,8 +79,11 @@ class ConfigError(PynnxError, TypeError):
   """A setting was given a value of the wrong kind."""
 
 
-class AttributeNotFoundError(PynnxError, AttributeError):
-  """``set_attributes`` / ``view`` named an attribute no submodule has."""
+class AttributeNotFoundError(PynnxError, AttributeError, ValueError):
+  """``set_attributes`` / ``view`` named an attribute no submodule has.
+
+  A ``ValueError`` as in Flax (and an ``AttributeError``, as pynnx raised before).
+  """
 
 
 class LayerArgumentError(PynnxError, ValueError):
@@ -97,3 +100,9 @@ class BoundMethodError(PynnxError, ValueError):
 
 class TreeStructureError(PynnxError, ValueError):
   """A Module is too deeply nested, or holds a reference cycle, for tree mode."""
+class CloneArgumentError(PynnxError, ValueError):
+  """``nnx.clone`` was given options that contradict each other."""
+
+
+class UnsupportedOptionError(PynnxError, ValueError):
+  """A Flax option pynnx does not implement was turned on (pynnx never ignores one)."""

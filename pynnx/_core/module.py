@@ -7,15 +7,18 @@ conveniences of Flax NNX: ``sow``, ``perturb``, ``train()`` / ``eval()``,
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import jax.numpy as jnp
 
 from . import filters as filterlib
+from .config import resolve_graph
 from .errors import AttributeNotFoundError, NotAVariableError
 from .pytree import _CACHE_KEYS, Dict, List, Pytree
 from .reprs import block
+from .tree import check_no_sharing, flatten_with_paths
 from .variables import Perturbation, Variable, variable_type_from_name
 
 Path = tuple[Hashable, ...]
@@ -44,6 +47,8 @@ class Module(Pytree):
     >>> MLP(nnx.Rngs(0))(jnp.ones((3, 2))).shape
     (3, 1)
   """
+
+  _pynnx_is_module = True
 
   # -- sow / perturb ---------------------------------------------------------------------
   def sow(
@@ -186,11 +191,27 @@ class Sequential(Module):
     return output
 
 
-def view(node: Any, /, **attributes: Any) -> Any:
+def view(
+  node: Any,
+  /,
+  *,
+  only: Any = ...,
+  raise_if_not_found: bool = True,
+  graph: bool | None = None,
+  **attributes: Any,
+) -> Any:
   """A shallow functional copy of ``node`` with static attributes replaced where present.
 
   The copy shares every Variable with ``node`` (updates through either are seen by both);
   only Module objects are copied. This is the functional form of ``set_attributes``.
+
+  Args:
+    node: the Module (or container of Modules) to view.
+    only: a filter on ``(path, module)`` selecting the Modules whose attributes change.
+    raise_if_not_found: raise if no selected Module has one of ``attributes``.
+    graph: in tree mode (the default) a Variable reachable twice is an error; graph mode
+      keeps the sharing in the copy.
+    **attributes: the static attributes to replace.
 
   Example:
     >>> import pynnx as nnx
@@ -198,10 +219,13 @@ def view(node: Any, /, **attributes: Any) -> Any:
     >>> nnx.view(model, deterministic=True).deterministic, model.deterministic
     (True, False)
   """
+  if not resolve_graph(graph):
+    check_no_sharing(flatten_with_paths(node)[0], "pynnx.view")
+  pred = filterlib.to_predicate(only)
   copies: dict[int, Any] = {}
   found: set[str] = set()
 
-  def copy(x: Any) -> Any:
+  def copy(x: Any, path: Path) -> Any:
     if isinstance(x, Pytree):
       if id(x) in copies:
         return copies[id(x)]
@@ -211,31 +235,57 @@ def view(node: Any, /, **attributes: Any) -> Any:
       for k, v in x.__dict__.items():
         if k in _CACHE_KEYS:
           continue
-        nd[k] = v if isinstance(k, str) and k.startswith("_pynnx_") else copy(v)
+        nd[k] = v if isinstance(k, str) and k.startswith("_pynnx_") else copy(v, (*path, k))
       nd["_pynnx_forced"] = dict(x.__dict__.get("_pynnx_forced", {}))
-      if isinstance(new, Module):
-        for name, value in attributes.items():
-          if name in nd:
-            nd[name] = value
-            found.add(name)
+      if isinstance(new, Module) and pred(path, x):
+        if hasattr(new, "set_view"):
+          found.update(_call_set_view(new, attributes))
+        else:
+          for name, value in attributes.items():
+            if name in nd:
+              nd[name] = value
+              found.add(name)
       nd["_pynnx_meta"] = new._pynnx_compute_meta()
       return new
     if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
-      return type(x)(copy(v) for v in x)
+      return type(x)(copy(v, (*path, i)) for i, v in enumerate(x))
     if isinstance(x, dict):
-      return {k: copy(v) for k, v in x.items()}
+      return {k: copy(v, (*path, k)) for k, v in x.items()}
     return x
 
-  out = copy(node)
+  out = copy(node, ())
   missing = set(attributes) - found
-  if missing:
+  if missing and raise_if_not_found:
     raise AttributeNotFoundError(
-      f"nnx.view: no Module in {type(node).__name__} has the attribute(s) {sorted(missing)}."
+      f"nnx.view: no Module in {type(node).__name__} has the attribute(s) {sorted(missing)}; "
+      "check the spelling, or pass raise_if_not_found=False to skip the Modules without them."
     )
   return out
 
 
 with_attributes = view
+
+
+def _call_set_view(module: Module, attributes: dict[str, Any]) -> set[str]:
+  """Runs a Module's own ``set_view`` (Flax's hook for ``nnx.view``) on a fresh copy.
+
+  It gets the ``attributes`` its signature accepts (all of them with ``**kwargs``); the copy is
+  writable during the call, as a constructor would be. Returns the names it accepted.
+  """
+  set_view: Callable[..., Any] = getattr(module, "set_view")  # noqa: B009  (user-defined hook)
+  params = inspect.signature(set_view).parameters.values()
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+    accepted = set(attributes)
+  else:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = {p.name for p in params if p.kind in kinds} & set(attributes)
+  d = module.__dict__
+  d["_pynnx_frozen"] = False
+  try:
+    set_view(**{k: attributes[k] for k in accepted})
+  finally:
+    d["_pynnx_frozen"] = True
+  return accepted
 
 
 def display(*args: Any) -> None:

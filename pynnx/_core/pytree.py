@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import types
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, MutableMapping, MutableSequence
 from typing import Annotated, Any
 
 import jax
@@ -123,7 +123,19 @@ def _annotation_kind(annotation: Any) -> str | None:
   return None
 
 
-def dataclass(cls: Any = None, /, **dataclass_kwargs: Any) -> Any:
+def dataclass(
+  cls: Any = None,
+  /,
+  *,
+  init: bool = True,
+  eq: bool = False,
+  order: bool = False,
+  unsafe_hash: bool = False,
+  match_args: bool = True,
+  kw_only: bool = False,
+  slots: bool = False,
+  weakref_slot: bool = False,
+) -> Any:
   """``dataclasses.dataclass`` for Pytrees/Modules, honouring data/static declarations.
 
   Fields declared with ``nnx.data()`` / ``nnx.static()`` or annotated ``nnx.Data[T]`` /
@@ -140,14 +152,25 @@ def dataclass(cls: Any = None, /, **dataclass_kwargs: Any) -> Any:
     >>> len(jax.tree.leaves(a))   # w and scale
     2
   """
+  options = dict(
+    init=init,
+    eq=eq,
+    order=order,
+    unsafe_hash=unsafe_hash,
+    match_args=match_args,
+    kw_only=kw_only,
+    slots=slots,
+    weakref_slot=weakref_slot,
+    repr=False,  # Pytrees print in pynnx's layout
+  )
   if cls is None:
-    return lambda c: dataclass(c, **dataclass_kwargs)
-  dataclass_kwargs.setdefault("repr", False)
-  dataclass_kwargs.setdefault("eq", False)
-  out = dataclasses.dataclass(cls, **dataclass_kwargs)
+    return lambda c: dataclass(c, **options)
+  out = dataclasses.dataclass(cls, **options)
   kinds = {}
   for f in dataclasses.fields(out):
     kind = f.metadata.get(_FIELD_KIND) or _annotation_kind(f.type)
+    if kind is None and isinstance(f.metadata.get("static"), bool):  # Flax's field metadata
+      kind = "static" if f.metadata["static"] else "data"
     if kind is not None:
       kinds[f.name] = kind
   out._pynnx_field_kinds = {**getattr(out, "_pynnx_field_kinds", {}), **kinds}
@@ -179,7 +202,19 @@ def is_data_value(value: Any) -> bool:
   return False
 
 
-is_data = is_data_value
+def is_data(value: Any, /) -> bool:
+  """True if ``value`` itself is data: an array, a Variable, a Pytree or a registered type.
+
+  Containers are not data themselves (``nnx.has_data`` finds the data inside one).
+
+  Example:
+    >>> import pynnx as nnx
+    >>> nnx.is_data(jnp.ones(2)), nnx.is_data([jnp.ones(2)]), nnx.is_data(1.0)
+    (True, False, False)
+  """
+  if isinstance(value, (Variable, Pytree)) or _is_array(value):
+    return True
+  return bool(_DATA_TYPES) and isinstance(value, tuple(_DATA_TYPES))
 
 
 # --- flatten metadata -------------------------------------------------------------------
@@ -241,10 +276,17 @@ class Pytree(metaclass=_PytreeMeta):
 
   _pynnx_auto_containers = True
   _pynnx_field_kinds: dict = {}  # set by nnx.dataclass from field declarations
+  _pynnx_is_module = False  # Module sets it: its fixes (set_attributes, view) differ
+  _pynnx_is_pytree = True  # False for `class Foo(nnx.Pytree, pytree=False)`: graph mode only
 
-  def __init_subclass__(cls, **kwargs: Any):
+  def __init_subclass__(cls, pytree: bool | None = None, **kwargs: Any):
     super().__init_subclass__(**kwargs)
-    _register(cls)
+    if pytree is not None:
+      if not isinstance(pytree, bool):
+        raise TypeError(f"{cls.__name__}: `pytree=` takes True or False, got {pytree!r}.")
+      cls._pynnx_is_pytree = pytree
+    if cls._pynnx_is_pytree:
+      _register(cls)
 
   def __new__(cls, *args: Any, **kwargs: Any):
     obj = object.__new__(cls)
@@ -261,21 +303,21 @@ class Pytree(metaclass=_PytreeMeta):
   def __setattr__(self, name: str, value: Any) -> None:
     d = self.__dict__
     if d.get("_pynnx_frozen", False) and not name.startswith(_INTERNAL):
-      raise FrozenModuleError(
-        f"Cannot set attribute {name!r} of {type(self).__name__}: pynnx Modules are frozen "
-        f"once built (the outermost constructor has returned). State changes go through "
-        f"Variables (`{type(self).__name__.lower()}.{name}[...] = new_value` if it holds a "
-        f"Variable). To change static attributes use `module.set_attributes({name}=...)` or the "
-        f"functional `nnx.view(module, {name}=...)`; to rebuild, construct a new Module."
-      )
+      raise FrozenModuleError(_frozen_message(self, name, value))
     self._pynnx_store(name, value)
 
   def __delattr__(self, name: str) -> None:
     if self.__dict__.get("_pynnx_frozen", False):
+      kind = type(self).__name__
+      alternative = (
+        "`nnx.view(...)` for a modified copy"
+        if type(self)._pynnx_is_module
+        else f"construct a new {kind} without it"
+      )
       raise FrozenModuleError(
-        f"Cannot delete attribute {name!r} of {type(self).__name__}: pynnx Modules are frozen "
-        f"once built. Use `nnx.pop(module, filter)` to remove Variables such as sown "
-        f"intermediates, or `nnx.view(...)` for a modified copy."
+        f"Cannot delete attribute {name!r} of {kind}: pynnx "
+        f"{'Modules' if type(self)._pynnx_is_module else 'Pytrees'} are frozen once built. Use "
+        f"`nnx.pop(obj, filter)` to remove Variables such as sown intermediates, or {alternative}."
       )
     del self.__dict__[name]
     self.__dict__["_pynnx_forced"].pop(name, None)
@@ -345,12 +387,15 @@ class Pytree(metaclass=_PytreeMeta):
       try:
         hash(v)
       except TypeError:
+        item = isinstance(self, (List, Dict))
+        where = f"[{k!r}]" if item else f".{k}"
+        mark = "wrap the item in `nnx.data(...)`" if item else f"mark it `self.{k} = nnx.data(...)`"
         raise StaticAttributeError(
-          f"{type(self).__name__}.{k} is a static attribute (it holds no arrays, Variables or "
-          f"Modules) but its value of type {type(v).__name__} is not hashable. Static "
-          f"attributes are part of the compile cache key. Use a hashable value (a tuple "
-          f"instead of a list, a frozenset instead of a set), or mark it "
-          f"`self.{k} = nnx.data(...)` if it should be traced."
+          f"{type(self).__name__}{where} is a static {'item' if item else 'attribute'} (it holds "
+          f"no arrays, Variables or Modules) but its value of type {type(v).__name__} is not "
+          "hashable. Static values are part of the compile cache key. Use a hashable value (a "
+          f"tuple instead of a list, a frozenset instead of a set), or {mark} if it should be "
+          "traced."
         ) from None
     return _Meta(tuple(data_keys), tuple(self._pynnx_key_obj(k) for k in data_keys), tuple(statics))
 
@@ -371,6 +416,41 @@ class Pytree(metaclass=_PytreeMeta):
 
   def __setstate__(self, state: dict) -> None:
     self.__dict__.update(state)
+
+
+def _frozen_message(obj: Pytree, name: str, value: Any) -> str:
+  """The error for ``obj.name = value`` on a built object, with a fix that works for it."""
+  kind = type(obj).__name__
+  is_module = type(obj)._pynnx_is_module
+  root = "model" if is_module else "obj"
+  where = f"`{root}.{name}`"
+  head = (
+    f"Cannot set attribute {name!r} of {kind} ({where} if it is the top-level object): pynnx "
+    f"{'Modules' if is_module else 'Pytrees'} are frozen once built (the outermost "
+    "constructor has returned). "
+  )
+  current = obj.__dict__.get(name)
+  if isinstance(current, Variable):
+    return head + (
+      f"{where} holds a {type(current).__name__}: change its value in place with "
+      f"`{root}.{name}[...] = new_value` (or `{root}.{name}.value = new_value`)."
+    )
+  if isinstance(current, Pytree) or isinstance(value, Pytree):
+    return head + (
+      f"To swap a sub-{'Module' if is_module else 'object'}, build the {kind} with the new one "
+      "(pass it to the constructor), or keep swappable parts in an `nnx.List` / `nnx.Dict`, "
+      f"whose items can be replaced: `{root}.layers[0] = new_layer`."
+    )
+  if is_module:
+    return head + (
+      f"To change a static attribute use `{root}.set_attributes({name}=...)` or the "
+      f"functional `nnx.view({root}, {name}=...)`; to rebuild, construct a new {kind}."
+    )
+  return head + (
+    f"Construct a new {kind} with the new {name!r}"
+    f"{' (`dataclasses.replace(obj, ...)` for an nnx.dataclass)' if hasattr(obj, '__dataclass_fields__') else ''}"
+    f", or hold the value in a Variable (`obj.{name}[...] = ...`) if it must change."
+  )
 
 
 def _register(cls: type) -> None:
@@ -403,6 +483,9 @@ def _register(cls: type) -> None:
 class List(Pytree):
   """A list of Modules/Variables/arrays; item operations are sanctioned structure changes.
 
+  Items are classified like attributes (data or static); ``nnx.data(x)`` / ``nnx.static(x)``
+  force one item's kind. Supports the whole ``list`` protocol.
+
   Example:
     >>> import pynnx as nnx
     >>> layers = nnx.List([nnx.Param(1.0), nnx.Param(2.0)])
@@ -413,9 +496,7 @@ class List(Pytree):
   _pynnx_auto_containers = False
 
   def __init__(self, items: Any = ()):
-    d: dict[Any, Any] = self.__dict__  # items live under int keys
-    for i, item in enumerate(items):
-      d[i] = _wrap_container(item)
+    self._set_items(list(items), bump=False)
 
   def _pynnx_key_obj(self, key: Hashable) -> Any:
     return jax.tree_util.SequenceKey(key)
@@ -433,57 +514,106 @@ class List(Pytree):
     d: dict[Any, Any] = self.__dict__
     return [d[i] for i in range(len(self))]
 
-  def _set_items(self, items: list) -> None:
+  def _marked_items(self) -> list:
+    """The items with their forced kinds as markers, so the kinds move with the items."""
+    forced = self.__dict__["_pynnx_forced"]
+    return [_Marker(v, forced[i]) if i in forced else v for i, v in enumerate(self._items_list())]
+
+  def _set_items(self, items: list, bump: bool = True) -> None:
     d: dict[Any, Any] = self.__dict__
-    old = self._items_list()
+    old = self._marked_items()
     for k in [k for k in d if isinstance(k, int)]:
       del d[k]
+    forced = d["_pynnx_forced"]
+    forced.clear()
     for i, item in enumerate(items):
-      d[i] = _wrap_container(item)
+      if isinstance(item, _Marker):
+        forced[i], item = item.kind, item.value
+      d[i] = item if forced.get(i) == "static" else _wrap_container(item)
     if d.get("_pynnx_frozen", False):
       try:
         d["_pynnx_meta"] = self._pynnx_compute_meta()
       except StaticAttributeError:
         self._set_items(old)  # a rejected item leaves the list as it was
         raise
-    bump_structure()
+    if bump:
+      bump_structure()
 
   def __getitem__(self, i: Any) -> Any:
     items = self._items_list()
     return items[i]
 
   def __setitem__(self, i: Any, value: Any) -> None:
-    items = self._items_list()
+    items = self._marked_items()
     items[i] = value
     self._set_items(items)
 
   def __delitem__(self, i: Any) -> None:
-    items = self._items_list()
+    items = self._marked_items()
     del items[i]
     self._set_items(items)
 
   def __iter__(self) -> Iterator[Any]:
     return iter(self._items_list())
 
+  def __reversed__(self) -> Iterator[Any]:
+    return reversed(self._items_list())
+
+  def __contains__(self, value: object) -> bool:
+    return any(v is value or _plain_eq(v, value) for v in self._items_list())
+
+  def __iadd__(self, values: Any) -> List:
+    self.extend(values)
+    return self
+
   def append(self, value: Any) -> None:
-    self._set_items(self._items_list() + [value])
+    self._set_items([*self._marked_items(), value])
 
   def extend(self, values: Any) -> None:
-    self._set_items(self._items_list() + list(values))
+    self._set_items([*self._marked_items(), *values])
 
   def insert(self, i: int, value: Any) -> None:
-    items = self._items_list()
+    items = self._marked_items()
     items.insert(i, value)
     self._set_items(items)
 
   def pop(self, i: int = -1) -> Any:
-    items = self._items_list()
+    items = self._marked_items()
     out = items.pop(i)
     self._set_items(items)
-    return out
+    return out.value if isinstance(out, _Marker) else out
+
+  def remove(self, value: Any) -> None:
+    del self[self.index(value)]
+
+  def index(self, value: Any, start: int = 0, stop: int | None = None) -> int:
+    items = self._items_list()
+    for i in range(start, len(items) if stop is None else stop):
+      if items[i] is value or _plain_eq(items[i], value):
+        return i
+    raise ValueError(f"{value!r} is not in the nnx.List")
+
+  def count(self, value: Any) -> int:
+    return sum(1 for v in self._items_list() if v is value or _plain_eq(v, value))
+
+  def reverse(self) -> None:
+    self._set_items(self._marked_items()[::-1])
+
+  def clear(self) -> None:
+    self._set_items([])
 
   def __repr__(self) -> str:
     return block("List([", [repr(x) for x in self], "])")
+
+
+def _plain_eq(a: Any, b: Any) -> bool:
+  """``a == b`` for non-data values only (arrays and Variables compare elementwise)."""
+  if is_data(a) or is_data(b):
+    return False
+  try:
+    return bool(a == b)
+  except Exception:  # noqa: BLE001  (an exotic __eq__: treat as different)
+    return False
 
 
 class _UnshadowedMethod:
@@ -562,6 +692,39 @@ class Dict(Pytree):
   def get(self, key: str, default: Any = None) -> Any:
     return self.__dict__.get(key, default) if key in self else default
 
+  @_UnshadowedMethod
+  def setdefault(self, key: str, default: Any = None) -> Any:
+    if key not in self:
+      self[key] = default
+    return self[key]
+
+  @_UnshadowedMethod
+  def pop(self, key: str, *default: Any) -> Any:
+    if key not in self:
+      if default:
+        return default[0]
+      raise KeyError(key)
+    value = self[key]
+    del self[key]
+    return value
+
+  @_UnshadowedMethod
+  def popitem(self) -> tuple[str, Any]:
+    keys = self._pynnx_keys()
+    if not keys:
+      raise KeyError("popitem(): nnx.Dict is empty")
+    return keys[0], self.pop(keys[0])  # the first key, as MutableMapping.popitem (and Flax)
+
+  @_UnshadowedMethod
+  def update(self, other: Any = (), /, **kwargs: Any) -> None:
+    for k, v in dict(other, **kwargs).items():
+      self[k] = v
+
+  @_UnshadowedMethod
+  def clear(self) -> None:
+    for k in self._pynnx_keys():
+      del self[k]
+
   def __repr__(self) -> str:
     return mapping_repr("Dict", self.items())
 
@@ -576,3 +739,18 @@ def _wrap_container(value: Any) -> Any:
 
 
 _register(Pytree)
+MutableSequence.register(List)
+MutableMapping.register(Dict)
+
+
+class Object(Pytree, pytree=False):
+  """Flax's base class for graph-mode objects that are not JAX pytrees (``pytree=False``).
+
+  Such objects work with graph-mode APIs (``nnx.split(obj, graph=True)``, ``graph=True``
+  transforms); tree-mode APIs reject them.
+  """
+
+  def __init_subclass__(cls, pytree: bool | None = None, **kwargs: Any):
+    if pytree:
+      raise TypeError(f"{cls.__name__}: nnx.Object subclasses are never pytrees (pytree=False).")
+    super().__init_subclass__(**kwargs)

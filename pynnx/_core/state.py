@@ -251,8 +251,10 @@ class FlatState(Sequence):
 
   __slots__ = ("_items",)
 
-  def __init__(self, items: Any):
+  def __init__(self, items: Any, /, *, sort: bool = False):
     self._items = list(items.items() if isinstance(items, Mapping) else items)
+    if sort:
+      self._items.sort(key=lambda kv: [_sort_key(k) for k in kv[0]])
 
   def __getitem__(self, i: Any) -> Any:
     return self._items[i]
@@ -274,6 +276,71 @@ class FlatState(Sequence):
   def __repr__(self) -> str:
     entries = "".join(f"  ({p!r}, {indent(repr(v))}),\n" for p, v in self._items)
     return "FlatState([\n" + entries + "])"
+
+
+# --- module-level forms of the State methods (Flax's statelib functions) -----------------
+
+
+def to_pure_dict(state: State, extract_fn: Callable[[Path, Any], Any] | None = None) -> dict:
+  """``state.to_pure_dict(extract_fn)``: a nested dict of raw values.
+
+  Example:
+    >>> import jax.numpy as jnp, pynnx as nnx
+    >>> nnx.to_pure_dict(nnx.State({'w': nnx.Param(jnp.ones(1))}))
+    {'w': Array([1.], dtype=float32)}
+  """
+  return state.to_pure_dict(extract_fn)
+
+
+def replace_by_pure_dict(
+  state: State, pure_dict: Mapping, replace_fn: Callable[[Any, Any], Any] | None = None
+) -> None:
+  """``state.replace_by_pure_dict(pure_dict, replace_fn)``: sets every leaf's value."""
+  state.replace_by_pure_dict(pure_dict, replace_fn)
+
+
+def restore_int_paths(pure_dict: Mapping) -> dict:
+  """A copy of ``pure_dict`` whose digit-string keys (``'0'``, from a checkpoint) are ints.
+
+  Example:
+    >>> import pynnx as nnx
+    >>> nnx.restore_int_paths({'layers': {'0': 1.0, 'name': 2.0}})
+    {'layers': {0: 1.0, 'name': 2.0}}
+  """
+
+  def key(k: Any) -> Any:
+    return int(k) if isinstance(k, str) and k.isdigit() else k
+
+  return {
+    key(k): restore_int_paths(v) if isinstance(v, Mapping) else v for k, v in pure_dict.items()
+  }
+
+
+def to_flat_state(state: State) -> FlatState:
+  """``state.flat_state()``."""
+  return state.flat_state()
+
+
+def from_flat_state(flat_state: Any, *, cls: type[State] = State) -> State:
+  """A nested State (of class ``cls``) from ``(path, leaf)`` pairs or a path mapping."""
+  return cls.from_flat_path(flat_state)
+
+
+def split_state(state: State, first: Any, /, *filters: Any) -> Any:
+  """``state.split(first, *filters)``: every leaf must match a filter."""
+  return state.split(first, *filters)
+
+
+def filter_state(state: State, first: Any, /, *filters: Any) -> Any:
+  """``state.filter(first, *filters)``: unmatched leaves are left out."""
+  return state.filter(first, *filters)
+
+
+def merge_state(state: Mapping, /, *states: Mapping, cls: type[State] = State) -> State:
+  """One State from several (later ones win on equal paths); plain dicts are accepted."""
+  as_states = [s if isinstance(s, State) else State(s) for s in (state, *states)]
+  merged = State.merge(*as_states)
+  return merged if cls is State else cls.from_flat_path(merged.flat_state())
 
 
 def map_state(f: Callable[[Path, Any], Any], state: State) -> State:

@@ -8,14 +8,16 @@ cached plans (``_transforms/lift.py``).
 from __future__ import annotations
 
 import sys
-from collections.abc import Hashable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator, MutableMapping
+from typing import Any, ClassVar
 
 import jax
 
 from . import filters as filterlib
+from .config import resolve_graph
 from .errors import (
   FilterError,
+  GraphModeRequiredError,
   NotAVariableError,
   SharedReferenceError,
   StateMismatchError,
@@ -95,16 +97,193 @@ def shared_reference_error(api: str, var: Any, first: str, second: str) -> Share
 def check_no_sharing(flat: list[tuple[Path, Any]], api: str, root: str = "model") -> None:
   seen: dict[int, Path] = {}
   for path, leaf in flat:
+    if isinstance(leaf, Pytree):  # only a `pytree=False` object stays a leaf
+      raise GraphModeRequiredError(
+        f"{api}: {format_path(path, root)} is a {type(leaf).__name__}, declared with "
+        "`pytree=False`, so it is not a JAX pytree and tree mode cannot walk it. Use graph "
+        f"mode for this call: `{api.split('(')[0]}(..., graph=True)`."
+      )
     if isinstance(leaf, Variable):
       first = seen.setdefault(id(leaf), path)
       if first is not path:
         raise shared_reference_error(api, leaf, format_path(first, root), format_path(path, root))
 
 
+# --- GraphDef: the common base, ApplyCaller ------------------------------------------------
+
+# ``graph_mode -> (merge, split)`` for ``GraphDef.apply``: tree mode registers itself below,
+# ``pynnx._graph`` (a higher tier) registers graph mode when it is imported.
+MODE_FUNCTIONS: dict[bool, tuple[Callable[..., Any], Callable[..., tuple]]] = {}
+
+
+class GraphDef:
+  """The static half of ``nnx.split``: a hashable JAX pytree with no leaves.
+
+  Both modes' GraphDefs are instances of this class (``isinstance(g, nnx.GraphDef)``), so a
+  GraphDef can be passed straight through ``jax.jit`` next to its State.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, pynnx as nnx
+    >>> graphdef, state = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> jax.tree.leaves(graphdef), isinstance(graphdef, nnx.GraphDef)
+    ([], True)
+    >>> y, (graphdef, state) = graphdef.apply(state)(jnp.ones((1, 2)))
+    >>> y.shape
+    (1, 3)
+  """
+
+  __slots__ = ()
+  graph_mode: ClassVar[bool] = False
+
+  def __init_subclass__(cls, **kwargs: Any):
+    super().__init_subclass__(**kwargs)
+    # No leaves: the whole GraphDef is aux data, so jit treats it as static.
+    jax.tree_util.register_pytree_node(cls, lambda g: ((), g), lambda g, _: g)
+
+  def apply(self, state: Any, /, *states: Any, graph: bool | None = None) -> ApplyCaller:
+    """A caller that merges, calls a method and re-splits (graphdef and State unchanged).
+
+    ``graphdef.apply(state)(*args)`` calls the Module; ``graphdef.apply(state).encode(x)``
+    calls its ``encode`` method (any attribute path works). Each call returns
+    ``(output, (graphdef, state))`` with the updated State; ``graph`` picks the mode of the
+    re-split (default: ``nnx.set_graph_mode``).
+    """
+    return ApplyCaller(self, (state, *states), (), graph)
+
+
+class ApplyCaller:
+  """What ``GraphDef.apply`` returns: attribute access builds a method path, a call runs it."""
+
+  __slots__ = ("_graphdef", "_states", "_path", "_graph")
+
+  def __init__(self, graphdef: GraphDef, states: tuple, path: tuple[str, ...], graph: Any):
+    self._graphdef, self._states, self._path, self._graph = graphdef, states, path, graph
+
+  def __getattr__(self, name: str) -> ApplyCaller:
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return ApplyCaller(self._graphdef, self._states, (*self._path, name), self._graph)
+
+  def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, tuple[GraphDef, Any]]:
+    module = MODE_FUNCTIONS[self._graphdef.graph_mode][0](self._graphdef, *self._states)
+    fn = module
+    for name in self._path:
+      fn = getattr(fn, name)
+    out = fn(*args, **kwargs)
+    graphdef, state = MODE_FUNCTIONS[resolve_graph(self._graph)][1](module)
+    return out, (graphdef, state)
+
+
+def call(graphdef_state: tuple, /) -> ApplyCaller:
+  """``nnx.call((graphdef, state))`` is ``graphdef.apply(state)``.
+
+  Example:
+    >>> import jax.numpy as jnp, pynnx as nnx
+    >>> pair = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> y, pair = nnx.call(pair)(jnp.ones((1, 2)))
+    >>> y.shape
+    (1, 3)
+  """
+  if not (isinstance(graphdef_state, tuple) and len(graphdef_state) == 2):
+    raise StateMismatchError(
+      "nnx.call takes one `(graphdef, state)` pair, e.g. `nnx.call(nnx.split(model))`, got a "
+      f"{type(graphdef_state).__name__}."
+    )
+  graphdef, state = graphdef_state
+  if not isinstance(graphdef, GraphDef):
+    raise StateMismatchError(
+      f"nnx.call: the first item must be a GraphDef from `nnx.split`, got a "
+      f"{type(graphdef).__name__}."
+    )
+  return graphdef.apply(state)
+
+
+class GraphState(MutableMapping):
+  """A State bundled with its GraphDef (what ``nnx.unpack`` returns); ``nnx.merge`` takes it.
+
+  It reads and writes like its State and is a pytree whose leaves are the State's.
+
+  Example:
+    >>> import pynnx as nnx
+    >>> gs = nnx.unpack(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> sorted(gs.keys()), type(nnx.merge(gs)).__name__
+    (['bias', 'kernel'], 'Linear')
+  """
+
+  __slots__ = ("_graphdef", "_state")
+
+  def __init__(self, graphdef: GraphDef, state: State):
+    if not isinstance(graphdef, GraphDef):
+      raise StateMismatchError(
+        f"GraphState needs a GraphDef from `nnx.split` first, got a {type(graphdef).__name__}."
+      )
+    if not isinstance(state, State):
+      raise StateMismatchError(f"GraphState needs a State, got a {type(state).__name__}.")
+    object.__setattr__(self, "_graphdef", graphdef)
+    object.__setattr__(self, "_state", state)
+
+  def __getitem__(self, key: Hashable) -> Any:
+    return self._state[key]
+
+  def __setitem__(self, key: Hashable, value: Any) -> None:
+    self._state[key] = value
+
+  def __delitem__(self, key: Hashable) -> None:
+    del self._state[key]
+
+  def __iter__(self) -> Iterator[Hashable]:
+    return iter(self._state)
+
+  def __len__(self) -> int:
+    return len(self._state)
+
+  def __getattr__(self, name: str) -> Any:
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return getattr(self._state, name)
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    setattr(self._state, name, value)
+
+  def __repr__(self) -> str:
+    return f"GraphState(graphdef={self._graphdef!r}, state={self._state!r})"
+
+
+jax.tree_util.register_pytree_with_keys(
+  GraphState,
+  lambda g: (((jax.tree_util.GetAttrKey("state"), g._state),), g._graphdef),
+  lambda graphdef, children: GraphState(graphdef, *children),
+  lambda g: ((g._state,), g._graphdef),
+)
+
+
+def split_graph_states(args: tuple) -> tuple[Any, tuple]:
+  """``(graphdef, states)`` from merge's arguments: a GraphDef then States, or GraphStates."""
+  first, rest = args[0], args[1:]
+  if isinstance(first, GraphState):
+    graphdef, states = first._graphdef, [first._state]
+  else:
+    graphdef, states = first, []
+  for s in rest:
+    if isinstance(s, GraphState):
+      if s._graphdef != graphdef:
+        raise StateMismatchError(
+          "merge: the GraphStates come from different GraphDefs; unpack them from one Module."
+        )
+      states.append(s._state)
+    else:
+      states.append(s)
+  if not states:
+    raise StateMismatchError(
+      "merge needs at least one State after the GraphDef: `nnx.merge(graphdef, state)`."
+    )
+  return graphdef, tuple(states)
+
+
 # --- GraphDef (tree mode) -------------------------------------------------------------------
 
 
-class TreeGraphDef:
+class TreeGraphDef(GraphDef):
   """The static structure of a Module in tree mode: its treedef and leaf paths/kinds."""
 
   __slots__ = ("treedef", "paths", "leaf_types", "_hash")
@@ -309,12 +488,4 @@ def unflatten(graphdef: TreeGraphDef, flat_state: Any) -> Any:
   )
 
 
-def as_abstract(node: Any) -> Any:
-  """A copy of ``node`` whose array values are ``jax.ShapeDtypeStruct``s."""
-
-  def abstract(x: Any) -> Any:
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-    return x
-
-  return jax.tree.map(abstract, node)
+MODE_FUNCTIONS[False] = (merge, split)

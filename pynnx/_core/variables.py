@@ -16,6 +16,7 @@ import jax
 import jax.extend.core as jex_core
 import numpy as np
 
+from . import eager
 from .errors import LeakedTracerError, NotAVariableError, ShapeError, TraceContextError
 from .reprs import variable_repr
 
@@ -127,6 +128,8 @@ class Variable(Generic[A]):
       # a value from nnx.with_metadata / with_partitioning initializers
       boxed: Any = value
       value, metadata = boxed.raw_value, {**boxed.metadata, **metadata}
+    metadata = _creation_metadata(type(self).__name__, metadata)
+    value = eager.place(value, metadata)
     object.__setattr__(self, "_raw_value", value)
     object.__setattr__(self, "_metadata", metadata)
     object.__setattr__(self, "_frame", FRAMES.current)
@@ -148,8 +151,8 @@ class Variable(Generic[A]):
       _raise_outer_write(self, frame)
     if isinstance(value, Variable):
       value = value.get_value()
-    elif isinstance(value, list) and _is_number_list(value):
-      value = _as_array(value, self)
+    elif isinstance(value, list) and hasattr(self._raw_value, "shape") and _is_number_list(value):
+      value = _as_array(value, self)  # an array cell stays an array (a list value is a pytree)
     STRUCTURE.bump_writes()  # invalidates the transforms' cached value lists
     object.__setattr__(self, "_raw_value", value)
 
@@ -179,9 +182,11 @@ class Variable(Generic[A]):
     current: Any = self.get_value()
     if key is Ellipsis:
       self.set_value(_fill(self, current, item))
-    elif isinstance(current, dict) or (isinstance(current, list) and not _is_number_list(current)):
-      new = type(current)(current)
-      new[key] = item  # type: ignore[index]
+    elif isinstance(current, (dict, list)):
+      # A pytree-valued Variable (Flax allows `v['a'] = 1`): write a modified copy, so the
+      # change goes through set_value like any other write.
+      new: Any = dict(current) if isinstance(current, dict) else list(current)
+      new[key] = item
       self.set_value(new)
     else:
       self.set_value(current.at[key].set(item))
@@ -189,9 +194,13 @@ class Variable(Generic[A]):
   # -- metadata ------------------------------------------------------------------------
   def get_metadata(self, name: str | None = None, default: Any = ...) -> Any:
     if name is None:
-      return dict(self._metadata)
+      return {**_REPORTED_DEFAULTS, **self._metadata}
     if name in self._metadata:
       return self._metadata[name]
+    if name in _REPORTED_DEFAULTS:
+      return _REPORTED_DEFAULTS[name]
+    if name == "sharding_names" and "out_sharding" in self._metadata:
+      return self._metadata["out_sharding"]
     if default is not ...:
       return default
     raise AttributeError(f"{type(self).__name__} has no metadata {name!r}.")
@@ -204,11 +213,13 @@ class Variable(Generic[A]):
         metadata = {**args[0], **metadata}
       else:
         raise TypeError("set_metadata takes (name, value), a dict, or keyword arguments.")
+    eager.check_var_options("Variable.set_metadata", metadata.get("hijax"), metadata.get("ref"))
     object.__setattr__(self, "_metadata", {**self._metadata, **metadata})
     bump_structure()
 
   def replace(self, value: Any = ..., **metadata: Any) -> Variable[A]:
     """A new Variable of the same type with ``value`` and/or metadata replaced."""
+    eager.check_var_options("Variable.replace", metadata.get("hijax"), metadata.get("ref"))
     new = object.__new__(type(self))
     object.__setattr__(new, "_raw_value", self._raw_value if value is ... else value)
     object.__setattr__(new, "_metadata", {**self._metadata, **metadata})
@@ -231,6 +242,10 @@ class Variable(Generic[A]):
       raise AttributeError(name) from None
     if name in metadata:
       return metadata[name]
+    if name in _REPORTED_DEFAULTS:
+      return _REPORTED_DEFAULTS[name]
+    if name == "sharding_names" and "out_sharding" in metadata:
+      return metadata["out_sharding"]
     return getattr(self.get_value(), name)
 
   def __setattr__(self, name: str, value: Any) -> None:
@@ -375,6 +390,24 @@ def _fill(var: Variable, current: Any, item: Any) -> Any:
       f"{dtype}, but x has shape {tuple(got)} ({e}). To replace the value with one of another "
       f"shape, assign `.value = x` instead."
     ) from None
+
+
+# Metadata every Flax Variable reports; pynnx stores an entry only when it differs.
+_REPORTED_DEFAULTS = {"hijax": False, "ref": False, "eager_sharding": True}
+
+
+def _creation_metadata(kind: str, metadata: dict) -> dict:
+  """Checks Flax's creation options and drops the ones equal to their defaults."""
+  eager.check_var_options(f"nnx.{kind}(...)", metadata.get("hijax"), metadata.get("ref"))
+  metadata = {k: v for k, v in metadata.items() if k not in ("hijax", "ref")}
+  if "sharding_names" in metadata and "out_sharding" not in metadata:
+    # Flax 0.12's key for the older `sharding_names` (still answered as an alias).
+    metadata["out_sharding"] = metadata.pop("sharding_names")
+  if metadata.get("eager_sharding", False) is True:
+    del metadata["eager_sharding"]
+  elif "eager_sharding" not in metadata and not eager.using_eager_sharding():
+    metadata["eager_sharding"] = False  # created with eager sharding off: remember it
+  return metadata
 
 
 def _raise_outer_write(var: Variable, frame: Frame) -> None:
@@ -547,12 +580,21 @@ def variable_name_from_type(typ: type[Variable], *, allow_register: bool = False
   )
 
 
-def variable_type_from_name(name: str, *, allow_register: bool = False) -> type[Variable]:
-  """The Variable type registered for a collection name (``'params'`` -> ``Param``)."""
+def variable_type_from_name(
+  name: str, /, *, base: type[Variable] = Variable, allow_register: bool = False
+) -> type[Variable]:
+  """The Variable type registered for a collection name (``'params'`` -> ``Param``).
+
+  With ``allow_register=True`` an unknown name gets a new subclass of ``base``.
+  """
   if name in _NAME_TO_TYPE:
     return _NAME_TO_TYPE[name]
   if allow_register:
-    typ = type(name, (Variable,), {})
+    if not (isinstance(base, type) and issubclass(base, Variable)):
+      raise NotAVariableError(
+        f"variable_type_from_name(base=...) must be a Variable subclass, got {base!r}."
+      )
+    typ = type(name, (base,), {})
     register_variable_name(name, typ)
     return typ
   raise ValueError(f"No Variable type is registered under the name {name!r}.")

@@ -45,9 +45,10 @@ from .._core.errors import FilterError, FrozenModuleError, NotAVariableError, St
 from .._core.paths import format_path, jax_path_to_parts, key_to_part
 from .._core.pytree import List, Pytree
 from .._core.state import FlatState, State
+from .._core.tree import MODE_FUNCTIONS
 from .._core.variables import Variable
 from .flatten import Plan, is_graph_node, plan
-from .graphdef import GraphDef
+from .graphdef import ContainerDef, GraphDef, LeafDef, NodeDef, VariableDef
 from .unflatten import rebuild
 
 Path = tuple[Hashable, ...]
@@ -101,6 +102,10 @@ def _collect_flat(graphdef: Any, states: tuple, api: str) -> dict[Path, Any]:
         f"{api} expects States after the GraphDef, got a {type(s).__name__}."
       )
   return flat
+
+
+partition = _partition
+collect_flat = _collect_flat
 
 
 def _one_or_tuple(states: tuple) -> Any:
@@ -195,10 +200,31 @@ def flatten(node: Any) -> tuple[GraphDef, FlatState]:
   return p.graphdef, FlatState(p.flat)
 
 
+def paths(graphdef: GraphDef) -> list[Path]:
+  """The State paths of ``graphdef`` in walk order (the order of ``flatten``'s leaves)."""
+  out: list[Path] = []
+
+  def walk(d: Any, path: Path) -> None:
+    if isinstance(d, (VariableDef, LeafDef)):
+      out.append(path)
+    elif isinstance(d, NodeDef):
+      for k, c in zip(d.meta.data_keys, d.children, strict=True):
+        walk(c, (*path, k))
+    elif isinstance(d, ContainerDef):
+      for k, c in zip(d.keys, d.children, strict=True):
+        walk(c, (*path, k))
+
+  walk(graphdef.root, ())
+  return out
+
+
 def unflatten(graphdef: GraphDef, flat_state: Any) -> Any:
   """Inverse of :func:`flatten`."""
   flat = flat_state if isinstance(flat_state, FlatState) else FlatState(flat_state)
   return rebuild(graphdef, dict(flat), api="pynnx.unflatten")[0]
+
+
+MODE_FUNCTIONS[True] = (merge, split)
 
 
 # --- pop / iter_graph -------------------------------------------------------------------------

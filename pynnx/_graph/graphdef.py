@@ -24,6 +24,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from .._core.reprs import block
+from .._core.tree import GraphDef as BaseGraphDef
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -120,8 +121,10 @@ class ContainerDef:
     return block(f"{name}(", kids, ")")
 
 
-class GraphDef:
+class GraphDef(BaseGraphDef):
   """The static structure of an object graph in graph mode (hashable, cheap to compare).
+
+  A registered pytree with no leaves, like the tree-mode GraphDef (see ``nnx.GraphDef``).
 
   Example:
     >>> import pynnx as nnx
@@ -132,6 +135,7 @@ class GraphDef:
   """
 
   __slots__ = ("root", "cacheable", "_hash")
+  graph_mode = True
 
   def __init__(self, root: Any, cacheable: bool = False):
     self.root = root

@@ -35,8 +35,11 @@ class _Init:
     self.kwargs = tuple(sorted(kwargs.items()))
     self._fn = getattr(_jax_init, name)(*args, **kwargs)
 
-  def __call__(self, key: Any, shape: Any, dtype: Any = None) -> Any:
-    return self._fn(key, shape) if dtype is None else self._fn(key, shape, dtype)
+  def __call__(self, key: Any, shape: Any, dtype: Any = None, out_sharding: Any = None) -> Any:
+    kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
+    if dtype is None:
+      return self._fn(key, shape, **kwargs)
+    return self._fn(key, shape, dtype, **kwargs)
 
   def __reduce__(self):
     return (_Init, (self.name, self.args, dict(self.kwargs)))

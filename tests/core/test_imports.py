@@ -27,11 +27,13 @@ CORE_TIERS = {
   "tree": 3,
   "rngs": 3,
   "sharding": 3,
+  "eager": 1,
   "__init__": 3,
 }
 PACKAGE_TIERS = {"_graph": 4, "_transforms": 6, "nn": 7, "training": 8, "bridge": 8}
 MODULE_TIERS = {
   "_functional": 5,
+  "_graph_utils": 5,
   "_recursive_map": 5,
   "_rng_helpers": 5,
   "compat": 9,

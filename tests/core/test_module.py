@@ -59,7 +59,7 @@ def test_frozen_after_construction(net):
 
 def test_frozen_error_hint_for_variables():
   layer = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
-  with pytest.raises(nnx.FrozenModuleError, match=r"linear\.kernel\[\.\.\.\] = new_value"):
+  with pytest.raises(nnx.FrozenModuleError, match=r"model\.kernel\[\.\.\.\] = new_value"):
     layer.kernel = jnp.zeros((2, 2))
 
 

@@ -191,13 +191,14 @@ def test_iter_graph(model):
   assert [p for p, _ in plain] == [(0,), (1, "x")]
 
 
-def test_as_abstract(model):
-  a = nnx.as_abstract(model)
-  assert isinstance(a.w, nnx.Param)
-  assert isinstance(a.w[...], jax.ShapeDtypeStruct) and a.w[...].shape == (2,)
-  assert isinstance(a.arr, jax.ShapeDtypeStruct) and a.n == 4
-  assert a.arr.sharding == model.arr.sharding
-  assert isinstance(model.w[...], jax.Array)  # the original is untouched
+def test_as_abstract_adds_shardings_to_abstract_variables(model):
+  mesh = jax.make_mesh((2,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
+  abstract = jax.eval_shape(lambda: nnx.Param(jnp.ones((4, 2)), out_sharding=("x", None)))
+  with jax.set_mesh(mesh):
+    out = nnx.as_abstract(abstract)
+  assert out[...].sharding.spec == jax.sharding.PartitionSpec("x", None)
+  assert abstract[...].sharding is None  # a new tree: the input is untouched
+  assert nnx.as_abstract(model).w[...] is model.w[...]  # concrete values are left alone
 
 
 def test_shared_reference_error():

@@ -77,7 +77,10 @@ def test_metadata_kwargs_and_get_metadata():
   v = nnx.Param(jnp.zeros((2,)), sharding_names=("model",), tag="x")
   assert v.get_metadata("sharding_names") == ("model",)
   assert v.sharding_names == ("model",)
-  assert v.get_metadata() == {"sharding_names": ("model",), "tag": "x"}
+  defaults = {"hijax": False, "ref": False, "eager_sharding": True}  # reported as in Flax
+  # `sharding_names` is stored under Flax 0.12's key, `out_sharding`, and still answered.
+  assert v.get_metadata() == {**defaults, "out_sharding": ("model",), "tag": "x"}
+  assert v.get_metadata("sharding_names") == v.sharding_names == ("model",)
   assert v.get_metadata("missing", None) is None
   with pytest.raises(AttributeError, match="Param has no metadata 'missing'"):
     v.get_metadata("missing")
@@ -89,7 +92,14 @@ def test_set_metadata_forms():
   v.set_metadata({"b": 2})
   v.set_metadata(c=3)
   v.d = 4  # attribute assignment sets metadata
-  assert v.get_metadata() == {"a": 1, "b": 2, "c": 3, "d": 4}
+  assert v.get_metadata() == {
+    "a": 1,
+    "b": 2,
+    "c": 3,
+    "d": 4,
+    **nnx.var_defaults()._asdict(),
+    "eager_sharding": True,
+  }
   with pytest.raises(TypeError, match="set_metadata takes"):
     v.set_metadata("a", 1, 2)
 
@@ -280,7 +290,8 @@ def test_repr_layout():
   v = nnx.Param(jnp.ones((3,)))
   assert repr(jax.tree.map(jnp.shape, v)) == "Param(\n  value=(3,)\n)"
   m = nnx.Param(jnp.zeros(()), sharding_names=("x",))
-  assert repr(jax.tree.map(jnp.shape, m)) == "Param(\n  value=(),\n  sharding_names=('x',)\n)"
+  # printed under Flax 0.12's key, as Flax prints it
+  assert repr(jax.tree.map(jnp.shape, m)) == "Param(\n  value=(),\n  out_sharding=('x',)\n)"
   big = nnx.Param(jnp.zeros((10, 10)))
   assert repr(big) == "Param(\n  value=Array(shape=(10, 10), dtype=float32)\n)"
 

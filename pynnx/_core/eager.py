@@ -1,0 +1,169 @@
+"""Eager sharding and Variable defaults: settings read when a Variable is created.
+
+With eager sharding on (the default, as in Flax), a Variable created with ``out_sharding``
+(or ``sharding_names``) metadata under a mesh (``jax.set_mesh`` or a ``mesh`` metadata
+entry) has its value placed with that sharding right away. ``logical_axis_rules`` renames
+logical axis names to mesh axis names at that moment.
+
+``var_defaults`` reports Flax's ``hijax`` / ``ref`` defaults; pynnx implements neither (see
+``docs/migrating.md``), so turning one on raises instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from .errors import ConfigError, UnsupportedOptionError
+
+
+class _Settings:
+  eager_sharding: bool = True
+  axis_rules: tuple = ()
+
+
+_SETTINGS = _Settings()
+
+
+class use_eager_sharding:  # noqa: N801  (Flax's name; a class so it works as a context)
+  """Turns eager sharding on or off: now, or for a ``with`` block.
+
+  Example:
+    >>> import pynnx as nnx
+    >>> with nnx.use_eager_sharding(False):
+    ...   nnx.using_eager_sharding()
+    False
+    >>> nnx.using_eager_sharding()
+    True
+  """
+
+  def __init__(self, value: bool, /):
+    if not isinstance(value, bool):
+      raise ConfigError(f"nnx.use_eager_sharding(value) takes True or False, got {value!r}.")
+    self._previous = _SETTINGS.eager_sharding
+    _SETTINGS.eager_sharding = value
+
+  def __enter__(self) -> use_eager_sharding:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    _SETTINGS.eager_sharding = self._previous
+
+
+def using_eager_sharding() -> bool:
+  """Whether new Variables with sharding metadata are placed eagerly (default True)."""
+  return _SETTINGS.eager_sharding
+
+
+@contextlib.contextmanager
+def logical_axis_rules(rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
+  """Maps logical axis names to mesh axes while Variables are created in this block.
+
+  Example:
+    >>> import pynnx as nnx
+    >>> with nnx.logical_axis_rules([('embed', None)]):
+    ...   nnx.Param(jnp.ones(2), out_sharding=('embed',)).get_metadata('out_sharding')
+    ('embed',)
+  """
+  rules = tuple(rules)
+  for rule in rules:
+    if not (isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str)):
+      raise ConfigError(
+        f"nnx.logical_axis_rules takes (logical_name, mesh_axes) pairs, got {rule!r}."
+      )
+  previous = _SETTINGS.axis_rules
+  _SETTINGS.axis_rules = rules
+  try:
+    yield
+  finally:
+    _SETTINGS.axis_rules = previous
+
+
+def _apply_rules(names: tuple, extra_rules: Any) -> tuple:
+  rules = dict(_SETTINGS.axis_rules)
+  if extra_rules:
+    rules.update(dict(extra_rules))
+  return tuple(rules.get(n, n) if isinstance(n, str) else n for n in names)
+
+
+def _current_mesh(metadata: Mapping[str, Any]) -> Any:
+  mesh = metadata.get("mesh")
+  if mesh is not None:
+    return mesh
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty else mesh
+
+
+def place(value: Any, metadata: Mapping[str, Any]) -> Any:
+  """``value`` placed by its ``out_sharding`` / ``sharding_names`` metadata, if eager.
+
+  Without a mesh the value is left where it is (Flax raises; see ``docs/migrating.md``).
+  """
+  if not _SETTINGS.eager_sharding or not metadata.get("eager_sharding", True):
+    return value
+  names = metadata.get("out_sharding")
+  if names is None:
+    names = metadata.get("sharding_names")
+  if names is None or not isinstance(value, jax.Array):
+    return value
+  mesh = _current_mesh(metadata)
+  if mesh is None:
+    return value
+  names = _apply_rules(tuple(names), metadata.get("sharding_rules"))
+  axes = set(mesh.axis_names)
+  if not all(n is None or n in axes or (isinstance(n, tuple) and set(n) <= axes) for n in names):
+    return value  # logical names for another mesh: kept as metadata (like nnx.eval_shape)
+  spec = PartitionSpec(*names)
+  if isinstance(value, jax.core.Tracer) or isinstance(mesh, jax.sharding.AbstractMesh):
+    if mesh.are_all_axes_explicit:
+      return jax.sharding.reshard(value, spec)
+    return jax.lax.with_sharding_constraint(value, NamedSharding(mesh, spec))
+  return jax.device_put(value, NamedSharding(mesh, spec))
+
+
+class VarDefaults(NamedTuple):
+  """Flax's Variable defaults: pynnx Variables are plain (no hijax, no Ref)."""
+
+  hijax: bool
+  ref: bool
+
+
+_DEFAULTS = VarDefaults(hijax=False, ref=False)
+
+
+def check_var_options(api: str, hijax: Any, ref: Any) -> None:
+  """Raises for ``hijax=True`` / ``ref=True``: pynnx never ignores an option."""
+  for name, value in (("hijax", hijax), ("ref", ref)):
+    if value:
+      raise UnsupportedOptionError(
+        f"{api}: {name}=True is not supported by pynnx. Flax's {name} Variables update "
+        "themselves inside plain `jax.jit`; in pynnx pass the Module to `nnx.jit` (or "
+        "another pynnx transform), which writes Variable updates back. Drop the "
+        f"`{name}=True` argument (see docs/migrating.md, 'Variables')."
+      )
+
+
+@contextlib.contextmanager
+def _no_change() -> Iterator[VarDefaults]:
+  yield _DEFAULTS
+
+
+def var_defaults(*, hijax: bool | None = None, ref: bool | None = None) -> Any:
+  """Flax's Variable defaults (``VarDefaults(hijax=False, ref=False)`` in pynnx).
+
+  With arguments it returns a context manager; ``hijax=True`` or ``ref=True`` raise
+  :class:`~pynnx.UnsupportedOptionError` because pynnx has no such Variables.
+
+  Example:
+    >>> import pynnx as nnx
+    >>> nnx.var_defaults()
+    VarDefaults(hijax=False, ref=False)
+  """
+  check_var_options("nnx.var_defaults", hijax, ref)
+  if hijax is None and ref is None:
+    return _DEFAULTS
+  return _no_change()
