@@ -110,13 +110,6 @@ from ._functional import state as state
 from ._functional import unflatten as unflatten
 from ._functional import unpack as unpack
 from ._functional import update as update
-from ._recursive_map import map as map  # noqa: A004  (Flax's name)
-from ._recursive_map import recursive_map as recursive_map
-from ._rng_helpers import fork_rngs as fork_rngs
-from ._rng_helpers import reseed as reseed
-from ._rng_helpers import restore_rngs as restore_rngs
-from ._rng_helpers import split_rngs as split_rngs
-from ._rng_helpers import with_rngs as with_rngs
 from ._graph.api import from_tree as from_tree
 from ._graph.api import to_tree as to_tree
 from ._graph_utils import A as A
@@ -142,6 +135,13 @@ from ._graph_utils import variables as variables
 from ._graph_utils import vars_as as vars_as
 from ._graph_utils import view_info as view_info
 from ._graph_utils import with_vars as with_vars
+from ._recursive_map import map as map  # noqa: A004  (Flax's name)
+from ._recursive_map import recursive_map as recursive_map
+from ._rng_helpers import fork_rngs as fork_rngs
+from ._rng_helpers import reseed as reseed
+from ._rng_helpers import restore_rngs as restore_rngs
+from ._rng_helpers import split_rngs as split_rngs
+from ._rng_helpers import with_rngs as with_rngs
 from ._transforms import *  # noqa: F403  (each transform module defines __all__)
 from .nn import *  # noqa: F403
 from .nn import initializers as initializers

@@ -100,6 +100,8 @@ class BoundMethodError(PynnxError, ValueError):
 
 class TreeStructureError(PynnxError, ValueError):
   """A Module is too deeply nested, or holds a reference cycle, for tree mode."""
+
+
 class CloneArgumentError(PynnxError, ValueError):
   """``nnx.clone`` was given options that contradict each other."""
 
