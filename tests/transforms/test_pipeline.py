@@ -270,6 +270,27 @@ def test_returned_variable_from_a_keyword_is_the_callers(graph):
   assert out[0] is m.count and as_float(m.count) == 1.0
 
 
+class Wrap(nnx.Module):
+  def __init__(self, inner, count):
+    self.inner = inner
+    self.count = count
+    self.extra = nnx.Param(jnp.ones(1))
+
+
+def test_new_module_holding_input_objects_keeps_them(graph):
+  m = Net()
+
+  def f(m):
+    m.count[...] += 1.0
+    return Wrap(m.linear1, m.count)
+
+  w = nnx.jit(f, graph=graph)(m)
+  assert isinstance(w, Wrap) and w is not m
+  assert w.inner is m.linear1  # the caller's sub-Module, not a copy
+  assert w.count is m.count and as_float(m.count) == 1.0
+  np.testing.assert_array_equal(w.extra[...], jnp.ones(1))
+
+
 # --- 6. bound methods -----------------------------------------------------------------------
 
 
