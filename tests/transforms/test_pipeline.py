@@ -474,12 +474,25 @@ def test_deep_chain_raises_in_tree_mode_and_interpreter_survives():
   deep = chain(1000)
   with pytest.raises(
     nnx.TreeStructureError,
-    match=r"deep\.child\.child(\.child)*.*nested \d+ levels deep.*nnx\.List.*nnx\.scan.*graph=True",
+    match=r"\.child\.child(\.child)* is nested \d+ levels deep.*nnx\.List.*nnx\.scan.*graph=True",
   ):
     nnx.jit(lambda deep: deep.w[...])(deep)
   # the interpreter is still usable: a new transform call works
   shallow = chain(3)
   assert as_float(nnx.jit(lambda m: m.w[...] + m.child.child.w[...])(shallow)) == 2.0
+
+
+def test_deep_chain_works_in_graph_mode():
+  # graph=True is the fix the tree-mode error suggests (Flax's graph mode runs this too)
+  deep = chain(1000)
+
+  def f(deep):
+    deep.w[...] += 1.0
+    deep.child.child.w[...] += 2.0
+    return deep.w[...]
+
+  assert as_float(nnx.jit(f, graph=True)(deep)) == 2.0
+  assert as_float(deep.w) == 2.0 and as_float(deep.child.child.w) == 3.0
 
 
 class Child(nnx.Module):
@@ -502,9 +515,22 @@ def bump_cycle(p):
 
 def test_cycle_raises_in_tree_mode():
   p = Parent()
-  with pytest.raises(nnx.TreeStructureError, match=r"p\.child\.parent.*cycle.*graph=True"):
+  with pytest.raises(
+    nnx.TreeStructureError, match=r"\.child\.parent refers back.*cycle.*graph=True"
+  ):
     nnx.jit(bump_cycle)(p)
   assert as_float(p.count) == 0.0
+
+
+def test_structure_errors_name_the_argument():
+  # the path a user would type starts with the function's parameter name (as in the
+  # SharedReferenceError), not a fixed "model"
+  with pytest.raises(nnx.TreeStructureError, match=r"^deep\.child\.child"):
+    nnx.jit(lambda deep: deep.w[...])(chain(1000))
+  with pytest.raises(nnx.TreeStructureError, match=r"^p\.child\.parent refers back"):
+    nnx.jit(bump_cycle)(Parent())
+  with pytest.raises(nnx.TreeStructureError, match=r"^extra\.child\.parent refers back"):
+    nnx.jit(lambda x, *, extra: x)(jnp.ones(1), extra=Parent())
 
 
 def test_cycle_works_in_graph_mode():
