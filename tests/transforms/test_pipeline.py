@@ -4,6 +4,7 @@ methods, readable JAX errors, Variable writes, deep and cyclic Modules.
 Transform tests run in tree and graph mode (the ``graph`` fixture of tests/conftest.py).
 """
 
+import functools
 import os
 import traceback
 
@@ -327,6 +328,29 @@ def test_bound_method_is_rejected(name):
   with pytest.raises(nnx.BoundMethodError, match=rf"pynnx\.{name} .*Model\(\.\.\.\)\.forward"):
     BOUND[name](m.forward)
   assert issubclass(nnx.BoundMethodError, ValueError)
+
+
+@pytest.mark.parametrize("name", ["jit", "grad"])
+def test_partial_of_a_bound_method_is_rejected(name):
+  # as in Flax: the Module is still captured behind the partial
+  m = Model()
+  with pytest.raises(nnx.BoundMethodError, match=r"Model\(\.\.\.\)\.forward"):
+    BOUND[name](functools.partial(m.forward))
+
+
+class Helper:
+  """Not a Module: nothing of it needs writing back (Flax accepts its bound methods)."""
+
+  def __init__(self, k):
+    self.k = k
+
+  def scale(self, x):
+    return x * self.k
+
+
+def test_bound_method_of_a_plain_object_is_accepted():
+  assert as_float(nnx.jit(Helper(3.0).scale)(jnp.array(2.0))) == 6.0
+  assert as_float(nnx.grad(Helper(3.0).scale)(jnp.array(2.0))) == 3.0
 
 
 def test_unbound_method_and_decorated_method_work(graph):
