@@ -168,6 +168,29 @@ def test_eval_shape_keyword_leaves_the_argument_unchanged(graph):
   np.testing.assert_array_equal(m.count[...], jnp.zeros(2))
 
 
+@pytest.mark.parametrize("by_keyword", [False, True], ids=["positional", "keyword"])
+def test_custom_vjp_writes_back_a_batchstat_update(graph, by_keyword):
+  # the BatchStat gets no cotangent and may be updated (tree mode documents it; Flax's
+  # graph mode does it too)
+  @nnx.custom_vjp(graph=graph)
+  def f(x, m):
+    m.count[...] += 1.0
+    return x * m.w[...]
+
+  f.defvjp(lambda x, m: (f(x, m), m.w[...]), lambda res, g: (g * res, None))
+  m = Counter(scale=3.0)
+  out = f(jnp.array(2.0), m=m) if by_keyword else f(jnp.array(2.0), m)
+  assert as_float(out) == 6.0
+  assert as_float(m.count) == 1.0
+
+
+def test_vmap_keyword_axis_error_gives_a_fix_for_keywords():
+  # a keyword is always mapped on axis 0, so "give it None in in_axes" cannot apply
+  f = nnx.vmap(lambda x, s: x * s)
+  with pytest.raises(nnx.AxisSpecError, match=r"(?s)axis 0 of s\b.*keyword.*positional"):
+    f(jnp.ones(3), s=jnp.array(2.0))
+
+
 def test_shard_map_rejects_keywords(graph):
   mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
   f = nnx.shard_map(bump_kw, mesh=mesh, in_specs=(P(), P()), out_specs=P(), graph=graph)

@@ -109,6 +109,30 @@ def test_concurrent_new_modules_traced_by_grad(graph):
   assert run_threads(work) == []
 
 
+def test_one_transform_used_in_tree_and_graph_mode_threads_at_once():
+  # the same nnx.jit object, graph=None: half the threads run it inside a graph-mode block
+  f = nnx.jit(lambda a, b: a.w[0] + b.w[0])
+  models = [Tiny(1) for _ in range(N_THREADS)]
+  outcomes = [[] for _ in range(N_THREADS)]
+
+  def work(i):
+    c = models[i]
+    for _ in range(N_CALLS // 4):
+      if i % 2:
+        with nnx.set_graph_mode(True):
+          outcomes[i].append(float(f(c, c)))  # shared references are fine in graph mode
+      else:
+        try:
+          f(c, c)
+          outcomes[i].append("no error")
+        except nnx.SharedReferenceError:
+          outcomes[i].append("shared")
+
+  assert run_threads(work) == []
+  for i, got in enumerate(outcomes):
+    assert got == ([3.0] if i % 2 else ["shared"]) * (N_CALLS // 4)
+
+
 # --- constructors in threads ------------------------------------------------------------
 
 
