@@ -84,8 +84,17 @@ def test_grad_keyword_module_is_updated_but_not_differentiated(graph):
   assert isinstance(g, jax.Array)
   assert as_float(g) == 12.0
   assert as_float(stats.count) == 1.0
-  (value, g), count = nnx.value_and_grad(loss_with_stats, graph=graph)(w, stats=stats), stats.count
-  assert (as_float(value), as_float(g), as_float(count)) == (12.0, 12.0, 2.0)
+  value, g = nnx.value_and_grad(loss_with_stats, graph=graph)(w, stats=stats)
+  assert (as_float(value), as_float(g), as_float(stats.count)) == (12.0, 12.0, 2.0)
+
+
+def test_grad_of_plain_arrays(graph):
+  # no Module at all: the gradient is the array's (as in jax.grad and Flax's graph mode)
+  f = lambda w, v: jnp.sum(w**2 * v)  # noqa: E731
+  w, v = jnp.array(2.0), jnp.array(3.0)
+  assert as_float(nnx.grad(f, graph=graph)(w, v)) == 12.0
+  gw, gv = nnx.grad(f, argnums=(0, 1), graph=graph)(w, v)
+  assert (as_float(gw), as_float(gv)) == (12.0, 4.0)
 
 
 def test_grad_keyword_next_to_a_differentiated_module(graph):
