@@ -297,6 +297,19 @@ def test_cond_returns_the_callers_objects(graph):
   assert as_float(m.count) == 1.0
 
 
+def test_loops_return_the_callers_carry(graph):
+  # as scan's carry and every other transform's returned input (and graph mode's loops)
+  def body(i, m):
+    m.count[...] += 1.0
+    return m
+
+  m = Net()
+  assert nnx.fori_loop(0, 3, body, m, graph=graph) is m
+  assert as_float(m.count) == 3.0
+  out = nnx.while_loop(lambda m: m.count[...] < 5.0, lambda m: body(0, m), m, graph=graph)
+  assert out is m and as_float(m.count) == 5.0
+
+
 def test_returned_variable_from_a_keyword_is_the_callers(graph):
   m = Net()
   out = nnx.jit(lambda x, *, m: (bump_and_return(m)[0], x), graph=graph)(jnp.ones(1), m=m)
