@@ -61,6 +61,20 @@ def test_same_module_twice_updates_both_in_graph_mode(how):
   assert as_float(c.count) == 22.0
 
 
+@pytest.mark.parametrize("transform", [nnx.grad, nnx.value_and_grad, nnx.remat, nnx.vmap])
+def test_same_module_positional_and_keyword_other_transforms(graph, transform):
+  # vmap maps keywords on axis 0, so the positional Module is mapped on axis 0 too
+  c = Counter(size=(2,)) if transform is nnx.vmap else Counter()
+  f = transform(bump_both, graph=graph)
+  if not graph:
+    with pytest.raises(nnx.SharedReferenceError, match=r"a\.count\n\s+b\.count"):
+      f(c, b=c)
+    np.testing.assert_array_equal(c.count[...], 0.0)
+  else:
+    f(c, b=c)
+    np.testing.assert_array_equal(c.count[...], 11.0)
+
+
 def test_same_variable_in_keyword_container_is_rejected():
   c = Counter()
   f = nnx.jit(lambda x, *, pair: x + pair[0][...] + pair[1][...])
