@@ -6,6 +6,8 @@ Transform tests run in tree and graph mode (the ``graph`` fixture of tests/conft
 
 import functools
 import os
+import subprocess
+import sys
 import traceback
 
 import jax
@@ -563,6 +565,42 @@ def test_deep_chain_raises_in_tree_mode_and_interpreter_survives():
   # the interpreter is still usable: a new transform call works
   shallow = chain(3)
   assert as_float(nnx.jit(lambda m: m.w[...] + m.child.child.w[...])(shallow)) == 2.0
+
+
+DEEP_IN_CONTAINER = """
+import jax.numpy as jnp, pynnx as nnx
+
+class Node(nnx.Module):
+  def __init__(self, child):
+    self.child = child
+    self.w = nnx.Param(jnp.array(1.0))
+
+deep = None
+for _ in range(1000):
+  deep = Node(deep)
+for arg in ([deep], {"a": deep}, (1, [deep])):
+  try:
+    nnx.jit(lambda arg: 0)(arg)
+  except nnx.TreeStructureError as e:
+    print("TreeStructureError", "levels deep" in str(e))
+print("after", float(nnx.jit(lambda x: x + 1)(jnp.ones(()))))
+"""
+
+
+def test_deep_chain_inside_a_container_argument():
+  # In a subprocess: a RecursionError inside JAX's flattening leaves the interpreter unusable,
+  # which would break every later test of the session.
+  result = subprocess.run(
+    [sys.executable, "-c", DEEP_IN_CONTAINER],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  )
+  lines = result.stdout.splitlines()
+  assert lines == ["TreeStructureError True"] * 3 + ["after 2.0"], (
+    result.stdout + result.stderr[-2000:]
+  )
 
 
 def test_deep_chain_works_in_graph_mode():
