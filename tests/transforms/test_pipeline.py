@@ -438,6 +438,7 @@ TRANSFORMED = {
   "grad": lambda: nnx.grad(lambda m, x: jnp.sum(my_fn(m, x))),
   "vmap": lambda: nnx.vmap(my_fn, in_axes=(None, 0)),
   "remat": lambda: nnx.remat(my_fn),
+  "jit(grad)": lambda: nnx.jit(lambda m, x: nnx.grad(lambda m: jnp.sum(my_fn(m, x)))(m)),
 }
 
 
