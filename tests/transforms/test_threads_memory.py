@@ -68,7 +68,7 @@ def make_call(name, graph):
   if name == "vmap":
     f = nnx.vmap(loss, in_axes=(None, 0), graph=graph)  # traces on every call
 
-    # a broadcast Variable: the update must not vary along the mapped axis
+    # mapped over a batch of one; the broadcast count's update is the same for every element
     def bump_once(m, x):
       return f(m, x[None])
 
