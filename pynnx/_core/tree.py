@@ -68,7 +68,7 @@ def check_tree_depth(node: Any, root: str = "model") -> None:
         f"{path} is nested {depth} levels deep, more than tree mode can flatten (about "
         f"{limit} levels: JAX flattens recursively, and Python's recursion limit is "
         f"{sys.getrecursionlimit()}). Keep repeated layers in one `nnx.List` (iterate over "
-        f"it, or stack them and use `nnx.scan`), or use graph mode (`graph=True`)."
+        f"it, or stack them and use `nnx.scan`)."
       )
     if isinstance(x, Pytree):
       if id(x) in above:

@@ -25,7 +25,7 @@ import jax
 
 from .._core.errors import StructureChangeError, TraceContextError
 from .carry import aval_str, check_kept, next_carry, same_type
-from .lift import Inner, Transform, all_values, changed, leaf_paths
+from .lift import Inner, Transform, all_values, changed, keep_callers, leaf_paths
 
 __all__ = ["cond", "switch", "while_loop", "fori_loop"]
 
@@ -246,7 +246,7 @@ class _Loop:
     cells = self.call.flat.cells[0]
     for i in self.plan.var_idx:
       leaves[i] = cells[i]
-    out = self.plan.treedef.unflatten(leaves)
+    out = keep_callers(self.plan.treedef.unflatten(leaves), self.call.slots[0])
     return self.call.finish(
       out, [dict(zip(self.plan.var_idx, (final[i] for i in self.plan.var_idx)))], carry=True
     )

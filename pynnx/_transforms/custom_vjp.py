@@ -35,7 +35,7 @@ from .._core.errors import (
   StructureChangeError,
   TraceContextError,
 )
-from .._core.variables import Variable, is_variable
+from .._core.variables import Param, Variable, is_variable
 from . import graph_adapter
 from .autodiff import diff_mask
 from .lift import (
@@ -330,8 +330,13 @@ class CustomVjp(Transform):
           f"{self.api}: defvjp(..., symbolic_zeros=True) is not supported in tree mode."
         )
       return custom_vjp_tree(self.fun, self.fwd, self.bwd, call, self.nondiff, self.api)
+    # The selected substate's Params get cotangents; other Variables (BatchStat...) carry
+    # updates that are written back, as in tree mode.
     masks = [
-      graph_adapter.selected_mask(w, cells, vals, lambda v: True)
+      tuple(
+        m and (isinstance(c, Param) or not isinstance(c, Variable))
+        for m, c in zip(graph_adapter.selected_mask(w, cells, vals, lambda v: True), cells)
+      )
       for w, cells, vals in zip(call.slots, call.flat.cells, call.flat.values)
     ]
     bwd = _graph_bwd(self, call, self.nondiff)

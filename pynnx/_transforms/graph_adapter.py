@@ -417,14 +417,18 @@ def spec_filters(spec: Any) -> tuple:
 def selected_mask(
   warg: Any, cells: Sequence[Any], values: Sequence[Any], inexact: Callable[[Any], bool]
 ) -> tuple[bool, ...]:
-  """Leaves of a wrapped argument that sit in a GraphNode's first (selected) State."""
+  """Differentiated leaves of a wrapped argument: Variables in a GraphNode's first
+  (selected) State, and plain inexact leaves (as in tree mode)."""
   selected = {
     id(leaf)
     for node in jax.tree.leaves(warg, is_leaf=_is_graph_node)
     if isinstance(node, GraphNode)
     for leaf in jax.tree.leaves(node.states[0], is_leaf=lambda x: isinstance(x, Variable))
   }
-  return tuple(id(c) in selected and inexact(v) for c, v in zip(cells, values))
+  return tuple(
+    inexact(v) and (id(c) in selected if isinstance(c, Variable) else True)
+    for c, v in zip(cells, values)
+  )
 
 
 def selected_state(grads: Any) -> Any:

@@ -43,7 +43,7 @@ from .._core.variables import (
 )
 from .._graph.api import GraphNode
 from . import graph_adapter
-from .tracebacks import hide_frames
+from .tracebacks import api_boundary, hide_frames
 
 hide_frames(__file__)
 _GRAPH_LOCAL = GRAPH_MODE.local
@@ -393,6 +393,22 @@ def resolve_inputs(out: Any, tables: Sequence[list]) -> Any:
   )
 
 
+def _only_variables(node: Any) -> bool:
+  return all(isinstance(x, Variable) for x in jax.tree_util.tree_leaves(node, is_leaf=is_variable))
+
+
+def keep_callers(out: Any, caller: Any) -> Any:
+  """``out``, rebuilt from ``caller``'s structure with the caller's Variables, with every
+  Module whose leaves are all Variables replaced by the caller's own object (its values
+  were written back); Modules holding plain arrays stay new objects with the new arrays."""
+  return jax.tree_util.tree_map(
+    lambda new, old: old if isinstance(old, Pytree) and _only_variables(old) else new,
+    out,
+    caller,
+    is_leaf=_is_obj,
+  )
+
+
 # --- the call ---------------------------------------------------------------------------------
 
 
@@ -555,9 +571,21 @@ class Inner:
 
 
 def leaf_paths(arg: Any, argname: str) -> list[str]:
-  """The user-facing path of every leaf of ``arg`` (Variables are leaves), for errors."""
-  items = jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_variable)[0]
-  return [format_path(jax_path_to_parts(p), argname) for p, _ in items]
+  """The user-facing path of every leaf of ``arg`` (Variables are leaves), for errors.
+
+  Inside a graph-mode GraphNode the index of its State is not part of the user's path.
+  """
+  is_leaf = lambda x: is_variable(x) or isinstance(x, GraphNode)  # noqa: E731
+  out = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_leaf)[0]:
+    parts = jax_path_to_parts(path)
+    if isinstance(leaf, GraphNode):
+      for state in leaf.states:
+        items = jax.tree_util.tree_flatten_with_path(state, is_leaf=is_variable)[0]
+        out += [format_path(parts + jax_path_to_parts(p), argname) for p, _ in items]
+    else:
+      out.append(format_path(parts, argname))
+  return out
 
 
 def argnames_of(f: Callable) -> list[str] | None:
@@ -588,7 +616,10 @@ def wrap_or_decorate(cls: type, f: Any, kw: dict) -> Any:
 
 
 def check_not_bound(f: Any, transform: str) -> None:
-  if inspect.ismethod(f) and not isinstance(f.__self__, type):
+  """A bound method of a Module (or a partial of one) would capture the Module: refused."""
+  while isinstance(f, functools.partial):
+    f = f.func
+  if inspect.ismethod(f) and isinstance(f.__self__, (Pytree, Variable)):
     name = getattr(f, "__name__", "method")
     cls = type(f.__self__).__name__
     raise BoundMethodError(
@@ -660,6 +691,11 @@ class Transform:
     self._layouts: dict[int, tuple] = {}
     self._statics: dict[tuple, CallStatic] = {}
     self._filters: dict[tuple, list] = {}
+
+  def __init_subclass__(cls, **kwargs: Any):
+    super().__init_subclass__(**kwargs)
+    if "__call__" in cls.__dict__:  # errors leave with pynnx's frames filtered, like JAX's
+      cls.__call__ = api_boundary(cls.__dict__["__call__"])
 
   def __setattr__(self, name: str, value: Any) -> None:
     if self.__dict__.get("_pynnx_built"):

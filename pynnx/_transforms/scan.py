@@ -27,6 +27,7 @@ from .lift import (
   Inner,
   Transform,
   flatten_args,
+  keep_callers,
   leaf_paths,
   new_var,
   wrap_or_decorate,
@@ -297,11 +298,8 @@ class ScanWrapped(Transform):
     if carry_idx is not None:
       cells, plan = flat.cells[carry_idx], flat.plans[carry_idx]
       per_slot[carry_idx] = {i: carry_final[i] for i in plan.var_idx}
-      if len(plan.var_idx) == len(cells):
-        carry = slots[carry_idx]
-      else:
-        leaves = [c if k is not None else v for c, k, v in zip(cells, plan.kinds, carry_final)]
-        carry = plan.treedef.unflatten(leaves)
+      leaves = [c if k is not None else v for c, k, v in zip(cells, plan.kinds, carry_final)]
+      carry = keep_callers(plan.treedef.unflatten(leaves), slots[carry_idx])
     yplan, yspecs = record["ys"]
     leaves = []
     for kind, spec, value in zip(yplan.kinds, yspecs, ys_vals):

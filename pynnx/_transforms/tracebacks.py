@@ -11,11 +11,19 @@ pynnx frames: nothing else depends on it.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 try:  # the documented exception: JAX's traceback filter has no public registration API
   from jax._src import traceback_util as _traceback_util
 except ImportError:  # pragma: no cover - only on a JAX that moved the module
   _traceback_util = None
+
+
+def api_boundary(fn: Any) -> Any:
+  """``fn`` as a JAX API boundary: an error leaving it has the hidden frames filtered."""
+  if _traceback_util is None:  # pragma: no cover
+    return fn
+  return _traceback_util.api_boundary(fn)
 
 
 def hide_frames(path: str) -> None:

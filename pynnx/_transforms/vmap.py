@@ -72,8 +72,12 @@ def check_mapped_axes(
   specs: Sequence[Sequence[Any]],
   what: str = "mapped",
   size: int | None = None,
+  keywords: frozenset = frozenset(),
 ) -> None:
-  """Error path only: names the argument leaf whose mapped axis is missing or mis-sized."""
+  """Error path only: names the argument leaf whose mapped axis is missing or mis-sized.
+
+  ``keywords``: the indices of keyword slots (always mapped on axis 0).
+  """
   first: tuple[str, int] | None = None
   for a, (arg_vals, arg_specs) in enumerate(zip(values, specs)):
     for i, (value, axis) in enumerate(zip(arg_vals, arg_specs)):
@@ -87,9 +91,14 @@ def check_mapped_axes(
           if "key" in path or "count" in path
           else ""
         )
+        fix = (
+          "(a keyword argument: keyword arguments are mapped along axis 0; pass it positionally "
+          "with None in in_axes to broadcast it instead)."
+          if a in keywords
+          else "Give it None in in_axes to broadcast it instead."
+        )
         raise AxisSpecError(
-          f"{api}: in_axes asks for axis {axis} of {path}, but its shape is {shape}.{hint} "
-          f"Give it None in in_axes to broadcast it instead."
+          f"{api}: in_axes asks for axis {axis} of {path}, but its shape is {shape}.{hint} {fix}"
         )
       n = shape[axis]
       if size is not None and n != size:
@@ -247,7 +256,10 @@ class VmapWrapped(Transform):
       if isinstance(e, PynnxError):
         raise
       self._explain(e, call, lambda axes: run(axes, jax.eval_shape), seen.get("bcast", []))
-      check_mapped_axes(self.api, call.slots, call.names, flat.values, specs, size=self.axis_size)
+      keywords = frozenset(a for a, k in enumerate(static.layout) if isinstance(k, str))
+      check_mapped_axes(
+        self.api, call.slots, call.names, flat.values, specs, size=self.axis_size, keywords=keywords
+      )
       raise
     updates: list[dict] = [{} for _ in flat.plans]
     for (a, i), value in mapped.items():
