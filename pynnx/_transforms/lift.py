@@ -28,10 +28,20 @@ from typing import Any, Literal
 import jax
 
 from .._core.config import GRAPH_MODE, UNSET
-from .._core.errors import BoundMethodError, ConfigError, TreeStructureError
+from .._core.errors import (
+  BoundMethodError,
+  ConfigError,
+  GraphModeRequiredError,
+  TreeStructureError,
+)
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
-from .._core.tree import check_tree_depth, shared_reference_error
+from .._core.tree import (
+  check_no_sharing,
+  check_tree_depth,
+  flatten_with_paths,
+  shared_reference_error,
+)
 from .._core.variables import (
   FRAMES,
   STRUCTURE,
@@ -115,6 +125,8 @@ def _plan_of(arg: Any) -> tuple[list, ArgPlan]:
   """``(leaves, plan)`` of one argument (uncached)."""
   check_tree_depth(arg)  # before JAX's recursive flatten can exhaust the stack
   leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_variable)
+  if any(isinstance(x, Pytree) for x in leaves):  # only a `pytree=False` object stays a leaf
+    raise GraphModeRequiredError("a `pytree=False` object reached the tree-mode lift")
   return leaves, ArgPlan(treedef, tuple(map(_kind, leaves)), leaves)
 
 
@@ -755,9 +767,10 @@ class Transform:
       slots, gcall = graph_adapter.to_tree(slots, filters, self.api, self.graph_updates)
     try:
       flat = flatten_args(slots)
-    except TreeStructureError:  # name the argument as the user wrote it
+    except (TreeStructureError, GraphModeRequiredError):  # name the argument as written
       for slot, name in zip(slots, self.slot_names(layout)):
         check_tree_depth(slot, name)
+        check_no_sharing(flatten_with_paths(slot)[0], self.api, name)
       raise
     if flat.may_share:
       self.check(flat, slots, lambda: self.slot_names(layout))
