@@ -9,6 +9,7 @@ from ._core.config import set_graph_mode as set_graph_mode
 from ._core.config import set_graph_updates as set_graph_updates
 from ._core.errors import AttributeNotFoundError as AttributeNotFoundError
 from ._core.errors import AxisSpecError as AxisSpecError
+from ._core.errors import BridgeError as BridgeError
 from ._core.errors import ConfigError as ConfigError
 from ._core.errors import FilterError as FilterError
 from ._core.errors import FrozenModuleError as FrozenModuleError
@@ -93,5 +94,6 @@ from ._transforms import *  # noqa: F403  (each transform module defines __all__
 from .nn import *  # noqa: F403
 from .nn import initializers as initializers
 from .training import *  # noqa: F403
+from . import bridge as bridge  # noqa: E402  (after nn: the bridge uses the public API)
 
 __version__ = "0.1.0"

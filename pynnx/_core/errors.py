@@ -78,3 +78,7 @@ class LayerArgumentError(PynnxError, ValueError):
 
 class MetricArgumentError(PynnxError, TypeError):
   """A metric was given a missing or wrongly typed argument."""
+
+
+class BridgeError(PynnxError, TypeError):
+  """``nnx.bridge`` was given an object it cannot convert (not an eqx.Module, a bad State...)."""

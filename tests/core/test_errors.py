@@ -27,6 +27,7 @@ BUILTINS = {
   "AttributeNotFoundError": AttributeError,
   "LayerArgumentError": ValueError,
   "MetricArgumentError": TypeError,
+  "BridgeError": TypeError,
 }
 
 

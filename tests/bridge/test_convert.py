@@ -1,0 +1,144 @@
+"""convert_weights: every eqx.nn layer with a pynnx.nn counterpart, both ways, equal outputs."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pynnx as nnx
+
+KEY = jax.random.key(0)
+
+
+def x_of(*shape, seed=1):
+  return jax.random.normal(jax.random.key(seed), shape)
+
+
+def close(a, b, tol=1e-5):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
+def roundtrip(layer, cls):
+  ours = nnx.bridge.convert_weights(layer)
+  assert type(ours) is cls
+  back = nnx.bridge.convert_weights(ours)
+  assert type(back) is type(layer)
+  assert eqx.tree_equal(back, layer, rtol=1e-6, atol=1e-6)
+  return ours
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_linear(use_bias):
+  lin = eqx.nn.Linear(3, 5, use_bias=use_bias, key=KEY)
+  ours = roundtrip(lin, nnx.Linear)
+  assert ours.kernel.shape == (3, 5) and (ours.bias is not None) == use_bias
+  x = x_of(4, 3)
+  close(ours(x), jax.vmap(lin)(x))
+
+
+@pytest.mark.parametrize(
+  "dims,kwargs",
+  [
+    (1, dict(stride=2, padding=1)),
+    (2, dict(padding="SAME", dilation=2)),
+    (2, dict(groups=2, padding=((1, 0), (0, 2)))),
+    (3, dict(use_bias=False)),
+  ],
+)
+def test_conv(dims, kwargs):
+  conv = eqx.nn.Conv(dims, 4, 6, 3, key=KEY, **kwargs)
+  ours = roundtrip(conv, nnx.Conv)
+  x = x_of(2, 4, *([7] * dims))  # eqx: (C, *spatial); pynnx: (N, *spatial, C)
+  expected = jnp.moveaxis(jax.vmap(conv)(x), 1, -1)
+  close(ours(jnp.moveaxis(x, 1, -1)), expected, 1e-4)
+
+
+def test_layernorm_weight_is_scale_and_eps_is_epsilon():
+  ln = eqx.nn.LayerNorm(6, eps=1e-3)
+  ln = eqx.tree_at(lambda m: (m.weight, m.bias), ln, (x_of(6, seed=2), x_of(6, seed=3)))
+  ours = roundtrip(ln, nnx.LayerNorm)
+  assert ours.epsilon == 1e-3
+  close(ours.scale[...], ln.weight)
+  x = x_of(5, 6)
+  close(ours(x), jax.vmap(ln)(x))
+
+
+def test_rmsnorm():
+  rms = eqx.nn.RMSNorm(6, eps=1e-4, use_bias=False)
+  rms = eqx.tree_at(lambda m: m.weight, rms, x_of(6, seed=2))
+  ours = roundtrip(rms, nnx.RMSNorm)
+  x = x_of(5, 6)
+  close(ours(x), jax.vmap(rms)(x))
+
+
+def test_groupnorm():
+  gn = eqx.nn.GroupNorm(2, 6)
+  gn = eqx.tree_at(lambda m: (m.weight, m.bias), gn, (x_of(6, seed=2), x_of(6, seed=3)))
+  ours = roundtrip(gn, nnx.GroupNorm)
+  x = x_of(3, 6, 4, 4)
+  close(ours(jnp.moveaxis(x, 1, -1)), jnp.moveaxis(jax.vmap(gn)(x), 1, -1), 1e-4)
+
+
+def test_embedding():
+  emb = eqx.nn.Embedding(10, 4, key=KEY)
+  ours = roundtrip(emb, nnx.Embed)
+  idx = jnp.array([0, 3, 9])
+  close(ours(idx), jax.vmap(emb)(idx))
+
+
+def test_lstm_gate_blocks():
+  cell = eqx.nn.LSTMCell(3, 4, key=KEY)
+  ours = roundtrip(cell, nnx.LSTMCell)
+  x, h, c = x_of(3), x_of(4, seed=2), x_of(4, seed=3)
+  h_eqx, c_eqx = cell(x, (h, c))
+  (c_ours, h_ours), _ = ours((c, h), x)  # pynnx carries (c, h)
+  close(h_ours, h_eqx)
+  close(c_ours, c_eqx)
+
+
+def test_gru_gate_blocks():
+  cell = eqx.nn.GRUCell(3, 4, key=KEY)
+  cell = eqx.tree_at(lambda c: c.bias_n, cell, jnp.zeros(4))
+  ours = roundtrip(cell, nnx.GRUCell)
+  x, h = x_of(3), x_of(4, seed=2)
+  new_h, _ = ours(h, x)
+  close(new_h, cell(x, h))
+
+
+def test_gru_hidden_bias_is_refused():
+  cell = eqx.nn.GRUCell(3, 4, key=KEY)
+  with pytest.raises(nnx.LayerArgumentError, match=r"GRUCell.*bias_n.*tree_at"):
+    nnx.bridge.convert_weights(cell)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_multihead_attention(use_bias):
+  flags = dict.fromkeys(
+    ["use_query_bias", "use_key_bias", "use_value_bias", "use_output_bias"], use_bias
+  )
+  mha = eqx.nn.MultiheadAttention(2, 6, key_size=5, value_size=5, output_size=3, key=KEY, **flags)
+  ours = roundtrip(mha, nnx.MultiHeadAttention)
+  q, kv = x_of(4, 6), x_of(7, 5, seed=2)
+  close(ours(q[None], kv[None], kv[None])[0], mha(q, kv, kv), 1e-4)
+
+
+def test_unsupported_layer_is_named():
+  with pytest.raises(nnx.BridgeError, match=r"no converter for .*Dropout.*Supported layers"):
+    nnx.bridge.convert_weights(eqx.nn.Dropout(0.1))
+
+
+def test_conv_padding_mode_is_refused():
+  conv = eqx.nn.Conv1d(2, 2, 3, padding=1, padding_mode="REFLECT", key=KEY)
+  with pytest.raises(nnx.LayerArgumentError, match=r"padding_mode='REFLECT'"):
+    nnx.bridge.convert_weights(conv)
+
+
+def test_rmsnorm_bias_is_refused():
+  with pytest.raises(nnx.LayerArgumentError, match=r"RMSNorm.*use_bias=True"):
+    nnx.bridge.convert_weights(eqx.nn.RMSNorm(4))
+
+
+def test_multi_axis_layernorm_is_refused():
+  with pytest.raises(nnx.LayerArgumentError, match=r"shape=\(2, 3\)"):
+    nnx.bridge.convert_weights(eqx.nn.LayerNorm((2, 3)))
