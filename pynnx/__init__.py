@@ -91,6 +91,8 @@ from ._functional import state as state
 from ._functional import unflatten as unflatten
 from ._functional import update as update
 from ._transforms import *  # noqa: F403  (each transform module defines __all__)
+from .typing import TypeCheckError as TypeCheckError
+from .typing import typed as typed
 from .nn import *  # noqa: F403
 from .nn import initializers as initializers
 from .training import *  # noqa: F403
