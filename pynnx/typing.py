@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -43,6 +44,7 @@ class TypeCheckError(PynnxError, jaxtyping.TypeCheckError):
 
 
 _HINTS_ATTR = "_pynnx_typed_hints"
+_SCOPE_ATTR = "_pynnx_typed_scope"  # names visible where @nnx.typed was applied
 
 
 def _is_array_hint(hint: Any) -> bool:
@@ -168,7 +170,7 @@ def _field_hints(cls: type) -> dict[str, Any]:
   hints = cls.__dict__.get(_HINTS_ATTR)
   if hints is None:
     try:
-      resolved = typing.get_type_hints(cls, include_extras=True)
+      resolved = _resolve(cls)
     except Exception as e:
       raise TypeError(
         f"nnx.typed: cannot resolve the annotations of {cls.__name__}: {e}. Import every name "
@@ -183,6 +185,22 @@ def _field_hints(cls: type) -> dict[str, Any]:
   return hints
 
 
+def _resolve(obj: Any) -> dict[str, Any]:
+  """``get_type_hints``, also seeing the names visible where ``nnx.typed`` was applied."""
+  try:
+    return typing.get_type_hints(obj, include_extras=True)
+  except NameError:
+    scope = getattr(obj, _SCOPE_ATTR, None)  # a class inherits its typed base's scope
+    if scope is None:
+      raise
+    return typing.get_type_hints(obj, localns=scope, include_extras=True)
+
+
+def _scope(depth: int) -> dict[str, Any]:
+  frame = sys._getframe(depth + 1)
+  return {**frame.f_globals, **frame.f_locals}
+
+
 def _check_fields(checker: _Checker, obj: Any, prefix: str) -> None:
   for name, hint in _field_hints(type(obj)).items():
     if name not in obj.__dict__:
@@ -195,7 +213,7 @@ def _check_object(obj: Any) -> None:
   _check_fields(_Checker(type(obj).__name__), obj, ".")
 
 
-def _typed_class(cls: type) -> type:
+def _typed_class(cls: type, scope: dict[str, Any]) -> type:
   if not (isinstance(cls, type) and issubclass(cls, Pytree)):
     raise TypeError(
       f"nnx.typed decorates pynnx Modules/Pytrees and their methods, got the class "
@@ -211,10 +229,11 @@ def _typed_class(cls: type) -> type:
 
   cls._pynnx_freeze = _pynnx_freeze  # type: ignore[method-assign]
   cls._pynnx_typed = True  # type: ignore[attr-defined]
+  setattr(cls, _SCOPE_ATTR, scope)
   return cls
 
 
-def _typed_function(fn: Callable) -> Callable:
+def _typed_function(fn: Callable, scope: dict[str, Any]) -> Callable:
   signature = inspect.signature(fn)
   name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function")).split("<locals>.")[-1]
   hints_box: list[dict] = []
@@ -222,7 +241,7 @@ def _typed_function(fn: Callable) -> Callable:
   def hints() -> dict:
     if not hints_box:
       try:
-        hints_box.append(typing.get_type_hints(fn, include_extras=True))
+        hints_box.append(_resolve(checked))
       except Exception as e:
         raise TypeError(f"nnx.typed: cannot resolve the annotations of {name}: {e}.") from e
     return hints_box[0]
@@ -250,7 +269,7 @@ def _typed_function(fn: Callable) -> Callable:
     return out
 
   functools.update_wrapper(checked, fn)
-  checked.__pynnx_typed__ = True  # type: ignore[attr-defined]
+  setattr(checked, _SCOPE_ATTR, scope)
   return checked
 
 
@@ -279,12 +298,12 @@ def typed(obj: Any) -> Any:
     >>> Affine(2, 3)(jnp.ones((4, 5)))
     Traceback (most recent call last):
     ...
-    pynnx.typing.TypeCheckError: nnx.typed: Affine.__call__(x=) should be Float[Array, 'batch din'] but is float32[4, 5]: dimension 'din' is 5 here but 2 in Affine.__call__(self).w.
+    pynnx.typing.TypeCheckError: nnx.typed: Affine.__call__(x=) ... dimension 'din' is 5 here but 2 in Affine.__call__(self).w....
   """
   if isinstance(obj, type):
-    return _typed_class(obj)
+    return _typed_class(obj, _scope(1))
   if callable(obj):
-    return _typed_function(obj)
+    return _typed_function(obj, _scope(1))
   raise TypeError(f"nnx.typed decorates a Module class or a function, got {type(obj).__name__}.")
 
 

@@ -341,8 +341,8 @@ def from_equinox(
     >>> import equinox as eqx
     >>> mlp = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))
     >>> bridged = nnx.bridge.from_equinox(mlp)
-    >>> sorted(str(p) for p in nnx.state(bridged, nnx.Param).flat_state().keys())[:2]
-    ["('layers', 0, 'bias')", "('layers', 0, 'weight')"]
+    >>> sorted(path for path, _ in nnx.state(bridged, nnx.Param).flat_state())[:2]
+    [('layers', 0, 'bias'), ('layers', 0, 'weight')]
   """
   return EquinoxModule(model, state, rngs=rngs, rng_stream=rng_stream)
 
