@@ -295,10 +295,11 @@ def typed(obj: Any) -> Any:
     ...     return x @ self.w + self.b
     >>> Affine(2, 3)(jnp.ones((4, 2))).shape
     (4, 3)
-    >>> Affine(2, 3)(jnp.ones((4, 5)))
-    Traceback (most recent call last):
-    ...
-    pynnx.typing.TypeCheckError: nnx.typed: Affine.__call__(x=) ... dimension 'din' is 5 here but 2 in Affine.__call__(self).w....
+    >>> try:
+    ...   Affine(2, 3)(jnp.ones((4, 5)))
+    ... except nnx.TypeCheckError as e:
+    ...   print(str(e).splitlines()[0])
+    nnx.typed: Affine.__call__(x=) should be Float[Array, 'batch din'] but is float32[4, 5]: dimension 'din' is 5 here but 2 in Affine.__call__(self).w.
   """
   if isinstance(obj, type):
     return _typed_class(obj, _scope(1))
