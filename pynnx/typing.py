@@ -47,10 +47,12 @@ _HINTS_ATTR = "_pynnx_typed_hints"
 _SCOPE_ATTR = "_pynnx_typed_scope"  # names visible where @nnx.typed was applied
 
 
+@typing.no_type_check
 def _is_array_hint(hint: Any) -> bool:
   return isinstance(hint, type) and issubclass(hint, jaxtyping.AbstractArray)
 
 
+@typing.no_type_check
 def _describe(value: Any) -> str:
   if isinstance(value, Variable):
     return f"{type(value).__name__} holding {_describe(value.get_value())}"
@@ -60,6 +62,7 @@ def _describe(value: Any) -> str:
   return type(value).__name__
 
 
+@typing.no_type_check
 def _hint_name(hint: Any) -> str:
   if _is_array_hint(hint):
     array = hint.array_type
@@ -77,6 +80,9 @@ def _hint_name(hint: Any) -> str:
   return getattr(hint, "__name__", repr(hint))
 
 
+# `no_type_check`: jaxtyping's import hook (and pytest plugin) must not wrap the checker's own
+# functions in jaxtyped memos of their own; the dimension memo is the one opened below.
+@typing.no_type_check
 class _Checker:
   """Checks values in one jaxtyping memo, remembering where each named dimension was bound."""
 
@@ -166,6 +172,7 @@ class _Checker:
     return ", ".join(f"{k}={v[0]}" for k, v in self.bound.items()) or "nothing"
 
 
+@typing.no_type_check
 def _field_hints(cls: type) -> dict[str, Any]:
   hints = cls.__dict__.get(_HINTS_ATTR)
   if hints is None:
@@ -185,22 +192,26 @@ def _field_hints(cls: type) -> dict[str, Any]:
   return hints
 
 
-def _resolve(obj: Any) -> dict[str, Any]:
+@typing.no_type_check
+def _resolve(obj: Any, scope: dict | None = None) -> dict[str, Any]:
   """``get_type_hints``, also seeing the names visible where ``nnx.typed`` was applied."""
   try:
     return typing.get_type_hints(obj, include_extras=True)
   except NameError:
-    scope = getattr(obj, _SCOPE_ATTR, None)  # a class inherits its typed base's scope
+    if scope is None:
+      scope = getattr(obj, _SCOPE_ATTR, None)  # a class inherits its typed base's scope
     if scope is None:
       raise
     return typing.get_type_hints(obj, localns=scope, include_extras=True)
 
 
+@typing.no_type_check
 def _scope(depth: int) -> dict[str, Any]:
   frame = sys._getframe(depth + 1)
   return {**frame.f_globals, **frame.f_locals}
 
 
+@typing.no_type_check
 def _check_fields(checker: _Checker, obj: Any, prefix: str) -> None:
   for name, hint in _field_hints(type(obj)).items():
     if name not in obj.__dict__:
@@ -208,11 +219,13 @@ def _check_fields(checker: _Checker, obj: Any, prefix: str) -> None:
     checker.check(f"{prefix}{name}", obj.__dict__[name], hint)
 
 
+@typing.no_type_check
 @jaxtyping.jaxtyped(typechecker=None)  # one jaxtyping dimension memo per check
 def _check_object(obj: Any) -> None:
   _check_fields(_Checker(type(obj).__name__), obj, ".")
 
 
+@typing.no_type_check
 def _typed_class(cls: type, scope: dict[str, Any]) -> type:
   if not (isinstance(cls, type) and issubclass(cls, Pytree)):
     raise TypeError(
@@ -223,6 +236,7 @@ def _typed_class(cls: type, scope: dict[str, Any]) -> type:
     return cls  # a subclass of a typed class: already checked (with all its annotations)
   inherited = cls._pynnx_freeze
 
+  @typing.no_type_check
   def _pynnx_freeze(self: Any) -> None:
     inherited(self)
     _check_object(self)
@@ -233,19 +247,22 @@ def _typed_class(cls: type, scope: dict[str, Any]) -> type:
   return cls
 
 
+@typing.no_type_check
 def _typed_function(fn: Callable, scope: dict[str, Any]) -> Callable:
   signature = inspect.signature(fn)
   name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function")).split("<locals>.")[-1]
   hints_box: list[dict] = []
 
+  @typing.no_type_check
   def hints() -> dict:
     if not hints_box:
       try:
-        hints_box.append(_resolve(checked))
+        hints_box.append(_resolve(fn, scope))
       except Exception as e:
         raise TypeError(f"nnx.typed: cannot resolve the annotations of {name}: {e}.") from e
     return hints_box[0]
 
+  @typing.no_type_check
   @jaxtyping.jaxtyped(typechecker=None)
   def checked(*args: Any, **kwargs: Any) -> Any:
     checker = _Checker(name)
@@ -269,7 +286,6 @@ def _typed_function(fn: Callable, scope: dict[str, Any]) -> Callable:
     return out
 
   functools.update_wrapper(checked, fn)
-  setattr(checked, _SCOPE_ATTR, scope)
   return checked
 
 

@@ -209,3 +209,49 @@ def test_jit_cost_is_trace_time_only():
   g(jnp.ones(3))
   g(jnp.ones(3))
   assert len(calls) == 1
+
+
+USER_MODULE = """
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+import pynnx as nnx
+
+
+class Scale(nnx.Module):
+  def __init__(self, n: int):
+    self.w = nnx.Param(jnp.ones((n,)))
+
+  def __call__(self, x: Float[Array, "b n"]) -> Float[Array, "b n"]:
+    return x * self.w[...]
+
+
+@nnx.typed
+class TypedScale(Scale):
+  w: nnx.Param[Float[Array, " n"]]
+
+  @nnx.typed
+  def __call__(self, x: Float[Array, "b n"]) -> Float[Array, "b n"]:
+    return x * self.w[...]
+"""
+
+
+def test_jaxtyping_import_hook_on_pynnx_code(tmp_path, monkeypatch):
+  """User code instrumented by jaxtyping's import hook (what the pytest plugin uses)."""
+  (tmp_path / "hooked_user_code.py").write_text(USER_MODULE)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  with jaxtyping.install_import_hook("hooked_user_code", "beartype.beartype"):
+    import hooked_user_code as user
+  try:
+    assert user.Scale(3)(jnp.ones((2, 3))).shape == (2, 3)
+    with pytest.raises(jaxtyping.TypeCheckError):
+      user.Scale(3)(jnp.ones(3))  # rank 1: the hook's beartype check rejects it
+    assert user.TypedScale(3)(jnp.ones((2, 3))).shape == (2, 3)
+    with pytest.raises(nnx.TypeCheckError, match=r"'n' is 4 here but 3"):
+      user.TypedScale(3)(jnp.ones((2, 4)))
+    out = nnx.jit(lambda m, x: m(x))(user.TypedScale(3), jnp.ones((2, 3)))
+    assert out.shape == (2, 3)
+  finally:
+    import sys
+
+    sys.modules.pop("hooked_user_code", None)
