@@ -228,8 +228,10 @@ def _conv_to_eqx(eqx: Any, m: nnx.Conv) -> Any:
   if isinstance(padding, str) and padding not in ("SAME", "VALID"):
     raise _refuse(m, f"padding={padding!r}", "Use 'SAME', 'VALID' or explicit pairs.")
   n = len(m.kernel_size)
-  out = eqx.nn.Conv(
-    n,
+  conv_cls = {1: eqx.nn.Conv1d, 2: eqx.nn.Conv2d, 3: eqx.nn.Conv3d}.get(n)
+  if conv_cls is None:
+    raise _refuse(m, f"a {n}-d kernel", "Equinox's ConvNd classes cover 1 to 3 dimensions.")
+  out = conv_cls(
     m.in_features,
     m.out_features,
     m.kernel_size,

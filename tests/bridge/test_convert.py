@@ -47,7 +47,8 @@ def test_linear(use_bias):
   ],
 )
 def test_conv(dims, kwargs):
-  conv = eqx.nn.Conv(dims, 4, 6, 3, key=KEY, **kwargs)
+  conv_cls = {1: eqx.nn.Conv1d, 2: eqx.nn.Conv2d, 3: eqx.nn.Conv3d}[dims]
+  conv = conv_cls(4, 6, 3, key=KEY, **kwargs)
   ours = roundtrip(conv, nnx.Conv)
   x = x_of(2, 4, *([7] * dims))  # eqx: (C, *spatial); pynnx: (N, *spatial, C)
   expected = jnp.moveaxis(jax.vmap(conv)(x), 1, -1)
@@ -126,6 +127,19 @@ def test_multihead_attention(use_bias):
 def test_unsupported_layer_is_named():
   with pytest.raises(nnx.BridgeError, match=r"no converter for .*Dropout.*Supported layers"):
     nnx.bridge.convert_weights(eqx.nn.Dropout(0.1))
+
+
+def test_generic_conv_converts_to_the_dimensioned_class():
+  conv = eqx.nn.Conv(2, 2, 3, 3, key=KEY)
+  back = nnx.bridge.convert_weights(nnx.bridge.convert_weights(conv))
+  assert type(back) is eqx.nn.Conv2d
+  close(back.weight, conv.weight, 0.0)
+
+
+def test_four_dimensional_conv_is_refused():
+  conv = nnx.Conv(2, 2, (2, 2, 2, 2), rngs=nnx.Rngs(0))
+  with pytest.raises(nnx.LayerArgumentError, match=r"a 4-d kernel"):
+    nnx.bridge.convert_weights(conv)
 
 
 def test_conv_padding_mode_is_refused():
