@@ -260,3 +260,12 @@ def test_pynnx_module_through_equinox_transforms():
   assert type(eqx.combine(params, static)) is Small
   zeroed = eqx.tree_at(lambda m: m.lin.kernel, model, nnx.Param(jnp.zeros((3, 2))))
   close(zeroed(x), jnp.broadcast_to(model.lin.bias[...], (4, 2)))
+
+
+def test_bridge_namespace_differs_from_flax_on_purpose():
+  """docs/migrating.md: Flax's nnx.bridge is the Linen bridge; pynnx's is Equinox's."""
+  flax_nnx = pytest.importorskip("flax.nnx")
+  assert hasattr(flax_nnx.bridge, "ToNNX") and not hasattr(flax_nnx.bridge, "from_equinox")
+  assert hasattr(nnx.bridge, "from_equinox")
+  with pytest.raises(AttributeError):
+    nnx.bridge.ToNNX  # noqa: B018
