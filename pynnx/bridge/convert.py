@@ -211,6 +211,39 @@ def _mha_to_nnx(eqx: Any, m: Any) -> nnx.MultiHeadAttention:
   return out
 
 
+def _batchnorm_to_nnx(eqx: Any, m: Any, state: Any) -> nnx.BatchNorm:
+  if state is None:
+    raise BridgeError(
+      "nnx.bridge.convert_weights(BatchNorm): an Equinox BatchNorm keeps its running statistics "
+      "in an eqx.nn.State; pass it: `nnx.bridge.convert_weights(layer, state)`."
+    )
+  if m.mode == "ema":
+    mean, var = state.get(m.ema_state_index)
+  else:  # "batch": Equinox debiases the hidden averages at inference; pynnx stores them plain
+    counter = state.get(m.batch_counter)
+    hidden_mean, hidden_var = state.get(m.batch_state_index)
+    scale = jnp.where(counter == 0, 1, 1 - m.momentum**counter)
+    mean, var = hidden_mean / scale, hidden_var / scale
+  affine = m.channelwise_affine
+  out = nnx.BatchNorm(
+    m.input_size,
+    momentum=m.momentum,
+    epsilon=m.eps,
+    use_running_average=bool(m.inference),
+    use_scale=affine,
+    use_bias=affine,
+    use_fast_variance=False,
+    param_dtype=m.weight.dtype if affine else jnp.float32,
+    rngs=_rngs(),
+  )
+  if affine:
+    out.scale[...] = m.weight
+    out.bias[...] = m.bias
+  out.mean[...] = mean.astype(out.mean.dtype)
+  out.var[...] = var.astype(out.var.dtype)
+  return out
+
+
 # --- pynnx -> Equinox ---------------------------------------------------------------------------
 
 
@@ -343,6 +376,26 @@ def _mha_to_eqx(eqx: Any, m: nnx.MultiHeadAttention) -> Any:
   return _set(eqx, out, **values)
 
 
+def _batchnorm_to_eqx(eqx: Any, m: nnx.BatchNorm) -> tuple[Any, Any]:
+  if m.use_scale != m.use_bias:
+    raise _refuse(m, "use_scale != use_bias", "Equinox has one channelwise_affine flag.")
+  # Equinox's "ema" mode updates its averages as pynnx does (r = m * r + (1 - m) * batch).
+  out, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(
+    m.num_features,
+    axis_name="batch",
+    eps=m.epsilon,
+    channelwise_affine=m.use_scale,
+    momentum=m.momentum,
+    inference=bool(m.use_running_average),
+    mode="ema",
+  )
+  if m.use_scale:
+    out = _set(eqx, out, weight=m.scale[...], bias=m.bias[...])
+  state = state.set(out.ema_first_time_index, jnp.array(False))
+  state = state.set(out.ema_state_index, (m.mean[...], m.var[...]))
+  return out, state
+
+
 def _tables(eqx: Any) -> tuple[list[tuple[type, Callable]], list[tuple[type, Callable]]]:
   to_nnx = [
     (eqx.nn.Linear, _linear_to_nnx),
@@ -369,7 +422,7 @@ def _tables(eqx: Any) -> tuple[list[tuple[type, Callable]], list[tuple[type, Cal
   return to_nnx, to_eqx
 
 
-def convert_weights(layer: Any) -> Any:
+def convert_weights(layer: Any, state: Any = None) -> Any:
   """The same layer in the other library, with the same weights.
 
   Supported pairs: ``Linear``, ``Conv`` (1-3d; ``eqx.nn.Conv`` <-> ``nnx.Conv``),
@@ -379,6 +432,11 @@ def convert_weights(layer: Any) -> Any:
 
   Equinox layers take unbatched, channel-first inputs; pynnx layers batched, channel-last ones.
   ``LSTMCell`` carries are ``(h, c)`` in Equinox and ``(c, h)`` in pynnx.
+
+  ``BatchNorm`` keeps its running statistics in an ``eqx.nn.State`` in Equinox: pass it as
+  ``state`` (``convert_weights(eqx_bn, state)``); the other way returns ``(eqx_bn, state)``, an
+  ``mode="ema"`` BatchNorm (whose running averages update as pynnx's do). Equinox's BatchNorm
+  averages over a named ``vmap`` axis (``axis_name="batch"``).
 
   Example:
     >>> import equinox as eqx
@@ -391,12 +449,21 @@ def convert_weights(layer: Any) -> Any:
     Array(True, dtype=bool)
   """
   eqx = _eqx()
+  if isinstance(layer, eqx.nn.BatchNorm):
+    return _batchnorm_to_nnx(eqx, layer, state)
+  if state is not None:
+    raise BridgeError(
+      f"nnx.bridge.convert_weights: `state` is only for an Equinox BatchNorm; "
+      f"{type(layer).__name__} has no state. Call `convert_weights(layer)`."
+    )
+  if isinstance(layer, nnx.BatchNorm):
+    return _batchnorm_to_eqx(eqx, layer)
   to_nnx, to_eqx = _tables(eqx)
   table = to_nnx if isinstance(layer, eqx.Module) else to_eqx
   for cls, fn in table:
     if isinstance(layer, cls):
       return fn(eqx, layer)
-  supported = ", ".join(sorted({c.__name__ for c, _ in to_nnx}))
+  supported = ", ".join(sorted({c.__name__ for c, _ in to_nnx} | {"BatchNorm"}))
   raise BridgeError(
     f"nnx.bridge.convert_weights: no converter for {type(layer).__module__}."
     f"{type(layer).__qualname__}. Supported layers: {supported} (and their pynnx.nn "

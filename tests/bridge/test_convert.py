@@ -156,3 +156,51 @@ def test_rmsnorm_bias_is_refused():
 def test_multi_axis_layernorm_is_refused():
   with pytest.raises(nnx.LayerArgumentError, match=r"shape=\(2, 3\)"):
     nnx.bridge.convert_weights(eqx.nn.LayerNorm((2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["batch", "ema"])
+def test_batchnorm_with_state(mode):
+  bn, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(4, "batch", mode=mode, momentum=0.9)
+  bn = eqx.tree_at(lambda m: (m.weight, m.bias), bn, (x_of(4, seed=2), x_of(4, seed=3)))
+  x = x_of(6, 4, 3) + 1.0  # (N, C, L): eqx sees (C, L) per example
+  train = jax.vmap(bn, (0, None), (0, None), axis_name="batch")
+  for _ in range(2):  # move the running statistics away from their initial values
+    expected_train, state = train(x, state)
+  ours = nnx.bridge.convert_weights(bn, state)
+  assert type(ours) is nnx.BatchNorm and not ours.use_running_average
+  channels_last = jnp.moveaxis(x, 1, -1)
+  close(ours(channels_last), jnp.moveaxis(expected_train, 1, -1), 1e-4)  # batch statistics
+  ours = nnx.bridge.convert_weights(bn, state)
+  ours.eval()
+  inference = jax.vmap(eqx.nn.inference_mode(bn), (0, None), (0, None), axis_name="batch")
+  close(ours(channels_last), jnp.moveaxis(inference(x, state)[0], 1, -1), 1e-4)
+  # Back to Equinox: an "ema" BatchNorm with the same statistics and the same outputs.
+  back, back_state = nnx.bridge.convert_weights(ours)
+  assert type(back) is eqx.nn.BatchNorm and back.inference
+  again = jax.vmap(back, (0, None), (0, None), axis_name="batch")(x, back_state)[0]
+  close(jnp.moveaxis(again, 1, -1), ours(channels_last), 1e-4)
+
+
+def test_batchnorm_running_averages_update_alike():
+  ours = nnx.BatchNorm(3, momentum=0.8, rngs=nnx.Rngs(0))
+  back, state = nnx.bridge.convert_weights(ours)
+  x = x_of(5, 3)
+  ours(x)
+  _, state = jax.vmap(back, (0, None), (0, None), axis_name="batch")(x, state)
+  mean, var = state.get(back.ema_state_index)
+  close(mean, ours.mean[...], 1e-5)
+  close(var, ours.var[...], 1e-4)
+
+
+def test_batchnorm_needs_its_state():
+  bn, _ = eqx.nn.make_with_state(eqx.nn.BatchNorm)(4, "batch", mode="batch")
+  with pytest.raises(
+    nnx.BridgeError, match=r"pass it: `nnx.bridge.convert_weights\(layer, state\)`"
+  ):
+    nnx.bridge.convert_weights(bn)
+
+
+def test_state_for_a_stateless_layer_is_refused():
+  _, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(4, "batch", mode="batch")
+  with pytest.raises(nnx.BridgeError, match=r"`state` is only for an Equinox BatchNorm; Linear"):
+    nnx.bridge.convert_weights(eqx.nn.Linear(2, 2, key=KEY), state)
