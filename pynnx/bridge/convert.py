@@ -87,6 +87,40 @@ def _conv_to_nnx(eqx: Any, m: Any) -> nnx.Conv:
   return out
 
 
+def _explicit_padding(m: Any) -> tuple:
+  if isinstance(m.padding, str):
+    raise _refuse(m, f"padding={m.padding!r}", "Give explicit (low, high) padding pairs.")
+  return tuple(tuple(int(p) for p in pair) for pair in m.padding)
+
+
+def _conv_transpose_to_nnx(eqx: Any, m: Any) -> nnx.ConvTranspose:
+  if m.padding_mode != "ZEROS" or m.groups != 1:
+    raise _refuse(
+      m, "groups != 1 or a non-zero padding_mode", "Use groups=1, padding_mode='ZEROS'."
+    )
+  # Equinox pads as the forward convolution it transposes would; pynnx pads the dilated input.
+  span = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+  padding = tuple(
+    (s - lo, s - hi + op) for s, (lo, hi), op in zip(span, _explicit_padding(m), m.output_padding)
+  )
+  out = nnx.ConvTranspose(
+    m.in_channels,
+    m.out_channels,
+    m.kernel_size,
+    strides=m.stride,
+    padding=padding,
+    kernel_dilation=m.dilation,
+    use_bias=m.use_bias,
+    param_dtype=m.weight.dtype,
+    rngs=_rngs(),
+  )
+  n = m.num_spatial_dims
+  out.kernel[...] = jnp.transpose(m.weight, (*range(2, n + 2), 1, 0))
+  if m.use_bias:
+    out.bias[...] = m.bias.reshape(-1)
+  return out
+
+
 def _one_axis(m: Any) -> int:
   if len(m.shape) != 1:
     raise _refuse(
@@ -283,6 +317,34 @@ def _conv_to_eqx(eqx: Any, m: nnx.Conv) -> Any:
   return _set(eqx, out, **values)
 
 
+def _conv_transpose_to_eqx(eqx: Any, m: nnx.ConvTranspose) -> Any:
+  if m.transpose_kernel or m.mask is not None:
+    raise _refuse(m, "transpose_kernel=True or a mask", "Use transpose_kernel=False, mask=None.")
+  n = len(m.kernel_size)
+  conv_cls = {1: eqx.nn.ConvTranspose1d, 2: eqx.nn.ConvTranspose2d, 3: eqx.nn.ConvTranspose3d}
+  if n not in conv_cls:
+    raise _refuse(m, f"a {n}-d kernel", "Equinox's ConvTransposeNd cover 1 to 3 dimensions.")
+  span = [d * (k - 1) for d, k in zip(m.kernel_dilation, m.kernel_size)]
+  padding = tuple((s - lo, s - hi) for s, (lo, hi) in zip(span, _explicit_padding(m)))
+  if any(p < 0 for pair in padding for p in pair):
+    raise _refuse(m, f"padding={m.padding} (wider than the dilated kernel)", "Use smaller padding.")
+  out = conv_cls[n](
+    m.in_features,
+    m.out_features,
+    m.kernel_size,
+    stride=m.strides,
+    padding=padding,
+    dilation=m.kernel_dilation,
+    use_bias=m.use_bias,
+    dtype=m.kernel.dtype,
+    key=_ekey(),
+  )
+  values = {"weight": jnp.transpose(m.kernel[...], (n + 1, n, *range(n)))}
+  if m.use_bias:
+    values["bias"] = m.bias[...].reshape(-1, *([1] * n))
+  return _set(eqx, out, **values)
+
+
 def _norm_params(m: Any) -> dict:
   values = {}
   if m.use_scale:
@@ -399,6 +461,7 @@ def _batchnorm_to_eqx(eqx: Any, m: nnx.BatchNorm) -> tuple[Any, Any]:
 def _tables(eqx: Any) -> tuple[list[tuple[type, Callable]], list[tuple[type, Callable]]]:
   to_nnx = [
     (eqx.nn.Linear, _linear_to_nnx),
+    (eqx.nn.ConvTranspose, _conv_transpose_to_nnx),
     (eqx.nn.Conv, _conv_to_nnx),
     (eqx.nn.LayerNorm, _layernorm_to_nnx),
     (eqx.nn.RMSNorm, _rmsnorm_to_nnx),
@@ -410,6 +473,7 @@ def _tables(eqx: Any) -> tuple[list[tuple[type, Callable]], list[tuple[type, Cal
   ]
   to_eqx = [
     (nnx.Linear, _linear_to_eqx),
+    (nnx.ConvTranspose, _conv_transpose_to_eqx),
     (nnx.Conv, _conv_to_eqx),
     (nnx.LayerNorm, _layernorm_to_eqx),
     (nnx.RMSNorm, _rmsnorm_to_eqx),
@@ -425,7 +489,7 @@ def _tables(eqx: Any) -> tuple[list[tuple[type, Callable]], list[tuple[type, Cal
 def convert_weights(layer: Any, state: Any = None) -> Any:
   """The same layer in the other library, with the same weights.
 
-  Supported pairs: ``Linear``, ``Conv`` (1-3d; ``eqx.nn.Conv`` <-> ``nnx.Conv``),
+  Supported pairs: ``Linear``, ``Conv`` and ``ConvTranspose`` (1-3d, explicit padding),
   ``LayerNorm`` (``weight`` <-> ``scale``, ``eps`` <-> ``epsilon``), ``RMSNorm``,
   ``GroupNorm``, ``Embedding`` <-> ``Embed``, ``LSTMCell`` and ``GRUCell`` (gate blocks split /
   joined) and ``MultiheadAttention`` <-> ``MultiHeadAttention`` (heads split / joined).

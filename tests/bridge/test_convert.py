@@ -129,6 +129,32 @@ def test_unsupported_layer_is_named():
     nnx.bridge.convert_weights(eqx.nn.Dropout(0.1))
 
 
+@pytest.mark.parametrize(
+  "dims,kwargs",
+  [
+    (1, dict(stride=2, padding=1, output_padding=1)),
+    (2, dict(stride=2, padding=((0, 1), (1, 0)), dilation=2)),
+    (3, dict(use_bias=False)),
+  ],
+)
+def test_conv_transpose(dims, kwargs):
+  conv_cls = {1: eqx.nn.ConvTranspose1d, 2: eqx.nn.ConvTranspose2d, 3: eqx.nn.ConvTranspose3d}
+  conv = conv_cls[dims](3, 2, 3, key=KEY, **kwargs)
+  ours = nnx.bridge.convert_weights(conv)
+  assert type(ours) is nnx.ConvTranspose
+  x = x_of(2, 3, *([5] * dims))
+  expected = jnp.moveaxis(jax.vmap(conv)(x), 1, -1)
+  close(ours(jnp.moveaxis(x, 1, -1)), expected, 1e-4)
+  back = nnx.bridge.convert_weights(ours)  # the same function, output_padding folded in
+  close(jax.vmap(back)(x), jax.vmap(conv)(x), 1e-4)
+
+
+def test_conv_transpose_string_padding_is_refused():
+  conv = eqx.nn.ConvTranspose1d(2, 2, 3, padding="SAME", key=KEY)
+  with pytest.raises(nnx.LayerArgumentError, match=r"padding='SAME'.*explicit"):
+    nnx.bridge.convert_weights(conv)
+
+
 def test_generic_conv_converts_to_the_dimensioned_class():
   conv = eqx.nn.Conv(2, 2, 3, 3, key=KEY)
   back = nnx.bridge.convert_weights(nnx.bridge.convert_weights(conv))
