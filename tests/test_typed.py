@@ -255,3 +255,17 @@ def test_jaxtyping_import_hook_on_pynnx_code(tmp_path, monkeypatch):
     import sys
 
     sys.modules.pop("hooked_user_code", None)
+
+
+def test_typed_dataclass_module():
+  @nnx.typed
+  @nnx.dataclass
+  class Pair(nnx.Module):
+    left: nnx.Param[Float[Array, "n d"]]
+    right: Float[Array, "d m"]
+    label: str = nnx.static(default="pair")
+
+  ok = Pair(nnx.Param(jnp.ones((2, 3))), jnp.ones((3, 4)))
+  assert ok.label == "pair"
+  with pytest.raises(nnx.TypeCheckError, match=r"Pair\.right .*'d' is 5 here but 3 in Pair\.left"):
+    Pair(nnx.Param(jnp.ones((2, 3))), jnp.ones((5, 4)))
