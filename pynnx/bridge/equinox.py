@@ -347,7 +347,7 @@ def from_equinox(
   return EquinoxModule(model, state, rngs=rngs, rng_stream=rng_stream)
 
 
-def to_equinox(bridged: EquinoxModule) -> Any:
+def to_equinox(bridged: nnx.Module) -> Any:
   """The Equinox model of a bridged Module, with its current (trained) values.
 
   Returns the ``eqx.Module`` of the original class, or ``(model, state)`` when the model was
