@@ -15,12 +15,13 @@ Non-array annotations (``int``, a Module class, ``list[int]``...) are checked wi
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jaxtyping
@@ -193,7 +194,7 @@ def _field_hints(cls: type) -> dict[str, Any]:
 
 
 @typing.no_type_check
-def _resolve(obj: Any, scope: dict | None = None) -> dict[str, Any]:
+def _resolve(obj: Any, scope: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """``get_type_hints``, also seeing the names visible where ``nnx.typed`` was applied."""
   try:
     return typing.get_type_hints(obj, include_extras=True)
@@ -206,9 +207,11 @@ def _resolve(obj: Any, scope: dict | None = None) -> dict[str, Any]:
 
 
 @typing.no_type_check
-def _scope(depth: int) -> dict[str, Any]:
+def _scope(depth: int) -> Mapping[str, Any]:
+  """The names visible at the caller: its globals (live) and, in a function, its locals."""
   frame = sys._getframe(depth + 1)
-  return {**frame.f_globals, **frame.f_locals}
+  local = {} if frame.f_locals is frame.f_globals else dict(frame.f_locals)
+  return collections.ChainMap(local, frame.f_globals)
 
 
 @typing.no_type_check
@@ -226,7 +229,7 @@ def _check_object(obj: Any) -> None:
 
 
 @typing.no_type_check
-def _typed_class(cls: type, scope: dict[str, Any]) -> type:
+def _typed_class(cls: type, scope: Mapping[str, Any]) -> type:
   if not (isinstance(cls, type) and issubclass(cls, Pytree)):
     raise TypeError(
       f"nnx.typed decorates pynnx Modules/Pytrees and their methods, got the class "
@@ -248,7 +251,7 @@ def _typed_class(cls: type, scope: dict[str, Any]) -> type:
 
 
 @typing.no_type_check
-def _typed_function(fn: Callable, scope: dict[str, Any]) -> Callable:
+def _typed_function(fn: Callable, scope: Mapping[str, Any]) -> Callable:
   signature = inspect.signature(fn)
   name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function")).split("<locals>.")[-1]
   hints_box: list[dict] = []
