@@ -91,11 +91,19 @@ from ._functional import state as state
 from ._functional import unflatten as unflatten
 from ._functional import update as update
 from ._transforms import *  # noqa: F403  (each transform module defines __all__)
+
+# isort: split
+# Before nn: the layers are decorated with nnx.typed.
 from .typing import TypeCheckError as TypeCheckError
 from .typing import typed as typed
+
+# isort: split
 from .nn import *  # noqa: F403
 from .nn import initializers as initializers
 from .training import *  # noqa: F403
-from . import bridge as bridge  # noqa: E402  (after nn: the bridge uses the public API)
+
+# isort: split
+# After nn: the bridge is written on the public API.
+from . import bridge as bridge
 
 __version__ = "0.1.0"
