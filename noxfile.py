@@ -1,4 +1,4 @@
-"""Developer tasks: `nox -s lint types tests doctests docs examples bench`."""
+"""Developer tasks: `nox -s lint types tests typecheck doctests docs examples bench`."""
 
 import nox
 
@@ -39,6 +39,24 @@ def tests(session):
 
 
 @nox.session
+def typecheck(session):
+  """The test suite under jaxtyping's pytest plugin: every pynnx function and method with
+  jaxtyping/standard annotations is checked by beartype at call time."""
+  session.install("-e", ".[test,typecheck]")
+  session.run(
+    "python",
+    "-m",
+    "pytest",
+    "tests",
+    "--jaxtyping-packages=pynnx,beartype.beartype",
+    "-p",
+    "no:cacheprovider",
+    *session.posargs,
+    env=XLA,
+  )
+
+
+@nox.session
 def doctests(session):
   session.install("-e", ".[test]")
   session.run("python", "-m", "pytest", "pynnx", "--doctest-modules", env=XLA)
@@ -54,6 +72,7 @@ def docs(session):
 def examples(session):
   session.install("-e", ".[examples]")
   session.run("python", "examples/digits.py")
+  session.run("python", "examples/equinox_interop.py")
 
 
 @nox.session
@@ -61,3 +80,4 @@ def bench(session):
   session.install("-e", ".[test]")
   session.run("python", "benchmarks/overhead.py", *session.posargs)
   session.run("python", "benchmarks/trace_writes.py")
+  session.run("python", "benchmarks/typed_overhead.py")

@@ -17,6 +17,7 @@ from ._core.errors import AttributeNotFoundError as AttributeNotFoundError
 from ._core.errors import AxisSpecError as AxisSpecError
 from ._core.errors import BoundMethodError as BoundMethodError
 from ._core.errors import CloneArgumentError as CloneArgumentError
+from ._core.errors import BridgeError as BridgeError
 from ._core.errors import ConfigError as ConfigError
 from ._core.errors import FilterError as FilterError
 from ._core.errors import FrozenModuleError as FrozenModuleError
@@ -143,8 +144,19 @@ from ._rng_helpers import restore_rngs as restore_rngs
 from ._rng_helpers import split_rngs as split_rngs
 from ._rng_helpers import with_rngs as with_rngs
 from ._transforms import *  # noqa: F403  (each transform module defines __all__)
+
+# isort: split
+# Before nn: the layers are decorated with nnx.typed.
+from .typing import TypeCheckError as TypeCheckError
+from .typing import typed as typed
+
+# isort: split
 from .nn import *  # noqa: F403
 from .nn import initializers as initializers
 from .training import *  # noqa: F403
+
+# isort: split
+# After nn: the bridge is written on the public API.
+from . import bridge as bridge
 
 __version__ = "0.1.0"

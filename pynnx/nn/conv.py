@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Inexact
 
 import pynnx as nnx
 
@@ -121,6 +122,7 @@ class _ConvBase(nnx.Module):
     return jnp.reshape(y, batch + y.shape[1:])
 
 
+@nnx.typed
 class Conv(_ConvBase):
   """An N-D convolution (N = ``len(kernel_size)``), channels last.
 
@@ -137,6 +139,9 @@ class Conv(_ConvBase):
     >>> conv.kernel.shape
     (3, 3, 3, 8)
   """
+
+  kernel: nnx.Param[Inexact[Array, "*window din_per_group dout"]]
+  bias: nnx.Param[Inexact[Array, " dout"]] | None
 
   def __init__(
     self,

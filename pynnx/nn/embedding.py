@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Inexact
 
 import pynnx as nnx
 
@@ -18,6 +19,7 @@ default_embed_init = initializers.variance_scaling(1.0, "fan_in", "normal", out_
 _NO_METADATA: Mapping[str, Any] = {}
 
 
+@nnx.typed
 class Embed(nnx.Module):
   """Maps integer ids to rows of a learned ``embedding`` table ``(num_embeddings, features)``.
 
@@ -31,6 +33,8 @@ class Embed(nnx.Module):
     >>> embed.attend(jnp.ones((2, 4))).shape
     (2, 10)
   """
+
+  embedding: nnx.Param[Inexact[Array, "num_embeddings features"]]
 
   def __init__(
     self,

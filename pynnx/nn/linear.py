@@ -8,6 +8,7 @@ from typing import Any, cast
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Inexact
 
 import pynnx as nnx
 
@@ -37,6 +38,7 @@ def _dot(
   )
 
 
+@nnx.typed
 class Linear(nnx.Module):
   """``y = x @ kernel + bias`` over the last axis of ``x``.
 
@@ -51,6 +53,9 @@ class Linear(nnx.Module):
     >>> layer.kernel.shape, layer.bias.shape
     ((2, 3), (3,))
   """
+
+  kernel: nnx.Param[Inexact[Array, "din dout"]]
+  bias: nnx.Param[Inexact[Array, " dout"]] | None
 
   def __init__(
     self,

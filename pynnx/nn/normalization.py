@@ -14,6 +14,7 @@ from typing import Any, cast
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, Inexact
 
 import pynnx as nnx
 
@@ -119,6 +120,8 @@ class _Norm(nnx.Module):
 
   dtype: Any  # set by each subclass
   promote_dtype: Callable[..., Any]
+  scale: nnx.Param[Inexact[Array, " features"]] | None
+  bias: nnx.Param[Inexact[Array, " features"]] | None
 
   def _build(
     self,
@@ -160,6 +163,7 @@ class _Norm(nnx.Module):
     return self.promote_dtype((x, scale, bias), dtype=self.dtype)
 
 
+@nnx.typed
 class BatchNorm(_Norm):
   """Normalizes each feature over the batch (every axis except ``axis``).
 
@@ -178,6 +182,9 @@ class BatchNorm(_Norm):
     >>> bn.eval(); bn.use_running_average
     True
   """
+
+  mean: nnx.BatchStat[Float[Array, " features"]]
+  var: nnx.BatchStat[Float[Array, " features"]]
 
   def __init__(
     self,
@@ -260,6 +267,7 @@ class BatchNorm(_Norm):
     )
 
 
+@nnx.typed
 class LayerNorm(_Norm):
   """Normalizes each example over ``reduction_axes`` (default: the last axis).
 
@@ -333,6 +341,7 @@ class LayerNorm(_Norm):
     )
 
 
+@nnx.typed
 class RMSNorm(_Norm):
   """Root-mean-square normalization: ``x / sqrt(mean(x**2) + eps) * scale`` (no centring).
 

@@ -33,6 +33,7 @@ BUILTINS = {
   "TreeStructureError": ValueError,
   "CloneArgumentError": ValueError,
   "UnsupportedOptionError": ValueError,
+  "BridgeError": TypeError,
 }
 
 
