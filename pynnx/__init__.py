@@ -16,8 +16,8 @@ from ._core.eager import var_defaults as var_defaults
 from ._core.errors import AttributeNotFoundError as AttributeNotFoundError
 from ._core.errors import AxisSpecError as AxisSpecError
 from ._core.errors import BoundMethodError as BoundMethodError
-from ._core.errors import CloneArgumentError as CloneArgumentError
 from ._core.errors import BridgeError as BridgeError
+from ._core.errors import CloneArgumentError as CloneArgumentError
 from ._core.errors import ConfigError as ConfigError
 from ._core.errors import FilterError as FilterError
 from ._core.errors import FrozenModuleError as FrozenModuleError

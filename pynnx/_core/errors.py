@@ -108,5 +108,7 @@ class CloneArgumentError(PynnxError, ValueError):
 
 class UnsupportedOptionError(PynnxError, ValueError):
   """A Flax option pynnx does not implement was turned on (pynnx never ignores one)."""
+
+
 class BridgeError(PynnxError, TypeError):
   """``nnx.bridge`` was given an object it cannot convert (not an eqx.Module, a bad State...)."""
