@@ -55,3 +55,9 @@ from .attention import make_causal_mask as make_causal_mask  # noqa: E402
 
 __all__ += ["MultiHeadAttention", "combine_masks", "dot_product_attention"]
 __all__ += ["dot_product_attention_weights", "make_attention_mask", "make_causal_mask"]
+
+from .initializers import InitializerLike as Initializer  # noqa: E402
+from .weight_normalization import SpectralNorm as SpectralNorm  # noqa: E402
+from .weight_normalization import WeightNorm as WeightNorm  # noqa: E402
+
+__all__ += ["Initializer", "SpectralNorm", "WeightNorm"]
