@@ -173,7 +173,7 @@ class WeightNorm(nnx.Module):
   Example:
     >>> layer = nnx.WeightNorm(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
     >>> y = layer(jnp.ones((4, 3)))
-    >>> jnp.linalg.norm(layer.layer_instance.kernel[...], axis=0)
+    >>> jnp.linalg.norm(layer.layer_instance.kernel[...], axis=0).round(5)
     Array([1., 1.], dtype=float32)
   """
 
