@@ -213,3 +213,61 @@ def test_layer_signatures_match_flax():
           _params(getattr(getattr(pynnx, name), method)),
         )
   assert mismatched == {}
+
+
+# --- error classes ----------------------------------------------------------------------------
+
+ERROR_CASES = {
+  "embed_float_ids": lambda n: n.Embed(5, 3, rngs=n.Rngs(0))(jnp.ones((2,), jnp.float32)),
+  "linear_features": lambda n: n.Linear(3, 2, rngs=n.Rngs(0))(jnp.ones((2, 4))),
+  "linear_general_features": lambda n: n.LinearGeneral(3, 2, rngs=n.Rngs(0))(jnp.ones((2, 4))),
+  "lora_features": lambda n: n.LoRA(3, 1, 2, rngs=n.Rngs(0))(jnp.ones((2, 4))),
+  "attend_features": lambda n: n.Embed(5, 3, rngs=n.Rngs(0)).attend(jnp.ones((2, 4))),
+  "batch_norm_features": lambda n: n.BatchNorm(3, rngs=n.Rngs(0))(jnp.ones((2, 4))),
+  "layer_norm_features": lambda n: n.LayerNorm(3, rngs=n.Rngs(0))(jnp.ones((2, 4))),
+  "rms_norm_features": lambda n: n.RMSNorm(3, rngs=n.Rngs(0))(jnp.ones((2, 4))),
+  "group_norm_features": lambda n: n.GroupNorm(6, num_groups=2, rngs=n.Rngs(0))(jnp.ones((2, 4))),
+  "instance_norm_features": lambda n: n.InstanceNorm(3, rngs=n.Rngs(0))(jnp.ones((2, 5, 4))),
+  "group_norm_groups": lambda n: n.GroupNorm(6, num_groups=4, rngs=n.Rngs(0)),
+  "group_norm_neither": lambda n: n.GroupNorm(6, num_groups=None, group_size=None, rngs=n.Rngs(0)),
+  "group_norm_both": lambda n: n.GroupNorm(6, num_groups=2, group_size=3, rngs=n.Rngs(0)),
+  "mha_heads": lambda n: n.MultiHeadAttention(3, 8, rngs=n.Rngs(0)),
+  "mha_no_cache": lambda n: n.MultiHeadAttention(2, 4, decode=True, rngs=n.Rngs(0))(
+    jnp.ones((1, 1, 4))
+  ),
+  "mha_features": lambda n: n.MultiHeadAttention(2, 4, decode=False, rngs=n.Rngs(0))(
+    jnp.ones((1, 3, 5))
+  ),
+  "mha_mask": lambda n: n.MultiHeadAttention(2, 4, decode=False, rngs=n.Rngs(0))(
+    jnp.ones((1, 3, 4)), mask=jnp.ones((1, 2, 5, 5), bool)
+  ),
+  "attention_ranks": lambda n: n.dot_product_attention(
+    jnp.ones((1, 3, 2, 4)), jnp.ones((3, 2, 4)), jnp.ones((1, 3, 2, 4))
+  ),
+  "attention_heads": lambda n: n.dot_product_attention(
+    jnp.ones((1, 3, 2, 4)), jnp.ones((1, 3, 3, 4)), jnp.ones((1, 3, 3, 4))
+  ),
+  "dropout_without_rngs": lambda n: n.Dropout(0.5)(jnp.ones(3)),
+  "conv_features": lambda n: n.Conv(3, 4, (3,), rngs=n.Rngs(0))(jnp.ones((1, 5, 2))),
+  "spectral_non_matrix": lambda n: n.SpectralNorm(
+    n.Conv(3, 4, (3, 3), rngs=n.Rngs(0)), error_on_non_matrix=True, rngs=n.Rngs(0)
+  ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_error_classes_match_flax(case):
+  """pynnx raises a PynnxError that is also the builtin class flax raises for the same input."""
+  with pytest.raises(Exception) as flax_error, jax.numpy_dtype_promotion("standard"):
+    ERROR_CASES[case](fnnx)
+  with pytest.raises(pynnx.PynnxError) as pynnx_error:
+    ERROR_CASES[case](pynnx)
+  builtin = next(c for c in type(flax_error.value).__mro__ if c.__module__ == "builtins")
+  assert isinstance(pynnx_error.value, builtin), (builtin, type(pynnx_error.value))
+
+
+def test_input_shape_error_is_value_and_type_error():
+  with pytest.raises(pynnx.ShapeError, match=r"Linear was built for 3 input features"):
+    pynnx.Linear(3, 2, rngs=pynnx.Rngs(0))(jnp.ones((2, 4)))
+  with pytest.raises(TypeError, match=r"LayerNorm was built for num_features=3"):
+    pynnx.LayerNorm(3, rngs=pynnx.Rngs(0))(jnp.ones((2, 4)))
