@@ -615,15 +615,16 @@ class MultiHeadAttention(nnx.Module):
       self._pynnx_setattr("deterministic", deterministic)
     if decode is None:
       return
-    self._pynnx_setattr("decode", decode)
     if not decode or self.cached_key is not None:
+      self._pynnx_setattr("decode", decode)
       return
     for name, value in (("batch_size", batch_size), ("max_length", max_length)):
-      if value is None:
+      if value is None:  # checked before any change, so a failed call changes nothing
         raise nnx.ConfigError(
           f"MultiHeadAttention.set_view: decode=True needs {name} to create the cache, e.g. "
           "set_view(decode=True, batch_size=1, max_length=128)."
         )
+    self._pynnx_setattr("decode", decode)
     batch = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)  # type: ignore[arg-type]
     dtype = jnp.float32 if self.dtype is None else self.dtype
     self.init_cache((*batch, max_length, self.in_features), dtype)

@@ -271,3 +271,40 @@ def test_input_shape_error_is_value_and_type_error():
     pynnx.Linear(3, 2, rngs=pynnx.Rngs(0))(jnp.ones((2, 4)))
   with pytest.raises(TypeError, match=r"LayerNorm was built for num_features=3"):
     pynnx.LayerNorm(3, rngs=pynnx.Rngs(0))(jnp.ones((2, 4)))
+
+
+# --- normalization against flax.linen ---------------------------------------------------------
+
+LINEN_NORMS = [
+  # (pynnx layer, its args/kwargs, linen kwargs, input shape, call kwargs)
+  ("BatchNorm", (4,), {"momentum": 0.8}, (6, 3, 4), {"use_running_average": False}),
+  ("BatchNorm", (4,), {}, (6, 4), {"use_running_average": True}),
+  ("LayerNorm", (4,), {"epsilon": 1e-3}, (2, 3, 4), {}),
+  ("RMSNorm", (4,), {"use_scale": True}, (2, 3, 4), {}),
+  ("GroupNorm", (6,), {"num_groups": 3}, (2, 5, 6), {}),
+  ("InstanceNorm", (4,), {}, (2, 5, 5, 4), {}),
+]
+
+
+@pytest.mark.parametrize("name,args,kwargs,shape,call", LINEN_NORMS, ids=lambda c: str(c))
+def test_norms_match_linen(name, args, kwargs, shape, call):
+  x = _x(shape, seed=3)
+  layer = getattr(pynnx, name)(*args, **kwargs, rngs=pynnx.Rngs(0))
+  rng = np.random.default_rng(5)
+  variables = {}
+  for path, var in pynnx.state(layer).flat_state():
+    value = jnp.asarray(rng.normal(size=var.shape).astype(np.float32))
+    if path[-1] == "var":
+      value = jnp.abs(value) + 0.5
+    var[...] = value
+    collection = "params" if isinstance(var, pynnx.Param) else "batch_stats"
+    variables.setdefault(collection, {})[path[-1]] = value
+  linen_kwargs = dict(kwargs)
+  linen_kwargs.update(call)
+  module = getattr(linen, name)(**linen_kwargs)
+  with jax.numpy_dtype_promotion("standard"):
+    y_linen, updates = module.apply(variables, x, mutable=["batch_stats"])
+  y = layer(x, **call)
+  _close(y_linen, y, rtol=1e-5, atol=1e-5)
+  for stat, value in updates.get("batch_stats", {}).items():
+    _close(value, getattr(layer, stat)[...])

@@ -272,3 +272,87 @@ def test_train_state_signatures_match_flax():
   f_init = inspect.signature(fnnx.EMA.__init__).parameters
   p_init = inspect.signature(pynnx.EMA.__init__).parameters
   assert list(f_init) == list(p_init)
+
+
+# --- tabulate ---------------------------------------------------------------------------------
+
+CONSOLE = {"force_terminal": False, "width": 160}
+
+
+def _tab_model(nnx):
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.linear = nnx.Linear(2, 3, rngs=rngs)
+      self.bn = nnx.BatchNorm(3, rngs=rngs)
+      self.dropout = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x):
+      return nnx.relu(self.dropout(self.bn(self.linear(x))))
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.blocks = nnx.List([Block(rngs), Block(rngs)])
+
+    def __call__(self, x, ids=None, *, scale=1.0):
+      h = self.blocks[1](self.blocks[0](x)[:, :2]) * scale
+      return h, {"ids": ids, "n": 3}
+
+    def first(self, x):
+      return self.blocks[0](x)
+
+  return Net(nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    {},
+    {"depth": 1},
+    {"method": "first"},
+    {"row_filter": lambda row: True},
+  ],
+  ids=["all", "depth", "method", "rng-rows"],
+)
+def test_tabulate_matches_flax(kwargs):
+  x, ids = jnp.ones((4, 2)), jnp.arange(5)
+
+  def run(nnx):
+    model = _tab_model(nnx)
+    args = (x,) if kwargs.get("method") else (x, ids)
+    extra = {} if kwargs.get("method") else {"scale": 2.0}
+    table = nnx.tabulate(model, *args, console_kwargs=CONSOLE, **kwargs, **extra)
+    untouched = (model.blocks[0].bn.mean[...], model.blocks[0].dropout.rngs.count[...])
+    return table, untouched
+
+  (f_table, f_state), (p_table, p_state) = _both(run)
+  assert p_table == f_table
+  assert "Total Parameters: 46 (192 B)" in p_table
+  _close(f_state, p_state)
+
+
+def test_tabulate_flops_and_call_info_match_flax():
+  def run(nnx):
+    rows = []
+    table = nnx.tabulate(
+      nnx.Linear(2, 3, rngs=nnx.Rngs(0)),
+      jnp.ones((4, 2)),
+      compute_flops=True,
+      compute_vjp_flops=True,
+      row_filter=lambda row: rows.append(row) or True,
+      console_kwargs=CONSOLE,
+    )
+    info = [
+      (r.call_order, r.path, r.type.__name__, r.inputs_repr, r.flops, r.vjp_flops) for r in rows
+    ]
+    return table, info
+
+  (f_table, f_info), (p_table, p_info) = _both(run)
+  assert p_table == f_table and p_info == f_info
+  assert p_info[0][4] > 0 and p_info[0][5] > p_info[0][4]
+
+
+def test_tabulate_signature_matches_flax():
+  f_sig = inspect.signature(fnnx.tabulate).parameters
+  p_sig = inspect.signature(pynnx.tabulate).parameters
+  assert [(p.name, p.kind) for p in f_sig.values()] == [(p.name, p.kind) for p in p_sig.values()]
+  assert pynnx.summary.tabulate is pynnx.tabulate
