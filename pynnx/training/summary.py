@@ -284,7 +284,8 @@ def tabulate(
 
   Example:
     >>> model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.relu)
-    >>> table = nnx.tabulate(model, jnp.ones((4, 2)), console_kwargs={"width": 120})
+    >>> plain = {"force_terminal": False, "width": 120}  # no colour codes
+    >>> table = nnx.tabulate(model, jnp.ones((4, 2)), console_kwargs=plain)
     >>> "Linear" in table and "Total Parameters: 9 (36 B)" in table
     True
   """
