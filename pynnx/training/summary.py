@@ -142,7 +142,9 @@ def _abstract(tree: Any, numbers: bool = False) -> Any:
   return jax.tree.map(leaf, tree)
 
 
-def _recorder(cls: type, name: str, original: Callable) -> Callable:
+def _recorder(name: str, original: Callable) -> Callable:
+  """Wraps a method so that calls on the traced model's objects are recorded (once each)."""
+
   def recorded(self: Any, *args: Any, **kwargs: Any) -> Any:
     state = getattr(_LOCAL, "state", None)
     key = (id(self), name)
@@ -170,7 +172,7 @@ def _patch(classes: set[type], names: dict[type, set[str]]) -> list[tuple[type, 
       if original is None or not callable(original):
         continue
       undo.append((cls, name, cls.__dict__.get(name, _MISSING)))
-      setattr(cls, name, _recorder(cls, name, original))
+      setattr(cls, name, _recorder(name, original))
   return undo
 
 
