@@ -308,3 +308,21 @@ def test_norms_match_linen(name, args, kwargs, shape, call):
   _close(y_linen, y, rtol=1e-5, atol=1e-5)
   for stat, value in updates.get("batch_stats", {}).items():
     _close(value, getattr(layer, stat)[...])
+
+
+def test_nn_function_and_initializer_signatures_match_flax():
+  mismatched = {}
+  for name in dir(fnnx):
+    obj = getattr(fnnx, name)
+    module = getattr(obj, "__module__", "") or ""
+    if isinstance(obj, type) or not callable(obj) or not module.startswith("flax.nnx.nn"):
+      continue
+    if _params(obj) != _params(getattr(pynnx, name)):
+      mismatched[name] = (_params(obj), _params(getattr(pynnx, name)))
+  for name in dir(fnnx.initializers):
+    obj = getattr(fnnx.initializers, name)
+    if callable(obj) and not name.startswith("_") and not isinstance(obj, type):
+      if _params(obj) != _params(getattr(pynnx.initializers, name)):
+        mismatched[f"initializers.{name}"] = name
+  assert mismatched == {}
+  assert pynnx.pool is pynnx.nn.pooling.pool and pynnx.Initializer is not None
