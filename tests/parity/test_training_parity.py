@@ -356,3 +356,33 @@ def test_tabulate_signature_matches_flax():
   p_sig = inspect.signature(pynnx.tabulate).parameters
   assert [(p.name, p.kind) for p in f_sig.values()] == [(p.name, p.kind) for p in p_sig.values()]
   assert pynnx.summary.tabulate is pynnx.tabulate
+
+
+def test_ema_and_optimizer_graph_mode_with_tied_weights():
+  def run(nnx):
+    class Tied(nnx.Module):
+      def __init__(self):
+        self.a = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+        self.b = self.a  # the same layer twice: one set of averages
+
+      def __call__(self, x):
+        return self.b(nnx.relu(self.a(x)))
+
+    model = Tied()
+    tx = optax.multi_transform({"sgd": optax.sgd(0.1), "adam": optax.adam(0.05)}, _labels)
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param, graph=True)
+    ema = nnx.EMA(model, 0.5, graph=True)
+    for _ in range(2):
+      opt.update(model, nnx.grad(_loss, graph=True)(model))
+      ema.update(model)
+    averaged = ema.apply_to(model)
+    assert averaged.a is averaged.b
+    return sorted(str(p) for p, _ in _flat(nnx, ema.params)), ema.params.to_pure_dict()
+
+  (f_paths, f_vals), (p_paths, p_vals) = _both(run)
+  assert f_paths == p_paths
+  _close(f_vals, p_vals)
+
+
+def _flat(nnx, state):
+  return fnnx.to_flat_state(state) if nnx is fnnx else list(state.flat_state())
