@@ -22,11 +22,12 @@ from .normalization import RMSNorm as RMSNorm  # noqa: E402
 from .pooling import avg_pool as avg_pool  # noqa: E402
 from .pooling import max_pool as max_pool  # noqa: E402
 from .pooling import min_pool as min_pool  # noqa: E402
+from .pooling import pool as pool  # noqa: E402
 
 __all__ += activations.__all__
 __all__ += ["Conv", "ConvTranspose", "Dropout", "Einsum", "Embed", "LayerArgumentError"]
 __all__ += ["LinearGeneral", "BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm"]
-__all__ += ["avg_pool", "max_pool", "min_pool"]
+__all__ += ["avg_pool", "max_pool", "min_pool", "pool"]
 
 from .lora import LoRA as LoRA  # noqa: E402
 from .lora import LoRALinear as LoRALinear  # noqa: E402
@@ -54,3 +55,9 @@ from .attention import make_causal_mask as make_causal_mask  # noqa: E402
 
 __all__ += ["MultiHeadAttention", "combine_masks", "dot_product_attention"]
 __all__ += ["dot_product_attention_weights", "make_attention_mask", "make_causal_mask"]
+
+from .initializers import InitializerLike as Initializer  # noqa: E402
+from .weight_normalization import SpectralNorm as SpectralNorm  # noqa: E402
+from .weight_normalization import WeightNorm as WeightNorm  # noqa: E402
+
+__all__ += ["Initializer", "SpectralNorm", "WeightNorm"]

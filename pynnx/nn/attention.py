@@ -15,11 +15,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import pynnx as nnx
 
 from . import initializers
-from .dtypes import LayerArgumentError, check_size, promote_dtype
+from .dtypes import InputShapeError, LayerArgumentError, check_size, promote_dtype
 from .linear import LinearGeneral, default_kernel_init
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
@@ -81,6 +82,7 @@ def dot_product_attention_weights(
   query, key = promote_dtype((query, key), dtype=dtype)
   dtype = query.dtype
   _check_qkv("dot_product_attention_weights", query, key)
+  _check_mask_bias("dot_product_attention_weights", query, key, mask, bias)
   q_heads, kv_heads = query.shape[-2], key.shape[-2]
   groups = q_heads // kv_heads
   query = query / jnp.sqrt(jnp.asarray(query.shape[-1], dtype))
@@ -115,16 +117,30 @@ def dot_product_attention_weights(
   return weights
 
 
+def _check_mask_bias(api: str, query: Any, key: Any, mask: Any, bias: Any) -> None:
+  """``mask`` / ``bias`` must broadcast to ``[batch..., heads, q_length, kv_length]``."""
+  target = (*query.shape[:-3], query.shape[-2], query.shape[-3], key.shape[-3])
+  for name, x in (("mask", mask), ("bias", bias)):
+    if x is None:
+      continue
+    shape = tuple(jnp.shape(x))
+    try:
+      fits = np.broadcast_shapes(shape, target) == target
+    except ValueError:
+      fits = False
+    if not fits:
+      raise InputShapeError(
+        f"{api}: {name} of shape {shape} does not broadcast to [batch..., heads, q_length, "
+        f"kv_length] = {target}. Build it with nnx.make_attention_mask(query_ids, key_ids) "
+        "or nnx.make_causal_mask(ids)."
+      )
+
+
 def _to_4d(x: jax.Array | None, batch: tuple[int, ...], api: str, name: str) -> jax.Array | None:
   """``[batch..., a, b, c]`` (or broadcastable) -> ``[prod(batch), a, b, c]``."""
   if x is None:
     return None
-  x = jnp.asarray(x)
-  if x.ndim > len(batch) + 3:
-    raise nnx.ShapeError(
-      f"{api}: {name} of shape {x.shape} has more dimensions than [batch..., heads, q_length, "
-      f"kv_length] = {len(batch) + 3} for queries with batch shape {batch}."
-    )
+  x = jnp.asarray(x)  # its shape was checked by _check_mask_bias
   x = x.reshape((1,) * (len(batch) + 3 - x.ndim) + x.shape)
   x = jnp.broadcast_to(x, batch + x.shape[-3:])
   return x.reshape((math.prod(batch),) + x.shape[-3:])
@@ -161,6 +177,7 @@ def dot_product_attention(
   api = "dot_product_attention"
   query, key, value = promote_dtype((query, key, value), dtype=dtype)
   _check_qkv(api, query, key, value)
+  _check_mask_bias(api, query, key, mask, bias)
   fast = dropout_rate == 0.0 and module is None and value.shape[-1] == key.shape[-1]
   if fast:
     batch = query.shape[:-3]
@@ -574,6 +591,43 @@ class MultiHeadAttention(nnx.Module):
     self.cache_index[...] = index + 1
     visible = jnp.broadcast_to(jnp.arange(max_length) <= index, (*batch, 1, 1, max_length))
     return key, value, combine_masks(mask, visible)
+
+  def set_view(
+    self,
+    deterministic: bool | None = None,
+    decode: bool | None = None,
+    batch_size: int | tuple[int, ...] | None = None,
+    max_length: int | None = None,
+  ) -> None:
+    """Sets ``deterministic`` / ``decode``; turning decode on creates a missing cache.
+
+    This is the hook flax's ``nnx.view`` calls. A cache of shape
+    ``(*batch_size, max_length, num_kv_heads, head_dim)`` in ``dtype`` (float32 when
+    ``dtype`` is None) is created when ``decode=True`` and the layer has none yet.
+
+    Example:
+      >>> layer = nnx.MultiHeadAttention(2, 4, rngs=nnx.Rngs(0))
+      >>> layer.set_view(decode=True, batch_size=1, max_length=8)
+      >>> layer.cached_key.shape, layer(jnp.ones((1, 1, 4))).shape
+      ((1, 8, 2, 2), (1, 1, 4))
+    """
+    if deterministic is not None:
+      self._pynnx_setattr("deterministic", deterministic)
+    if decode is None:
+      return
+    if not decode or self.cached_key is not None:
+      self._pynnx_setattr("decode", decode)
+      return
+    for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+      if value is None:  # checked before any change, so a failed call changes nothing
+        raise nnx.ConfigError(
+          f"MultiHeadAttention.set_view: decode=True needs {name} to create the cache, e.g. "
+          "set_view(decode=True, batch_size=1, max_length=128)."
+        )
+    self._pynnx_setattr("decode", decode)
+    batch = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)  # type: ignore[arg-type]
+    dtype = jnp.float32 if self.dtype is None else self.dtype
+    self.init_cache((*batch, max_length, self.in_features), dtype)
 
   def init_cache(self, input_shape: tuple[int, ...], dtype: Any = jnp.float32) -> None:
     """Creates (or resets) the decode cache for inputs of ``(batch..., max_length, features)``.

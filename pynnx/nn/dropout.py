@@ -71,6 +71,18 @@ class Dropout(nnx.Module):
         f"{type(rngs).__name__}."
       )
 
+  def set_view(self, deterministic: bool | None = None) -> None:
+    """Sets the static ``deterministic`` flag (the hook flax's ``nnx.view`` calls).
+
+    Example:
+      >>> layer = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+      >>> layer.set_view(deterministic=True)
+      >>> layer.deterministic
+      True
+    """
+    if deterministic is not None:
+      self._pynnx_setattr("deterministic", deterministic)
+
   def __call__(
     self,
     inputs: jax.Array,

@@ -24,6 +24,14 @@ Dtype = Any
 LayerArgumentError = nnx.LayerArgumentError
 
 
+class InputShapeError(nnx.ShapeError, TypeError):
+  """An input's feature axes do not fit a layer's weights.
+
+  Also a ``TypeError``: flax fails there inside ``jax.lax.dot_general`` / broadcasting, which
+  raise ``TypeError``, so an ``except TypeError`` written for flax still catches it.
+  """
+
+
 def canonicalize_dtype(*args: Any, dtype: Dtype | None = None, inexact: bool = True) -> Any:
   """The dtype a layer computes in.
 
@@ -106,4 +114,4 @@ def _bad_axis(axis: int, ndim: int) -> int:
   raise nnx.ShapeError(f"axis {axis} is out of range for an input with {ndim} dimensions.")
 
 
-__all__ = ["LayerArgumentError", "canonicalize_dtype", "promote_dtype"]
+__all__ = ["InputShapeError", "LayerArgumentError", "canonicalize_dtype", "promote_dtype"]

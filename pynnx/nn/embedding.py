@@ -12,7 +12,7 @@ from jaxtyping import Array, Inexact
 import pynnx as nnx
 
 from . import initializers
-from .dtypes import check_size, promote_dtype
+from .dtypes import InputShapeError, check_size, promote_dtype
 
 default_embed_init = initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
 
@@ -79,7 +79,7 @@ class Embed(nnx.Module):
   def attend(self, query: jax.Array, out_sharding: Any = None) -> jax.Array:
     """Scores ``query`` (``(..., features)``) against every embedding: ``query @ embedding.T``."""
     if jnp.ndim(query) == 0 or jnp.shape(query)[-1] != self.features:
-      raise nnx.ShapeError(
+      raise InputShapeError(
         f"Embed.attend expects queries with {self.features} features on the last axis, got "
         f"shape {jnp.shape(query)}."
       )

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Union, cast
 
@@ -68,6 +69,8 @@ def _factory(name: str) -> Callable[..., Initializer]:
   factory.__name__ = name
   factory.__qualname__ = name
   factory.__doc__ = jax_factory.__doc__
+  # inspect.signature(nnx.initializers.normal) shows jax's (and flax's) parameters
+  factory.__signature__ = inspect.signature(jax_factory)  # type: ignore[attr-defined]
   return factory
 
 

@@ -13,7 +13,7 @@ from jaxtyping import Array, Inexact
 import pynnx as nnx
 
 from . import initializers
-from .dtypes import LayerArgumentError, check_size, promote_dtype
+from .dtypes import InputShapeError, LayerArgumentError, check_size, promote_dtype
 
 default_kernel_init = initializers.lecun_normal()
 default_bias_init = initializers.zeros_init()
@@ -102,7 +102,7 @@ class Linear(nnx.Module):
     # its input are both local shards.
     expected = jnp.shape(self.kernel[...])[0]
     if jnp.ndim(inputs) == 0 or jnp.shape(inputs)[-1] != expected:
-      raise nnx.ShapeError(
+      raise InputShapeError(
         f"Linear was built for {expected} input features (last axis) but got an input "
         f"of shape {jnp.shape(inputs)} ({jnp.shape(inputs)[-1:] or 'no'} features). Reshape the "
         f"input or build Linear({jnp.shape(inputs)[-1:] and jnp.shape(inputs)[-1]}, ...)."
@@ -233,7 +233,7 @@ class LinearGeneral(nnx.Module):
     got_batch = tuple(shape[a] for a in batch_dims)
     want_batch = tuple(v for _, v in self.batch_axis)
     if got != self.in_features or got_batch != want_batch:
-      raise nnx.ShapeError(
+      raise InputShapeError(
         f"LinearGeneral expects sizes {self.in_features} on axes {self.axis}"
         + (f" and batch sizes {want_batch} on axes {batch_dims}" if batch_dims else "")
         + f", got an input of shape {shape} (sizes {got}"

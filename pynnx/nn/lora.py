@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import pynnx as nnx
 
 from . import initializers
-from .dtypes import LayerArgumentError, check_size, promote_dtype
+from .dtypes import InputShapeError, LayerArgumentError, check_size, promote_dtype
 from .linear import Linear
 
 default_a_initializer = initializers.he_uniform()
@@ -108,7 +108,7 @@ class LoRA(nnx.Module):
   def __call__(self, x: jax.Array, **kwargs: Any) -> jax.Array:
     """Applies the low-rank update (plus ``base_module(x, **kwargs)`` when there is one)."""
     if jnp.shape(x)[-1:] != (self.in_features,):
-      raise nnx.ShapeError(
+      raise InputShapeError(
         f"LoRA expects inputs with {self.in_features} features on the last axis, got shape "
         f"{jnp.shape(x)}."
       )

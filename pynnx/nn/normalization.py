@@ -19,7 +19,13 @@ from jaxtyping import Array, Float, Inexact
 import pynnx as nnx
 
 from . import initializers
-from .dtypes import LayerArgumentError, canonicalize_dtype, check_size, normalize_axes
+from .dtypes import (
+  InputShapeError,
+  LayerArgumentError,
+  canonicalize_dtype,
+  check_size,
+  normalize_axes,
+)
 from .dtypes import promote_dtype as default_promote_dtype
 
 _NO_METADATA: Mapping[str, Any] = {}
@@ -102,7 +108,7 @@ def _normalize(
 def _check_features(layer: str, x: jax.Array, feature_axes: tuple[int, ...], num: int) -> None:
   got = int(np.prod([x.shape[a] for a in feature_axes]))
   if got != num:
-    raise nnx.ShapeError(
+    raise InputShapeError(
       f"{layer} was built for num_features={num} but the input of shape {x.shape} has "
       f"{got} features on axes {feature_axes}."
     )
@@ -233,6 +239,18 @@ class BatchNorm(_Norm):
     self.axis_index_groups = axis_index_groups
     self.use_fast_variance = use_fast_variance
     self.promote_dtype = promote_dtype
+
+  def set_view(self, use_running_average: bool | None = None) -> None:
+    """Sets the static ``use_running_average`` flag (the hook flax's ``nnx.view`` calls).
+
+    Example:
+      >>> layer = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+      >>> layer.set_view(use_running_average=True)
+      >>> layer.use_running_average
+      True
+    """
+    if use_running_average is not None:
+      self._pynnx_setattr("use_running_average", use_running_average)
 
   def __call__(
     self, x: jax.Array, use_running_average: bool | None = None, *, mask: jax.Array | None = None

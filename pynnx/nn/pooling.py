@@ -57,7 +57,10 @@ def pool(
     padding = ((0, 0),) * n_batch + pairs + ((0, 0),)
   dims = (1,) * n_batch + window_shape + (1,)
   full_strides = (1,) * n_batch + strides + (1,)
-  init = jnp.asarray(init, jnp.result_type(inputs))
+  # A NumPy scalar (never a jax Array) keeps the init value a compile-time constant even under
+  # jit/grad, so JAX picks its differentiable monoid reductions (sum/max/min windows).
+  if not isinstance(init, jax.Array):
+    init = np.asarray(init, dtype=jnp.result_type(inputs))
   return jax.lax.reduce_window(inputs, init, reduce_fn, dims, full_strides, padding)
 
 

@@ -70,11 +70,19 @@ def _wrap_opt_state(opt_state: Any, params: list[tuple[Path, Variable]]) -> Any:
       flat = x.flat_state()
       if set(flat.paths) == set(paths):
         # A parameter-shaped subtree (e.g. Adam's moments): keep each Param's metadata.
-        return State.from_flat_path([(p, OptVariable(leaf, **metadata[p])) for p, leaf in flat])
+        return State.from_flat_path([(p, _opt_variable(leaf, metadata[p])) for p, leaf in flat])
       return jax.tree.map(OptArray, x)
     return OptArray(x)
 
   return jax.tree.map(wrap, opt_state, is_leaf=lambda x: isinstance(x, State))
+
+
+def _opt_variable(leaf: Any, metadata: dict[str, Any]) -> Any:
+  """Wraps one array leaf; an empty pytree placeholder (optax's ``MaskedNode``) stays as is."""
+  treedef = jax.tree.structure(leaf)
+  if treedef.num_leaves == 1 and treedef.num_nodes == 1:
+    return OptVariable(leaf, **metadata)
+  return leaf
 
 
 def _unwrap(tree: Any) -> Any:

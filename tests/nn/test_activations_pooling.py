@@ -85,3 +85,36 @@ def test_dtype_helpers():
     nnx.LayerArgumentError, match="must be a floating or complex dtype, got int32"
   ):
     canonicalize_dtype(jnp.ones(2), dtype=jnp.int32)
+
+
+class _PoolCNN(nnx.Module):
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    self.out = nnx.Linear(4 * 4 * 4, 3, rngs=rngs)
+
+  def __call__(self, x, pool):
+    y = pool(nnx.relu(self.conv(x)), (2, 2), strides=(2, 2))
+    return self.out(y.reshape(y.shape[0], -1))
+
+
+@pytest.mark.parametrize("pool", [nnx.avg_pool, nnx.max_pool, nnx.min_pool])
+def test_pool_grad_under_jit(pool):
+  # The window init value must stay a constant under jit, or reverse-mode autodiff fails.
+  model = _PoolCNN(nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+
+  def loss(m, x):
+    return (m(x, pool) ** 2).mean()
+
+  eager = nnx.grad(loss)(model, x)
+  by_nnx = nnx.jit(nnx.grad(loss))(model, x)
+  by_jax = jax.jit(jax.grad(loss))(model, x)
+  for g in (by_nnx, by_jax):
+    np.testing.assert_allclose(g.conv.kernel[...], eager.conv.kernel[...], rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(eager.conv.kernel[...]).sum()) > 0
+  window_grad = jax.jit(jax.grad(lambda x: pool(x, (2,), strides=(2,)).sum()))(x[0, 0])
+  assert window_grad.shape == (8, 1)
+  if pool is nnx.avg_pool:
+    np.testing.assert_allclose(window_grad, 0.5)
+  else:  # exactly one winner per window
+    np.testing.assert_allclose(window_grad.sum(), 4.0)

@@ -121,8 +121,13 @@ def test_attention_value_and_mask_errors():
   q = jnp.zeros((B, T, H, D))
   with pytest.raises(nnx.ShapeError, match="key and value need the same length"):
     nnx.dot_product_attention(q, q, jnp.zeros((B, T + 1, H, D)))
-  with pytest.raises(nnx.ShapeError, match="mask of shape .* has more dimensions"):
+  with pytest.raises(nnx.ShapeError, match=r"mask of shape \(1, 2, 2, 5, 5\) does not broadcast"):
     nnx.dot_product_attention(q, q, q, mask=jnp.ones((1, B, H, T, T), bool))
+  # also a TypeError, which is what flax raises (from jax broadcasting) for this mistake
+  with pytest.raises(TypeError, match=r"bias of shape \(2, 1, 3, 5\) does not broadcast"):
+    nnx.dot_product_attention_weights(q, q, bias=jnp.ones((B, 1, 3, T)))
+  with pytest.raises(nnx.ShapeError, match="mask of shape .*make_attention_mask"):
+    _mha()(jnp.ones((B, T, F)), mask=jnp.ones((B, 1, T + 1, T + 1), bool))
   with pytest.raises(nnx.RngError, match="need a dropout_rng"):
     nnx.dot_product_attention_weights(q, q, dropout_rate=0.1)
   with pytest.raises(nnx.ShapeError, match="same rank"):
