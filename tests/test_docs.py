@@ -16,12 +16,16 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
+import textwrap
 
 import jax
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
-FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
+# A fence may be indented (inside content tabs or admonitions); its body is dedented.
+FENCE = re.compile(
+  r"^(?P<indent>[ \t]*)```(?P<lang>\S*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.S | re.M
+)
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->\s*$")
 ANY_MARKER = re.compile(r"<!--\s*docs-test")
 
@@ -39,7 +43,7 @@ def blocks(page: pathlib.Path) -> list[Block]:
   text = page.read_text()
   out = []
   for match in FENCE.finditer(text):
-    if match.group(1) not in ("python", "py"):
+    if match.group("lang") not in ("python", "py"):
       continue
     line = text.count("\n", 0, match.start()) + 1
     before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
@@ -49,7 +53,7 @@ def blocks(page: pathlib.Path) -> list[Block]:
     reason = skip.group("reason").strip() if skip else None
     if skip and not reason:
       raise ValueError(f"{page.name}:{line}: a docs-test skip marker needs a reason")
-    out.append(Block(page, line, match.group(2), reason))
+    out.append(Block(page, line, textwrap.dedent(match.group("body")), reason))
   return out
 
 
@@ -61,11 +65,12 @@ def test_block_parser_reads_fences_and_markers(tmp_path):
   page.write_text(
     "text\n```python\na = 1\n```\n\n```bash\nls\n```\n"
     "<!-- docs-test: skip (multi-host only) -->\n```python\nraise SystemExit\n```\n"
+    '=== "Tab"\n\n    ```python\n    if b:\n      c = 2\n    ```\n'
   )
   found = blocks(page)
-  assert [b.code for b in found] == ["a = 1\n", "raise SystemExit\n"]
-  assert [b.skip_reason for b in found] == [None, "multi-host only"]
-  assert [b.line for b in found] == [2, 10]
+  assert [b.code for b in found] == ["a = 1\n", "raise SystemExit\n", "if b:\n  c = 2\n"]
+  assert [b.skip_reason for b in found] == [None, "multi-host only", None]
+  assert [b.line for b in found] == [2, 10, 15]
 
 
 def test_skip_marker_without_reason_is_rejected(tmp_path):
