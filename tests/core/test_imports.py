@@ -30,7 +30,7 @@ CORE_TIERS = {
   "__init__": 3,
 }
 PACKAGE_TIERS = {"_graph": 4, "_transforms": 6, "nn": 7, "training": 8, "bridge": 8}
-MODULE_TIERS = {"_functional": 5, "typing": 3, "__init__": 9}
+MODULE_TIERS = {"_functional": 5, "typing": 3, "checkpoint": 9, "__init__": 9}
 PUBLIC_API_TIER = 7  # nn, training and bridge are written on the public API (`import pynnx`)
 
 OPTIONAL_DEPENDENCIES = {
