@@ -155,19 +155,27 @@ def restore(directory: str | pathlib.Path, target: Any) -> Any:
   checkpointer = _checkpointer()
   try:
     try:
-      stored = _stored_leaves(checkpointer.metadata(path).item_metadata.tree)
+      item = checkpointer.metadata(path).item_metadata
     except Exception as err:
       raise StateMismatchError(
         f"pynnx.checkpoint.restore({str(path)!r}): the checkpoint could not be read "
         f"({type(err).__name__}: {err}). Check the path, or save it again."
       ) from err
+    if item is None:
+      raise StateMismatchError(
+        f"pynnx.checkpoint.restore({str(path)!r}): the checkpoint could not be read (no "
+        "readable tree metadata: not a checkpoint folder, or its files are damaged). Check "
+        "the path, or save it again."
+      )
+    stored = _stored_leaves(item.tree)
     _check(path, tree, root, stored)
     try:
       restored = checkpointer.restore(path, tree)
     except Exception as err:
       raise StateMismatchError(
-        f"pynnx.checkpoint.restore({str(path)!r}): the checkpoint's arrays could not be read; "
-        f"it may be damaged ({type(err).__name__}: {err}). Save it again."
+        f"pynnx.checkpoint.restore({str(path)!r}): orbax could not read the checkpoint's "
+        f"arrays into the target ({type(err).__name__}: {err}). Either the files are damaged "
+        "(save the checkpoint again) or the target's shardings do not fit its shapes."
       ) from err
   finally:
     checkpointer.close()

@@ -1,5 +1,8 @@
 """pynnx.checkpoint: orbax round trips, sharded restore, and the mismatch/corruption errors."""
 
+import gc
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,15 +107,24 @@ def test_dtype_mismatch_missing_and_extra_paths(tmp_path):
     checkpoint.restore(path, {"kernel": jnp.zeros((2, 2))})
 
 
+# Reading damaged files makes orbax's async reader leave callbacks on a closed event loop
+# ("Event loop is closed", reported by pytest as an unraisable exception). That is orbax's
+# clean-up, not ours; collect it here so it cannot surface in a later test's teardown.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupted_or_missing_checkpoint(tmp_path):
-  with pytest.raises(nnx.StateMismatchError, match="could not be read"):
+  with pytest.raises(nnx.StateMismatchError, match="could not be read.*not a checkpoint folder"):
     checkpoint.restore(tmp_path / "nowhere", make())
   path = checkpoint.save(tmp_path / "ckpt", make())
   for data in path.rglob("*"):
     if data.is_file() and data.parent.name == "d":
       data.write_bytes(b"garbage")
-  with pytest.raises(nnx.StateMismatchError, match="could not be read|may be damaged"):
+  with pytest.raises(
+    nnx.StateMismatchError,
+    match="could not be read .*files are damaged|could not read the checkpoint's arrays",
+  ):
     checkpoint.restore(path, make())
+  time.sleep(0.5)  # let orbax's reader threads finish while this test's hooks are active
+  gc.collect()
 
 
 def test_save_refuses_to_overwrite_without_force(tmp_path):
@@ -123,3 +135,15 @@ def test_save_refuses_to_overwrite_without_force(tmp_path):
   model.layers[0].bias[...] = jnp.full((3,), 7.0)
   checkpoint.save(path, model, force=True)
   assert checkpoint.restore(path, make()).layers[0].bias[...].tolist() == [7.0] * 3
+
+
+def test_target_shardings_that_do_not_fit_are_reported(tmp_path):
+  mesh = jax.sharding.Mesh(jax.devices(), ("model",))
+  path = checkpoint.save(tmp_path / "ckpt", nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+  state = nnx.state(nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0))))
+  bad = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P("model"))),
+    state,
+  )
+  with pytest.raises(nnx.StateMismatchError, match="shardings do not fit its shapes"):
+    checkpoint.restore(path, bad)
