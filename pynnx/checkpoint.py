@@ -44,6 +44,46 @@ def _as_tree(tree: Any) -> Any:
   return state(tree) if isinstance(tree, Module) else tree
 
 
+# Typed PRNG keys (the values of RngKey Variables) have no on-disk dtype: they are stored as
+# their uint32 key data and wrapped back into keys of the target's implementation on restore.
+_KEY_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def _is_key(x: Any) -> bool:
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _impl_name(dtype: Any) -> str:
+  for name in _KEY_IMPLS:
+    if jax.random.key(0, impl=name).dtype == dtype:
+      return name
+  raise StateMismatchError(f"pynnx.checkpoint: unsupported PRNG key type {dtype}.")
+
+
+def _encode(tree: Any) -> Any:
+  """Key arrays -> their uint32 data (concrete values, or shapes for abstract targets)."""
+
+  def encode(x: Any) -> Any:
+    if not _is_key(x):
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.eval_shape(jax.random.key_data, x)
+    return jax.random.key_data(x)
+
+  return jax.tree.map(encode, tree)
+
+
+def _decode(restored: Any, target: Any) -> Any:
+  def decode(value: Any, like: Any) -> Any:
+    if not _is_key(like):
+      return value
+    key = jax.random.wrap_key_data(value, impl=_impl_name(like.dtype))
+    sharding = getattr(like, "sharding", None)
+    return key if sharding is None else jax.device_put(key, sharding)
+
+  return jax.tree.map(decode, restored, target)
+
+
 def save(directory: str | pathlib.Path, tree: Any, *, force: bool = False) -> pathlib.Path:
   """Writes ``tree`` (a Module's state, a State or a pytree of arrays) to ``directory``.
 
@@ -76,7 +116,7 @@ def save(directory: str | pathlib.Path, tree: Any, *, force: bool = False) -> pa
       "or save to a new folder (one per step, e.g. ckpt/step_100)."
     )
   checkpointer = _checkpointer()
-  checkpointer.save(path, _as_tree(tree), force=force)
+  checkpointer.save(path, _encode(_as_tree(tree)), force=force)
   checkpointer.wait_until_finished()
   checkpointer.close()
   return path
@@ -168,9 +208,10 @@ def restore(directory: str | pathlib.Path, target: Any) -> Any:
         "the path, or save it again."
       )
     stored = _stored_leaves(item.tree)
-    _check(path, tree, root, stored)
+    on_disk = _encode(tree)
+    _check(path, on_disk, root, stored)
     try:
-      restored = checkpointer.restore(path, tree)
+      restored = _decode(checkpointer.restore(path, on_disk), tree)
     except Exception as err:
       raise StateMismatchError(
         f"pynnx.checkpoint.restore({str(path)!r}): orbax could not read the checkpoint's "

@@ -147,3 +147,20 @@ def test_target_shardings_that_do_not_fit_are_reported(tmp_path):
   )
   with pytest.raises(nnx.StateMismatchError, match="shardings do not fit its shapes"):
     checkpoint.restore(path, bad)
+
+
+def test_rng_keys_round_trip_as_keys(tmp_path):
+  def build():
+    stack = nnx.split_rngs(splits=3)(nnx.vmap(lambda r: nnx.Dropout(0.5, rngs=r)))
+    return nnx.Dict(single=nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=1)), stack=stack(nnx.Rngs(2)))
+
+  model = build()
+  model["single"](jnp.ones(4))  # count = 1
+  path = checkpoint.save(tmp_path / "ckpt", model)
+  restored = checkpoint.restore(path, nnx.eval_shape(build))
+  for name in ("single", "stack"):
+    key, want = restored[name].rngs.key[...], model[name].rngs.key[...]
+    assert key.dtype == want.dtype and key.shape == want.shape
+    np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(want))
+  assert int(restored["single"].rngs.count[...]) == 1
+  np.testing.assert_array_equal(restored["single"](jnp.ones(4)), model["single"](jnp.ones(4)))
