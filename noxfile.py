@@ -79,20 +79,43 @@ def doctests(session):
 
 @nox.session
 def docs(session):
-  session.install("-e", ".[docs]")
+  """Builds the site strictly and runs every code block of every page."""
+  session.install("-e", ".[docs,test]")
   session.run("mkdocs", "build", "--strict")
+  session.run("python", "-m", "pytest", "tests/test_docs.py", "-p", "no:cacheprovider", env=XLA)
+
+
+EXAMPLES = [
+  "digits",
+  "char_transformer",
+  "ensemble",
+  "mesh_training",
+  "checkpoint_resume",
+]
 
 
 @nox.session
 def examples(session):
+  """Runs every example at full size (the test suite runs them tiny)."""
   session.install("-e", ".[examples]")
-  session.run("python", "examples/digits.py")
-  session.run("python", "examples/equinox_interop.py")
+  for name in session.posargs or EXAMPLES:
+    session.run("python", f"examples/{name}.py", "--no-progress")
+  if not session.posargs:
+    session.run("python", "examples/equinox_interop.py")
 
 
 @nox.session
 def bench(session):
+  """Regenerates the overhead table and plot used by docs/performance.md."""
   session.install("-e", ".[test]")
-  session.run("python", "benchmarks/overhead.py", *session.posargs)
+  session.run(
+    "python",
+    "benchmarks/overhead.py",
+    "--plot",
+    "docs/img/overhead.png",
+    "--table",
+    "benchmarks/results/overhead_table.md",
+    *session.posargs,
+  )
   session.run("python", "benchmarks/trace_writes.py")
   session.run("python", "benchmarks/typed_overhead.py")

@@ -225,16 +225,73 @@ def build(layers: int):
   return out
 
 
+def plot(results: dict, path: str) -> None:
+  """Bar chart of the ratio to jax.jit per workload and depth (one panel per workload)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  workloads = list(next(iter(results.values())))
+  fig, axes = plt.subplots(1, len(workloads), figsize=(4.5 * len(workloads), 3.6), squeeze=False)
+  everything = sorted(
+    {n for by_w in results.values() for w in by_w.values() for n in w}, key=_order
+  )
+  colors = {name: f"C{i}" for i, name in enumerate(everything)}  # one colour per implementation
+  for ax, workload in zip(axes[0], workloads):
+    impls = sorted({n for by_w in results.values() for n in by_w[workload]}, key=_order)
+    depths = list(results)
+    width = 0.8 / len(impls)
+    for i, name in enumerate(impls):
+      ratios = [results[d][workload].get(name, (float("nan"), 0.0))[1] for d in depths]
+      ax.bar(
+        [j + i * width for j in range(len(depths))], ratios, width, label=name, color=colors[name]
+      )
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(depths))], [f"L={d}" for d in depths])
+    ax.set(title=workload, ylabel="time per call / jax.jit", yscale="log")
+  handles = [plt.Rectangle((0, 0), 1, 1, color=colors[n]) for n in everything]
+  fig.legend(handles, everything, loc="upper center", ncol=len(everything), fontsize=8)
+  fig.tight_layout(rect=(0, 0, 1, 0.9))
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _order(name: str) -> tuple[int, str]:
+  return (0 if name == "jax.jit" else 1 if name.startswith("pynnx") else 2, name)
+
+
+def table(results: dict) -> str:
+  """A markdown table: median µs/call and the ratio to jax.jit."""
+  lines = [
+    "| layers | workload | implementation | µs/call | ratio to jax.jit |",
+    "|---|---|---|---|---|",
+  ]
+  for layers, by_workload in results.items():
+    for workload, by_impl in by_workload.items():
+      for name in sorted(by_impl, key=_order):
+        med, ratio = by_impl[name]
+        lines.append(f"| {layers} | {workload} | {name} | {med:.1f} | {ratio:.2f} |")
+  return "\n".join(lines) + "\n"
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--layers", type=int, nargs="+", default=[2, 16, 128])
   parser.add_argument("--rounds", type=int, default=20)
   parser.add_argument("--calls", type=int, default=50)
+  parser.add_argument("--plot", help="write a PNG bar chart of the ratios here")
+  parser.add_argument("--table", help="write the results as a markdown table here")
   args = parser.parse_args()
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; median µs/call (ratio to jax.jit)")
+  header = (
+    f"jax {jax.__version__} on {jax.devices()[0].platform}; median µs/call (ratio to jax.jit)"
+  )
+  print(header)
+  results: dict[int, dict[str, dict[str, tuple[float, float]]]] = {}
   for layers in args.layers:
-    table = build(layers)
-    for workload, impls in table.items():
+    table_ = build(layers)
+    results[layers] = {}
+    for workload, impls in table_.items():
       first = {}
       for name, fn in impls.items():
         t0 = time.perf_counter()
@@ -246,11 +303,20 @@ def main() -> None:
           samples[name].append(_median_us(fn, args.calls))
       base = statistics.median(samples["jax.jit"])
       cells = []
+      results[layers][workload] = {}
       for name in impls:
         med = statistics.median(samples[name])
+        results[layers][workload][name] = (med, med / base)
         cells.append(f"{name}: {med:8.1f} µs ({med / base:4.2f}x)")
       print(f"L={layers:<4d} {workload:<9s} " + " | ".join(cells))
       print(f"{'':6s}first call ms: " + " | ".join(f"{n}: {t:7.1f}" for n, t in first.items()))
+  if args.table:
+    with open(args.table, "w") as f:
+      f.write(f"`{header}`, {args.rounds} rounds of {args.calls} calls\n\n" + table(results))
+    print(f"table: {args.table}")
+  if args.plot:
+    plot(results, args.plot)
+    print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Tree mode (Modules as plain JAX pytrees) is the default; graph mode (shared refe
 DiffState, StateAxes, StateSharding) is opt-in with ``graph=True`` or ``nnx.set_graph_mode``.
 """
 
+from . import checkpoint as checkpoint  # orbax save/restore; orbax is imported lazily
 from . import compat as compat
 from ._core import filters as filterlib  # noqa: F401  (public module alias)
 from ._core.config import set_graph_mode as set_graph_mode

@@ -77,7 +77,7 @@ def with_partitioning(
     >>> import jax, pynnx as nnx
     >>> init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))
     >>> layer = nnx.Linear(2, 4, kernel_init=init, rngs=nnx.Rngs(0))
-    >>> nnx.get_partition_spec(nnx.state(layer))["kernel"][...]
+    >>> nnx.get_partition_spec(nnx.state(layer))["kernel"].value
     P(None, 'model')
   """
   return with_metadata(initializer, out_sharding=tuple(sharding), mesh=mesh, **metadata)

@@ -37,6 +37,7 @@ MODULE_TIERS = {
   "_recursive_map": 5,
   "_rng_helpers": 5,
   "compat": 9,
+  "checkpoint": 9,
   "typing": 3,
   "__init__": 9,
 }
