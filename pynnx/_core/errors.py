@@ -32,7 +32,7 @@ class NotAVariableError(PynnxError, TypeError):
   """A non-Variable value was given where a Variable is expected."""
 
 
-class StaticAttributeError(PynnxError, TypeError):
+class StaticAttributeError(PynnxError, TypeError, ValueError):
   """A static attribute is not hashable (static attributes are compile-time keys)."""
 
 
