@@ -11,9 +11,12 @@ from .eval_shape import eval_shape as eval_shape
 from .graph_adapter import DiffState as DiffState
 from .graph_adapter import StateAxes as StateAxes
 from .graph_adapter import StateSharding as StateSharding
+from .inspect import checkify as checkify
+from .inspect import make_jaxpr as make_jaxpr
 from .jit import jit as jit
 from .linearize import jvp as jvp
 from .linearize import vjp as vjp
+from .pmap import pmap as pmap
 from .remat import remat as remat
 from .scan import Carry as Carry
 from .scan import scan as scan
@@ -42,4 +45,7 @@ __all__ = [
   "vjp",
   "jvp",
   "custom_vjp",
+  "checkify",
+  "make_jaxpr",
+  "pmap",
 ]
