@@ -27,6 +27,7 @@ from ._core.errors import StructureChangeError as StructureChangeError
 from ._core.errors import TraceContextError as TraceContextError
 from ._core.errors import BoundMethodError as BoundMethodError
 from ._core.errors import TreeStructureError as TreeStructureError
+from ._core.errors import TransformArgumentError as TransformArgumentError
 from ._core.filters import All as All
 from ._core.filters import Any_ as Any  # noqa: F401  (Flax name)
 from ._core.filters import Everything as Everything

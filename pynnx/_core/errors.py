@@ -86,3 +86,8 @@ class BoundMethodError(PynnxError, ValueError):
 
 class TreeStructureError(PynnxError, ValueError):
   """A Module is too deeply nested, or holds a reference cycle, for tree mode."""
+
+
+class TransformArgumentError(PynnxError, ValueError):
+  """An argument or option a transform cannot accept in that place (e.g. a Variable among
+  ``jit_partial``'s runtime arguments, ``sow`` of a new Variable inside a tree-mode transform)."""

@@ -16,6 +16,8 @@ from .inspect import make_jaxpr as make_jaxpr
 from .jit import jit as jit
 from .linearize import jvp as jvp
 from .linearize import vjp as vjp
+from .partial import cached_partial as cached_partial
+from .partial import jit_partial as jit_partial
 from .pmap import pmap as pmap
 from .remat import remat as remat
 from .scan import Carry as Carry
@@ -48,4 +50,6 @@ __all__ = [
   "checkify",
   "make_jaxpr",
   "pmap",
+  "jit_partial",
+  "cached_partial",
 ]

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import jax
 
 from .._core.config import resolve_graph
-from .._core.errors import BoundMethodError, ConfigError
+from .._core.errors import BoundMethodError, ConfigError, TransformArgumentError
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
 from .._core.tree import check_tree_depth, shared_reference_error
@@ -410,7 +410,15 @@ class CallStatic:
     self.static_pos = static_pos
     self.static_kw = static_kw
     self.graph = graph
-    self._hash = hash((plans, layout, n_pos, static_pos, static_kw, graph))
+    try:
+      self._hash = hash((plans, layout, n_pos, static_pos, static_kw, graph))
+    except TypeError:
+      bad = [f"argument {k}: {type(v).__name__}" for k, v in (*static_pos, *static_kw)]
+      raise TransformArgumentError(
+        f"Static arguments must be hashable (they are part of the compile cache key), got "
+        f"{', '.join(bad)}. Pass arrays as traced arguments (drop them from static_argnums / "
+        f"static_argnames) or pass a hashable value (a tuple instead of a list)."
+      ) from None
 
   def __hash__(self) -> int:
     return self._hash

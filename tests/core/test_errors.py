@@ -29,6 +29,7 @@ BUILTINS = {
   "MetricArgumentError": TypeError,
   "BoundMethodError": ValueError,
   "TreeStructureError": ValueError,
+  "TransformArgumentError": ValueError,
 }
 
 
