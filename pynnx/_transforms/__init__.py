@@ -19,6 +19,7 @@ from .linearize import vjp as vjp
 from .partial import cached_partial as cached_partial
 from .partial import jit_partial as jit_partial
 from .pmap import pmap as pmap
+from .prefixes import prefix as prefix
 from .remat import remat as remat
 from .scan import Carry as Carry
 from .scan import scan as scan
@@ -52,4 +53,5 @@ __all__ = [
   "pmap",
   "jit_partial",
   "cached_partial",
+  "prefix",
 ]
