@@ -2,6 +2,7 @@
 
 from .autodiff import grad as grad
 from .autodiff import value_and_grad as value_and_grad
+from .capture import capture as capture
 from .control_flow import cond as cond
 from .control_flow import fori_loop as fori_loop
 from .control_flow import switch as switch
@@ -54,4 +55,5 @@ __all__ = [
   "jit_partial",
   "cached_partial",
   "prefix",
+  "capture",
 ]
