@@ -16,7 +16,7 @@ import jax
 from jax.experimental import checkify as checkify_lib
 
 from .._core.config import resolve_graph_updates
-from .._core.errors import ConfigError
+from .._core.errors import TransformArgumentError
 from .lift import MISSING, Inner, Transform, check_not_bound
 
 __all__ = ["make_jaxpr", "checkify"]
@@ -29,7 +29,7 @@ class MakeJaxprWrapped(Transform):
 
   def __init__(self, f: Callable, *, graph: Any, graph_updates: Any, static_argnums: Any):
     if resolve_graph_updates(graph_updates):
-      raise ConfigError(
+      raise TransformArgumentError(
         "pynnx.make_jaxpr does not support graph_updates=True: it only traces the function, "
         "so structural changes could never reach the caller's Modules. Pass "
         "graph_updates=False (e.g. `nnx.make_jaxpr(f, graph_updates=False)`)."
@@ -71,7 +71,7 @@ def make_jaxpr(
     static_argnums: positional arguments passed as Python values (not traced).
 
   Raises:
-    ConfigError: ``graph_updates`` resolves to True (also a ValueError, as in Flax).
+    TransformArgumentError: ``graph_updates`` resolves to True (a ValueError, as in Flax).
 
   Example:
     >>> m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))

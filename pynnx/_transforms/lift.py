@@ -28,7 +28,12 @@ from typing import Any, Literal
 import jax
 
 from .._core.config import resolve_graph
-from .._core.errors import BoundMethodError, ConfigError, TransformArgumentError
+from .._core.errors import (
+  BoundMethodError,
+  ConfigError,
+  StructureChangeError,
+  TransformArgumentError,
+)
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
 from .._core.tree import check_tree_depth, shared_reference_error
@@ -498,7 +503,18 @@ class Inner:
   cond...): the function may not change the Variable structure of its arguments.
   """
 
-  __slots__ = ("static", "values", "name", "carry", "fixed", "frame", "rebuilt", "slots", "_finish")
+  __slots__ = (
+    "static",
+    "values",
+    "name",
+    "carry",
+    "fixed",
+    "frame",
+    "rebuilt",
+    "slots",
+    "_finish",
+    "_epoch",
+  )
 
   def __init__(
     self,
@@ -517,6 +533,7 @@ class Inner:
 
   def __enter__(self) -> Inner:
     self.frame = push_frame(self.name)
+    self._epoch = STRUCTURE.epoch
     static = self.static
     self.rebuilt = [rebuild_arg(p, v) for p, v in zip(static.plans, self.values)]
     self.slots = [a for a, _ in self.rebuilt]
@@ -531,6 +548,10 @@ class Inner:
     pop_frame(self.frame)
     return False
 
+  def _own_check(self) -> bool:
+    # loops and cond/switch compare the structures themselves, naming the branch or carry
+    return self.name in ("cond", "switch", "while_loop", "fori_loop")
+
   def call(self, f: Callable) -> Any:
     """``f`` applied to the rebuilt arguments (static ones re-inserted)."""
     args, kwargs = self.static.assemble(self.slots)
@@ -539,6 +560,8 @@ class Inner:
   def output(self, out: Any) -> Any:
     """The output in the form that leaves the JAX call: returned inputs marked (unless in
     carry form) and graph mode's finish applied."""
+    if self.static.graph is None and STRUCTURE.epoch != self._epoch and not self._own_check():
+      check_tree_structure(self.name, self.static, self.rebuilt)
     if not self.carry:
       if self.static.graph is not None:
         tables = graph_adapter.inner_tables(self.slots)
@@ -554,6 +577,29 @@ class Inner:
     return [
       policy(p, fr, v) for p, (_, fr), v in zip(self.static.plans, self.rebuilt, self.values)
     ]
+
+
+def check_tree_structure(name: str, static: CallStatic, rebuilt: Sequence[tuple]) -> None:
+  """Tree mode: an argument whose structure changed inside the transform (e.g. ``sow`` added a
+  Variable) raises, since the change could not reach the caller's object."""
+  for key, plan, (arg, _) in zip(static.layout, static.plans, rebuilt):
+    if jax.tree_util.tree_structure(arg, is_leaf=is_variable) == plan.treedef:
+      continue
+    where = f"args[{key}]" if isinstance(key, int) else key
+    before = set(leaf_paths(plan.treedef.unflatten(range(len(plan.kinds))), where))
+    after = set(leaf_paths(arg, where))
+    added, removed = sorted(after - before), sorted(before - after)
+    what = (
+      (f" added {', '.join(added)}" if added else "")
+      + (f" and removed {', '.join(removed)}" if removed else "")
+    ) or " changed a static attribute"
+    raise StructureChangeError(
+      f"pynnx.{name}: the function{what} inside a tree-mode transform; "
+      f"tree mode cannot carry structural changes back to the caller, so they would be lost. "
+      f"To collect `sow` / `perturb` values use `nnx.capture(f, nnx.Intermediate)` (inside or "
+      f"around the transform); to keep new Variables use graph mode "
+      f"(`graph=True, graph_updates=True`), or create them before the transform."
+    )
 
 
 # --- the transformed callable ---------------------------------------------------------------

@@ -32,6 +32,7 @@ from .lift import (
   wrap_or_decorate,
 )
 from .prefix import broadcast_prefix
+from .state_out_axes import jax_out_axes, join_outputs, split_outputs, uses_state_out_axes
 
 __all__ = ["vmap", "PARTITION_NAME"]
 
@@ -218,10 +219,17 @@ class VmapWrapped(Transform):
       static = CallStatic(plans, static.layout, static.n_pos, static.static_pos, static.static_kw, static.graph)
     f = self.f
     seen: dict = {}
+    state_out = uses_state_out_axes(self.out_axes)
+    side: dict = {}  # StateAxes outputs: their GraphDefs, by output path
+    out_spec = jax_out_axes(self.out_axes)
+    if call.graph is not None:
+      out_spec = (out_spec, 0)  # graph mode's output is (tree, structural changes)
 
     def inner(values: tuple):
       with Inner(static, values, "vmap", fixed=True) as scope:
         out = scope.output(scope.call(f))
+        if state_out:
+          out = (split_outputs(self.api, self.out_axes, out[0], side)[0], out[1])
         mapped: dict[tuple[int, int], Any] = {}
         bcast: dict[tuple[int, int], Any] = {}
         for a, upd in enumerate(scope.updates()):
@@ -234,7 +242,7 @@ class VmapWrapped(Transform):
       vmapped = jax.vmap(
         self.named(inner),
         in_axes=(tuple(list(s) for s in specs),),
-        out_axes=(self.out_axes, 0, bcast_axes),
+        out_axes=(out_spec, 0, bcast_axes),
         axis_name=self.axis_name,
         axis_size=self.axis_size,
         spmd_axis_name=self.spmd_axis_name,
@@ -255,8 +263,10 @@ class VmapWrapped(Transform):
       updates[a][i] = value if axis == 0 else jnp.moveaxis(value, 0, axis)
     for (a, i), value in bcast.items():
       updates[a][i] = value
+    if state_out:
+      out = (join_outputs(self.out_axes, out[0], side), out[1])
     out = call.finish(out, updates)
-    if pname is not None:
+    if pname is not None and not state_out:
       add_axis_names_out(out, self.out_axes, self.api, pname)
     return out
 
