@@ -19,6 +19,7 @@ from .linearize import jvp as jvp
 from .linearize import vjp as vjp
 from .partial import cached_partial as cached_partial
 from .partial import jit_partial as jit_partial
+from .metadata import transform_metadata as transform_metadata
 from .pmap import pmap as pmap
 from .prefixes import prefix as prefix
 from .remat import remat as remat
@@ -56,4 +57,5 @@ __all__ = [
   "cached_partial",
   "prefix",
   "capture",
+  "transform_metadata",
 ]

@@ -71,6 +71,7 @@ NEW = [
   "make_jaxpr",
   "prefix",
   "capture",
+  "transform_metadata",
 ]
 
 
@@ -663,3 +664,29 @@ def test_grad_of_plain_array_argument_in_graph_mode():
     return grads_of(nnx, g[0]), g[1]
 
   assert_same(both(snippet))
+
+
+# --- transform_metadata ---------------------------------------------------------------------------
+
+
+def test_transform_metadata(graph):
+  def snippet(nnx):
+    mesh = jax.make_mesh((2, 4), ("a", "b"))
+    with jax.set_mesh(mesh):
+      init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("a", "b"))
+      m = nnx.Linear(2, 4, kernel_init=init, rngs=nnx.Rngs(0))
+      names = lambda v: v.get_metadata().get("out_sharding")  # noqa: E731
+      seen = {}
+
+      @nnx.transform_metadata(in_axes=0, out_axes=1, partition="a", graph=graph)
+      def f(m, x):
+        seen["inside"] = names(m.kernel)
+        m.kernel[...] = m.kernel[...] * 2
+        return nnx.Param(jnp.ones((4, 4)), out_sharding=("b", None))
+
+      new = f(m, jnp.ones(2))
+      return seen["inside"], names(m.kernel), names(new), m.kernel[...]
+
+  res = both(snippet)
+  assert res["flax"][:3] == res["pynnx"][:3] == (("b",), ("a", "b"), ("b", "a", None))
+  np.testing.assert_allclose(res["flax"][3], res["pynnx"][3])
