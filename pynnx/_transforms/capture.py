@@ -145,9 +145,7 @@ def capture(
             found.append(((*path, name), type(cell)(value)))
     if not var_types:
       return out
-    states = [
-      State.from_flat_path([(p, v) for p, v in found if type(v) is t]) for t in var_types
-    ]
+    states = [State.from_flat_path([(p, v) for p, v in found if type(v) is t]) for t in var_types]
     return (out, *states)
 
   return wrapper

@@ -38,8 +38,15 @@ def _nums(x: Any) -> tuple[int, ...]:
 class JitPartialWrapped:
   """``nnx.jit(fun)`` with leading arguments bound: call it with the runtime arguments."""
 
-  def __init__(self, fun: Callable, partial_args: tuple, *, static_argnums: Any,
-               donate_argnums: Any, **jit_kw: Any):
+  def __init__(
+    self,
+    fun: Callable,
+    partial_args: tuple,
+    *,
+    static_argnums: Any,
+    donate_argnums: Any,
+    **jit_kw: Any,
+  ):
     check_not_bound(fun, "jit_partial")
     functools.update_wrapper(self, fun, updated=())
     self.fun = fun

@@ -690,3 +690,38 @@ def test_transform_metadata(graph):
   res = both(snippet)
   assert res["flax"][:3] == res["pynnx"][:3] == (("b",), ("a", "b"), ("b", "a", None))
   np.testing.assert_allclose(res["flax"][3], res["pynnx"][3])
+
+
+# --- pynnx error messages for the new APIs ----------------------------------------------------------
+
+
+def test_capture_errors():
+  m = sower(pynnx)
+  with pytest.raises(pynnx.TransformArgumentError, match="must be the Module to watch"):
+    pynnx.capture(lambda x: x, pynnx.Intermediate)(jnp.ones(2))
+  with pytest.raises(pynnx.TransformArgumentError, match="must be Variable types"):
+    pynnx.capture(m, "intermediates")
+  inner = pynnx.capture(m, pynnx.Intermediate)
+  with pytest.raises(pynnx.TransformArgumentError, match="already being captured"):
+    pynnx.capture(lambda m, x: inner(x), pynnx.Intermediate)(m, jnp.ones(2))
+  assert "__captures__" not in m.__dict__  # cleaned up after the error
+  with pytest.raises(pynnx.TransformArgumentError, match="init must be a State of Variables"):
+    pynnx.capture(m, pynnx.Intermediate, init=pynnx.State({"a": 1.0}))(jnp.ones(2))
+
+
+def test_prefix_filter_map_must_be_callable_or_mapping():
+  with pytest.raises(pynnx.FilterError, match="filter_map must be a callable"):
+    pynnx.prefix({"a": 1}, 0)
+
+
+def test_structure_change_error_names_removed_variables():
+  class M(pynnx.Module):
+    def __init__(self):
+      self.a = pynnx.Param(jnp.ones(2))
+      self.b = pynnx.Param(jnp.ones(2))
+
+  def drop(m):
+    m._pynnx_delattr("b")
+
+  with pytest.raises(pynnx.StructureChangeError, match=r"removed args\[0\]\.b"):
+    pynnx.jit(drop)(M())
