@@ -725,3 +725,25 @@ def test_structure_change_error_names_removed_variables():
 
   with pytest.raises(pynnx.StructureChangeError, match=r"removed args\[0\]\.b"):
     pynnx.jit(drop)(M())
+
+
+def test_scan_state_axes_out_axes():
+  def snippet(nnx, with_carry):
+    class Member(nnx.Module):
+      def __init__(self, k):
+        self.lin = nnx.Linear(2, 3, rngs=nnx.Rngs(k))
+        self.count = nnx.BatchStat(jnp.array(0))
+
+    spec = nnx.StateAxes({nnx.Param: 1, nnx.BatchStat: 0})
+    keys = jax.random.split(jax.random.key(0), 4)
+    if with_carry:
+      make = nnx.scan(
+        lambda c, k: (c + 1, Member(k)), in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, spec)
+      )
+      c, m = make(jnp.array(0), keys)
+    else:
+      c, m = None, nnx.scan(Member, in_axes=(0,), out_axes=spec)(keys)
+    return flat(nnx.state(m)), c
+
+  for with_carry in (False, True):
+    assert_same(both(snippet, with_carry))
