@@ -220,6 +220,12 @@ class VmapWrapped(Transform):
     f = self.f
     seen: dict = {}
     state_out = uses_state_out_axes(self.out_axes)
+    if state_out and pname is not None:
+      raise AxisSpecError(
+        f"{self.api}: transform_metadata={{PARTITION_NAME: {pname!r}}} together with a "
+        f"StateAxes in out_axes is not supported; give out_axes as ints (or nnx.prefix) to "
+        f"have the partition name added, or drop transform_metadata."
+      )
     side: dict = {}  # StateAxes outputs: their GraphDefs, by output path
     out_spec = jax_out_axes(self.out_axes)
     if call.graph is not None:

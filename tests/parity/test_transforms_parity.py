@@ -747,3 +747,13 @@ def test_scan_state_axes_out_axes():
 
   for with_carry in (False, True):
     assert_same(both(snippet, with_carry))
+
+
+def test_vmap_state_axes_out_axes_with_partition_name_raises():
+  f = pynnx.vmap(
+    lambda k: pynnx.Linear(2, 3, rngs=pynnx.Rngs(k)),
+    out_axes=pynnx.StateAxes({...: 0}),
+    transform_metadata={pynnx.PARTITION_NAME: "data"},
+  )
+  with pytest.raises(pynnx.AxisSpecError, match="StateAxes in out_axes is not supported"):
+    f(jax.random.split(jax.random.key(0), 2))
