@@ -589,10 +589,10 @@ def check_tree_structure(name: str, static: CallStatic, rebuilt: Sequence[tuple]
     before = set(leaf_paths(plan.treedef.unflatten(range(len(plan.kinds))), where))
     after = set(leaf_paths(arg, where))
     added, removed = sorted(after - before), sorted(before - after)
-    what = (
-      (f" added {', '.join(added)}" if added else "")
-      + (f" and removed {', '.join(removed)}" if removed else "")
-    ) or " changed a static attribute"
+    if not added and not removed:
+      continue  # only static attributes changed (e.g. model.eval() inside a step): allowed
+    changes = (("added", added), ("removed", removed))
+    what = " " + " and ".join(f"{verb} {', '.join(paths)}" for verb, paths in changes if paths)
     raise StructureChangeError(
       f"pynnx.{name}: the function{what} inside a tree-mode transform; "
       f"tree mode cannot carry structural changes back to the caller, so they would be lost. "

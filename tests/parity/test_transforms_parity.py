@@ -757,3 +757,18 @@ def test_vmap_state_axes_out_axes_with_partition_name_raises():
   )
   with pytest.raises(pynnx.AxisSpecError, match="StateAxes in out_axes is not supported"):
     f(jax.random.split(jax.random.key(0), 2))
+
+
+def test_static_attribute_change_in_tree_mode_transform_is_allowed():
+  # model.eval() inside a jitted step changes only static attributes: no error (as in Flax)
+  def snippet(nnx):
+    m = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), nnx.Dropout(0.5, rngs=nnx.Rngs(1)))
+
+    @nnx.jit(graph=False)
+    def step(m, x):
+      m.eval()
+      return m(x)
+
+    return step(m, jnp.ones(2))
+
+  assert_same(both(snippet))
