@@ -772,3 +772,18 @@ def test_static_attribute_change_in_tree_mode_transform_is_allowed():
     return step(m, jnp.ones(2))
 
   assert_same(both(snippet))
+
+
+def test_static_marked_attribute_holding_a_variable_raises_value_error():
+  def snippet(nnx):
+    class S(nnx.Module):
+      def __init__(self):
+        self.f = nnx.static(nnx.Param(jnp.ones(2)))
+
+    return S()
+
+  res = both(snippet)
+  assert isinstance(res["flax"], ValueError)
+  assert isinstance(res["pynnx"], pynnx.StaticAttributeError)
+  with pytest.raises(pynnx.StaticAttributeError, match=r"S\.f is marked static.*holds data"):
+    snippet(pynnx)
