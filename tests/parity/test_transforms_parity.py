@@ -385,7 +385,8 @@ def test_capture_perturbation_gradients():
     p, x = P(), jnp.arange(2.0)
     _, perts = nnx.capture(lambda p, x: p(x), nnx.Perturbation)(p, x)
     value = nnx.capture(lambda p, x: p(x), init=perts)(p, x)
-    # graph mode: pynnx's tree-mode grad differentiates Params only (see docs/migrating.md)
+    # graph mode: pynnx's tree-mode grad differentiates inexact Params only, Flax's every
+    # inexact Variable (a Perturbation here); reported to the lead, not changed here
     loss = lambda s, p, x: nnx.capture(lambda p, x: p(x), init=s)(p, x)  # noqa: E731
     grads = nnx.grad(loss, graph=True)(perts, p, x)
     return flat(perts), value, flat(grads)
