@@ -37,6 +37,7 @@ from ._core.errors import StateMismatchError as StateMismatchError
 from ._core.errors import StaticAttributeError as StaticAttributeError
 from ._core.errors import StructureChangeError as StructureChangeError
 from ._core.errors import TraceContextError as TraceContextError
+from ._core.errors import TransformArgumentError as TransformArgumentError
 from ._core.errors import TreeStructureError as TreeStructureError
 from ._core.errors import UnsupportedOptionError as UnsupportedOptionError
 from ._core.filters import All as All

@@ -32,7 +32,7 @@ class NotAVariableError(PynnxError, TypeError):
   """A non-Variable value was given where a Variable is expected."""
 
 
-class StaticAttributeError(PynnxError, TypeError):
+class StaticAttributeError(PynnxError, TypeError, ValueError):
   """A static attribute is not hashable (static attributes are compile-time keys)."""
 
 
@@ -112,3 +112,8 @@ class UnsupportedOptionError(PynnxError, ValueError):
 
 class BridgeError(PynnxError, TypeError):
   """``nnx.bridge`` was given an object it cannot convert (not an eqx.Module, a bad State...)."""
+
+
+class TransformArgumentError(PynnxError, ValueError):
+  """An argument or option a transform cannot accept in that place (e.g. a Variable among
+  ``jit_partial``'s runtime arguments, ``sow`` of a new Variable inside a tree-mode transform)."""

@@ -32,6 +32,18 @@ def _init_tuple() -> tuple:
   return ()
 
 
+CAPTURES = "__captures__"
+"""Attribute ``nnx.capture`` sets on every Module it watches: a tuple with one Variable per
+captured type, holding ``{name: value}`` of what ``sow`` / ``perturb`` recorded."""
+
+
+def _capture_cell(captures: Any, variable_type: type) -> Variable | None:
+  for cell in captures:
+    if type(cell) is variable_type:
+      return cell
+  return None
+
+
 class Module(Pytree):
   """Base class for all layers and models.
 
@@ -62,6 +74,14 @@ class Module(Pytree):
     """Records ``value`` in a Variable attribute ``name`` (a tuple of values by default)."""
     if isinstance(variable_type, str):
       variable_type = variable_type_from_name(variable_type, allow_register=True)
+    captures = self.__dict__.get(CAPTURES)
+    if captures is not None:  # inside nnx.capture: record there (other types are not kept)
+      cell = _capture_cell(captures, variable_type)
+      if cell is not None:
+        values = dict(cell.value)
+        values[name] = reduce_fn(values[name] if name in values else init_fn(), value)
+        cell.value = values
+      return
     current = self.__dict__.get(name)
     if isinstance(current, Variable):
       if not isinstance(current, variable_type):
@@ -80,6 +100,16 @@ class Module(Pytree):
 
   def perturb(self, name: str, value: Any, variable_type: type[Variable] = Perturbation) -> Any:
     """Adds a zero Perturbation ``name`` to ``value``; its gradient is d(loss)/d(value)."""
+    captures = self.__dict__.get(CAPTURES)
+    if captures is not None:  # inside nnx.capture: the perturbation lives there
+      cell = _capture_cell(captures, variable_type)
+      if cell is None:
+        return value
+      values = dict(cell.value)
+      if name not in values:
+        values[name] = jnp.zeros_like(value)
+        cell.value = values
+      return values[name] + value
     current = self.__dict__.get(name)
     if current is None:
       current = variable_type(jnp.zeros_like(value))

@@ -377,6 +377,13 @@ class Pytree(metaclass=_PytreeMeta):
       kind = forced.get(k)
       if kind is None:
         kind = "data" if is_data_value(v) else "static"
+      elif kind == "static" and is_data_value(v):  # Flax raises ValueError here too
+        raise StaticAttributeError(
+          f"{type(self).__name__}.{k} is marked static (nnx.static) but holds data "
+          f"({type(v).__name__}): arrays, Variables and Modules are traced, never part of the "
+          f"compile cache key. Assign it without nnx.static (`self.{k} = value`), or keep a "
+          f"hashable description of it instead."
+        )
       if kind == "data":
         data_keys.append(k)
       else:

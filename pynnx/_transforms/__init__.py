@@ -4,6 +4,7 @@ from .autodiff import grad as grad
 from .autodiff import jvp as jvp
 from .autodiff import value_and_grad as value_and_grad
 from .autodiff import vjp as vjp
+from .capture import capture as capture
 from .control_flow import cond as cond
 from .control_flow import fori_loop as fori_loop
 from .control_flow import switch as switch
@@ -13,7 +14,14 @@ from .eval_shape import eval_shape as eval_shape
 from .graph_adapter import DiffState as DiffState
 from .graph_adapter import StateAxes as StateAxes
 from .graph_adapter import StateSharding as StateSharding
+from .inspect import checkify as checkify
+from .inspect import make_jaxpr as make_jaxpr
 from .jit import jit as jit
+from .metadata import transform_metadata as transform_metadata
+from .partial import cached_partial as cached_partial
+from .partial import jit_partial as jit_partial
+from .pmap import pmap as pmap
+from .prefixes import prefix as prefix
 from .remat import remat as remat
 from .scan import Carry as Carry
 from .scan import scan as scan
@@ -42,4 +50,12 @@ __all__ = [
   "vjp",
   "jvp",
   "custom_vjp",
+  "checkify",
+  "make_jaxpr",
+  "pmap",
+  "jit_partial",
+  "cached_partial",
+  "prefix",
+  "capture",
+  "transform_metadata",
 ]

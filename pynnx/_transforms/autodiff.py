@@ -133,7 +133,8 @@ class GradWrapped(Transform):
   def graph_filters(self, key: int | str, n_pos: int) -> tuple:
     # Graph mode: each differentiated root splits into (selected substate, rest).
     if isinstance(key, int) and key in self.diff_argnums:
-      return (self.wrt.get(key, Param), ...)
+      sel = self.wrt.get(key, Param)
+      return (...,) if sel is ... else (sel, ...)
     return ()
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -151,7 +152,14 @@ class GradWrapped(Transform):
       masks = {i: diff_mask(flat.plans[i], flat.values[i], self.allow_int) for i in argnums}
     else:
       masks = {
-        i: graph_adapter.selected_mask(call.slots[i], flat.cells[i], flat.values[i], inexact)
+        i: tuple(  # the selected substate of each graph root, and plain arrays outside roots
+          sel or (kind is None and plain)
+          for sel, kind, plain in zip(
+            graph_adapter.selected_mask(call.slots[i], flat.cells[i], flat.values[i], inexact),
+            flat.plans[i].kinds,
+            diff_mask(flat.plans[i], flat.values[i], self.allow_int),
+          )
+        )
         for i in argnums
       }
     diff = tuple(_split(flat.values[i], masks[i]) for i in argnums)

@@ -35,7 +35,10 @@ from .._core.errors import (
   StructureChangeError,
   TraceContextError,
 )
+from .._core.pytree import Pytree
 from .._core.variables import Param, Variable, is_variable
+from .._graph import api as graph_api
+from .._graph.api import GraphNode
 from . import graph_adapter
 from .autodiff import diff_mask
 from .lift import (
@@ -63,7 +66,7 @@ def _graph_bwd(cvjp: CustomVjp, call: Call, nondiff: tuple) -> Callable:
   def bwd(*rest: Any) -> tuple:
     *nd, res, out_g = rest
     updates_g = tuple(graph_adapter.zero_state(wargs[i]) for i in diff_args)
-    cts = cast(Callable, cvjp.bwd)(*nd, res, (updates_g, out_g))
+    cts = cast(Callable, cvjp.bwd)(*_nodes_to_modules(nd), res, (updates_g, out_g))
     if not isinstance(cts, (tuple, list)) or len(cts) != len(diff_args):
       raise StructureChangeError(
         f"{cvjp.api}: bwd must return a tuple with one cotangent per differentiable argument "
@@ -74,6 +77,32 @@ def _graph_bwd(cvjp: CustomVjp, call: Call, nondiff: tuple) -> Callable:
     )
 
   return bwd
+
+
+def _plain_graph_bwd(cvjp: CustomVjp, call: Call, nondiff: tuple) -> Callable:
+  """Graph mode without graph_updates: ``bwd(*nondiff, res, out_g)`` as in tree mode; the
+  Module-shaped cotangents it returns are converted to the GraphNode form of the arguments."""
+  wargs = call.slots
+  diff_args = [i for i in range(len(wargs)) if i not in nondiff]
+
+  def bwd(*rest: Any) -> Any:
+    *nd, res, out_g = rest
+    cts = cast(Callable, cvjp.bwd)(*_nodes_to_modules(nd), res, out_g)
+    if not isinstance(cts, (tuple, list)) or len(cts) != len(diff_args):
+      return cts  # custom_vjp_tree names the mismatch
+    return tuple(_as_node(wargs[i], ct) for i, ct in zip(diff_args, cts))
+
+  return bwd
+
+
+def _as_node(warg: Any, ct: Any) -> Any:
+  if isinstance(warg, GraphNode) and isinstance(ct, (Pytree, Variable)):
+    return graph_api.to_tree(ct, filters=(...,))
+  return ct
+
+
+def _nodes_to_modules(nd: Sequence[Any]) -> list:
+  return [graph_api.from_tree(x) if isinstance(x, GraphNode) else x for x in nd]
 
 
 class _Layout:
@@ -295,7 +324,8 @@ class CustomVjp(Transform):
   def graph_filters(self, key: int | str, n_pos: int) -> tuple:
     # Graph mode: each differentiable Module splits into (selected substate, rest).
     if isinstance(key, int) and key not in self.nondiff:
-      return (self.wrt[key], ...) if key in self.wrt else (...,)
+      sel = self.wrt.get(key, ...)
+      return (...,) if sel is ... else (sel, ...)
     return ()
 
   def _positional(self, args: tuple, kwargs: dict) -> tuple:
@@ -330,6 +360,15 @@ class CustomVjp(Transform):
           f"{self.api}: defvjp(..., symbolic_zeros=True) is not supported in tree mode."
         )
       return custom_vjp_tree(self.fun, self.fwd, self.bwd, call, self.nondiff, self.api)
+    if not call.graph.key.graph_updates:
+      if self.wrt:
+        raise GraphModeRequiredError(
+          f"{self.api}: DiffState in nondiff_argnums needs graph_updates=True (the bwd rule "
+          f"then receives and returns States). Pass graph_updates=True, or use integer "
+          f"nondiff_argnums."
+        )
+      bwd = _plain_graph_bwd(self, call, self.nondiff)
+      return custom_vjp_tree(self.fun, self.fwd, bwd, call, self.nondiff, self.api)
     # The selected substate's Params get cotangents; other Variables (BatchStat...) carry
     # updates that are written back, as in tree mode.
     masks = [

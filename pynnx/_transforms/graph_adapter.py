@@ -518,7 +518,7 @@ def check_shared_specs(
     return
   seen: dict[int, tuple[int, str, Any]] = {}
   for i, (arg, spec, name) in enumerate(zip(slots, specs, names)):
-    if not _roots(arg):
+    if not _roots(arg) or _is_graph_node(spec):  # nnx.prefix(..., graph=True): deduplicated
       continue
     for path, x in graph_api.iter_graph(arg):
       if not isinstance(x, Variable):

@@ -162,6 +162,8 @@ class JitWrapped(Transform):
     """Shapes and dtypes of the outputs, without running anything."""
     call = self.bind(args, kwargs)
     out, _ = self._jitted(call).eval_shape(call.static, *call.flat.values)
+    if call.graph is not None:  # graph form (tree, structural changes): rebuild, change nothing
+      out = graph_adapter.exit(call.graph, (out[0], {}))
     return out
 
 

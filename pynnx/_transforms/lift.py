@@ -32,6 +32,8 @@ from .._core.errors import (
   BoundMethodError,
   ConfigError,
   GraphModeRequiredError,
+  StructureChangeError,
+  TransformArgumentError,
   TreeStructureError,
 )
 from .._core.paths import format_path, jax_path_to_parts
@@ -449,7 +451,15 @@ class CallStatic:
     self.static_pos, self.static_kw = static_pos, static_kw
     self.memo: dict = {}  # what a transform derives from this call structure (specs, jitted)
     self._key = (plans, layout, n_pos, static_pos, static_kw, graph)
-    self._hash = hash(self._key)
+    try:
+      self._hash = hash(self._key)
+    except TypeError:
+      bad = [f"argument {k}: {type(v).__name__}" for k, v in (*static_pos, *static_kw)]
+      raise TransformArgumentError(
+        f"Static arguments must be hashable (they are part of the compile cache key), got "
+        f"{', '.join(bad)}. Pass arrays as traced arguments (drop them from static_argnums / "
+        f"static_argnames) or pass a hashable value (a tuple instead of a list)."
+      ) from None
 
   def replace_plans(self, plans: tuple) -> CallStatic:
     return CallStatic(plans, *self._key[1:])
@@ -522,7 +532,18 @@ class Inner:
   cond...): the function may not change the Variable structure of its arguments.
   """
 
-  __slots__ = ("static", "values", "name", "carry", "fixed", "frame", "rebuilt", "slots", "_finish")
+  __slots__ = (
+    "static",
+    "values",
+    "name",
+    "carry",
+    "fixed",
+    "frame",
+    "rebuilt",
+    "slots",
+    "_finish",
+    "_epoch",
+  )
 
   def __init__(
     self,
@@ -541,6 +562,7 @@ class Inner:
 
   def __enter__(self) -> Inner:
     self.frame = push_frame(self.name)
+    self._epoch = STRUCTURE.epoch
     static = self.static
     self.rebuilt = [rebuild_arg(p, v) for p, v in zip(static.plans, self.values)]
     self.slots = [a for a, _ in self.rebuilt]
@@ -555,6 +577,10 @@ class Inner:
     pop_frame(self.frame)
     return False
 
+  def _own_check(self) -> bool:
+    # loops and cond/switch compare the structures themselves, naming the branch or carry
+    return self.name in ("cond", "switch", "while_loop", "fori_loop")
+
   def call(self, f: Callable) -> Any:
     """``f`` applied to the rebuilt arguments (static ones re-inserted)."""
     args, kwargs = self.static.assemble(self.slots)
@@ -563,6 +589,8 @@ class Inner:
   def output(self, out: Any) -> Any:
     """The output in the form that leaves the JAX call: returned inputs marked (unless in
     carry form) and graph mode's finish applied."""
+    if self.static.graph is None and STRUCTURE.epoch != self._epoch and not self._own_check():
+      check_tree_structure(self.name, self.static, self.rebuilt)
     marked = False
     if not self.carry:
       if self.static.graph is not None:
@@ -577,6 +605,29 @@ class Inner:
   def updates(self, policy: Callable = changed) -> list[dict]:
     """Per slot ``{leaf index: value}``: the changed cells (or every cell, by policy)."""
     return [policy(p, fr, v) for p, (_, fr), v in zip(self.static.plans, self.rebuilt, self.values)]
+
+
+def check_tree_structure(name: str, static: CallStatic, rebuilt: Sequence[tuple]) -> None:
+  """Tree mode: an argument whose structure changed inside the transform (e.g. ``sow`` added a
+  Variable) raises, since the change could not reach the caller's object."""
+  for key, plan, (arg, _) in zip(static.layout, static.plans, rebuilt):
+    if jax.tree_util.tree_structure(arg, is_leaf=is_variable) == plan.treedef:
+      continue
+    where = f"args[{key}]" if isinstance(key, int) else key
+    before = set(leaf_paths(plan.treedef.unflatten(range(len(plan.kinds))), where))
+    after = set(leaf_paths(arg, where))
+    added, removed = sorted(after - before), sorted(before - after)
+    if not added and not removed:
+      continue  # only static attributes changed (e.g. model.eval() inside a step): allowed
+    changes = (("added", added), ("removed", removed))
+    what = " " + " and ".join(f"{verb} {', '.join(paths)}" for verb, paths in changes if paths)
+    raise StructureChangeError(
+      f"pynnx.{name}: the function{what} inside a tree-mode transform; "
+      f"tree mode cannot carry structural changes back to the caller, so they would be lost. "
+      f"To collect `sow` / `perturb` values use `nnx.capture(f, nnx.Intermediate)` (inside or "
+      f"around the transform); to keep new Variables use graph mode "
+      f"(`graph=True, graph_updates=True`), or create them before the transform."
+    )
 
 
 # --- the transformed callable ---------------------------------------------------------------

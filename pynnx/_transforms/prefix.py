@@ -24,8 +24,12 @@ from .._core.variables import Variable, is_variable
 __all__ = ["broadcast_prefix", "is_spec_leaf"]
 
 
+_LEAF = jax.tree_util.tree_structure(0)
+
+
 def _is_node(x: Any) -> bool:
-  return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(x))
+  # an empty container (e.g. the empty State of a shared root) is a node, not a spec leaf
+  return x is not None and jax.tree_util.tree_structure(x) != _LEAF
 
 
 def is_spec_leaf(x: Any) -> bool:

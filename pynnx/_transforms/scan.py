@@ -33,6 +33,7 @@ from .lift import (
   wrap_or_decorate,
 )
 from .prefix import broadcast_prefix
+from .state_out_axes import join_outputs, split_outputs, uses_state_out_axes
 from .vmap import (
   _EMPTY,
   PARTITION_NAME,
@@ -230,6 +231,7 @@ class ScanWrapped(Transform):
           x_pos.append((a, i))
     carry_init = list(flat.values[carry_idx]) if carry_idx is not None else []
     record: dict = {}
+    side: dict = {}  # StateAxes outputs: their GraphDefs, by output path
     f, base = self.f, flat.values
 
     def body(carry: list, x: list):
@@ -249,6 +251,9 @@ class ScanWrapped(Transform):
               self._broadcast_error(leaf_paths(slots[a], names[a])[i])
             updates[(a, i)] = new
         carry_out, ys, ys_axes = self._split_out(out)
+        if ys_axes is not None and uses_state_out_axes(ys_axes):  # new Modules by substate
+          record["state_axes"] = ys_axes
+          ys, ys_axes = split_outputs(self.api, ys_axes, ys, side)
         new_carry = []
         if carry_idx is not None:
           rebuilt, fresh = scope.rebuilt[carry_idx]
@@ -310,7 +315,10 @@ class ScanWrapped(Transform):
         if pname is not None:
           add_axis_name(value, spec, pname)
       leaves.append(value)
-    out = self._join_out(carry, yplan.treedef.unflatten(leaves))
+    ys_tree = yplan.treedef.unflatten(leaves)
+    if "state_axes" in record:
+      ys_tree = join_outputs(record["state_axes"], ys_tree, side)
+    out = self._join_out(carry, ys_tree)
     return call.finish(out, per_slot, carry=True)
 
   def _broadcast_error(self, path: str) -> None:

@@ -30,6 +30,7 @@ from .lift import (
   wrap_or_decorate,
 )
 from .prefix import broadcast_prefix
+from .state_out_axes import jax_out_axes, join_outputs, split_outputs, uses_state_out_axes
 
 __all__ = ["vmap", "PARTITION_NAME"]
 
@@ -227,10 +228,23 @@ class VmapWrapped(Transform):
       static = static.replace_plans(plans)
     f = self.f
     seen: dict = {}
+    state_out = uses_state_out_axes(self.out_axes)
+    if state_out and pname is not None:
+      raise AxisSpecError(
+        f"{self.api}: transform_metadata={{PARTITION_NAME: {pname!r}}} together with a "
+        f"StateAxes in out_axes is not supported; give out_axes as ints (or nnx.prefix) to "
+        f"have the partition name added, or drop transform_metadata."
+      )
+    side: dict = {}  # StateAxes outputs: their GraphDefs, by output path
+    out_spec = jax_out_axes(self.out_axes)
+    if call.graph is not None:
+      out_spec = (out_spec, 0)  # graph mode's output is (tree, structural changes)
 
     def inner(values: tuple):
       with Inner(static, values, "vmap", fixed=True) as scope:
         out = scope.output(scope.call(f))
+        if state_out:
+          out = (split_outputs(self.api, self.out_axes, out[0], side)[0], out[1])
         mapped: dict[tuple[int, int], Any] = {}
         bcast: dict[tuple[int, int], Any] = {}
         for a, upd in enumerate(scope.updates()):
@@ -243,7 +257,7 @@ class VmapWrapped(Transform):
       vmapped = jax.vmap(
         self.named(inner),
         in_axes=(tuple(list(s) for s in specs),),
-        out_axes=(self.out_axes, 0, bcast_axes),
+        out_axes=(out_spec, 0, bcast_axes),
         axis_name=self.axis_name,
         axis_size=self.axis_size,
         spmd_axis_name=self.spmd_axis_name,
@@ -267,8 +281,10 @@ class VmapWrapped(Transform):
       updates[a][i] = value if axis == 0 else jnp.moveaxis(value, 0, axis)
     for (a, i), value in bcast.items():
       updates[a][i] = value
+    if state_out:
+      out = (join_outputs(self.out_axes, out[0], side), out[1])
     out = call.finish(out, updates)
-    if pname is not None:
+    if pname is not None and not state_out:
       add_axis_names_out(out, self.out_axes, self.api, pname)
     return out
 

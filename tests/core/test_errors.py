@@ -15,7 +15,7 @@ BUILTINS = {
   "FilterError": ValueError,
   "StateMismatchError": ValueError,
   "NotAVariableError": TypeError,
-  "StaticAttributeError": TypeError,
+  "StaticAttributeError": (TypeError, ValueError),
   "GraphModeRequiredError": ValueError,
   "TraceContextError": ValueError,
   "LeakedTracerError": RuntimeError,
@@ -34,6 +34,7 @@ BUILTINS = {
   "CloneArgumentError": ValueError,
   "UnsupportedOptionError": ValueError,
   "BridgeError": TypeError,
+  "TransformArgumentError": ValueError,
 }
 
 
