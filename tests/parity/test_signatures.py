@@ -18,28 +18,8 @@ nnx_flax = pytest.importorskip("flax.nnx")
 MIGRATING = pathlib.Path(__file__).resolve().parents[2] / "docs" / "migrating.md"
 P = inspect.Parameter
 
-# Gaps owned by other workstreams right now; the lead empties this set at merge.
-PENDING = {
-  # transforms (the lead)
-  ("cached_partial", None),
-  ("checkify", None),
-  ("jit_partial", None),
-  ("make_jaxpr", None),
-  ("pmap", None),
-  ("transform_metadata", None),
-  ("prefix", None),
-  ("NodeStates", None),
-  ("capture", None),  # wraps a function to collect sown intermediates: transform-like
-  # layers / training (the layers helper)
-  ("EMA", None),
-  ("TrainState", None),
-  ("SpectralNorm", None),
-  ("WeightNorm", None),
-  ("tabulate", None),
-  ("summary", None),
-  ("pool", None),
-  ("Initializer", None),
-}
+# Gaps owned by work in progress (empty once every workstream has landed).
+PENDING: set[tuple[str, str | None]] = set()
 
 
 def documented_differences() -> set[tuple[str, str | None]]:
