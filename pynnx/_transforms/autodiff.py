@@ -79,7 +79,7 @@ def _lifted(transform: Transform, call: Call, masks: dict, has_aux: bool) -> Cal
     full = list(values)
     for s, d in zip(slots, diff):
       full[s] = _merge(values[s], masks[s], d)
-    with Inner(static, full, transform.transform) as scope:
+    with Inner(static, full, transform.transform, call=call) as scope:
       out = scope.call(transform.f)
       if has_aux:
         if not (isinstance(out, tuple) and len(out) == 2):

@@ -71,7 +71,7 @@ def _branches(
 
   def make(k: int, fun: Callable) -> Callable:
     def branch(*values: Any):
-      with Inner(static, values, transform, fixed=True) as scope:
+      with Inner(static, values, transform, fixed=True, call=call) as scope:
         out = scope.output(scope.call(fun))
         args = [a for a, _ in scope.rebuilt]
         check_kept(api, names[k], static.plans, call.slots, args, roots)

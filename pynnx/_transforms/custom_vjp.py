@@ -188,7 +188,7 @@ def custom_vjp_tree(
 
   def run(user_fn: Callable, diff: tuple, other: list, is_fwd: bool) -> tuple:
     full = lay.assemble(diff, other)
-    with Inner(call.static, full, "custom_vjp") as scope:
+    with Inner(call.static, full, "custom_vjp", call=call) as scope:
       result = scope.call(user_fn)
       rebuilt = scope.rebuilt
       for i in lay.diff_args:

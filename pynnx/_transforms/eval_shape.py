@@ -84,7 +84,7 @@ class _EvalShape(Transform):
     f, static = self.f, call.static
 
     def inner(values: list):
-      with Inner(static, values, "eval_shape") as scope:
+      with Inner(static, values, "eval_shape", call=call) as scope:
         return scope.output(scope.call(f))
 
     out = jax.eval_shape(self.named(inner), call.flat.values)

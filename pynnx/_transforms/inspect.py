@@ -42,7 +42,7 @@ class MakeJaxprWrapped(Transform):
     f, static = self.f, call.static
 
     def inner(*values: Any):
-      with Inner(static, values, "make_jaxpr") as scope:
+      with Inner(static, values, "make_jaxpr", call=call) as scope:
         out = scope.call(f)
         # the jaxpr's outputs are the user's outputs only; the graph finish may wrap them
         scope.output(out)
@@ -103,7 +103,7 @@ class CheckifyWrapped(Transform):
     f, static = self.f, call.static
 
     def inner(*values: Any):
-      with Inner(static, values, "checkify") as scope:
+      with Inner(static, values, "checkify", call=call) as scope:
         out = scope.output(scope.call(f))
         updates = scope.updates()
       return out, updates

@@ -18,6 +18,7 @@ from .._core.errors import AxisSpecError, ConfigError
 from . import graph_adapter
 from .lift import (
   MISSING,
+  Flag,
   Inner,
   Transform,
   all_values,
@@ -78,16 +79,16 @@ class JitWrapped(Transform):
     f, donate = fun, self.donate
 
     def inner(static: Any, *values: Any):
-      with Inner(static, values, "jit") as call:
-        out = call.output(call.call(f))
+      with Inner(static, values, "jit") as scope:
+        out = scope.output(scope.call(f))
         updates = [
           (all_values if _donated(key, donate) else changed)(p, fr, v)
-          for key, p, (_, fr), v in zip(static.layout, static.plans, call.rebuilt, values)
+          for key, p, (_, fr), v in zip(static.layout, static.plans, scope.rebuilt, values)
         ]
-      return out, updates
+      return out, updates, Flag(scope.marked)  # cached calls learn it from the output
 
     self._jit_kw = dict(
-      out_shardings=(out_shardings, None) if out_shardings is not None else None,
+      out_shardings=(out_shardings, None, None) if out_shardings is not None else None,
       keep_unused=keep_unused,
       device=device,
       backend=backend,
@@ -145,7 +146,8 @@ class JitWrapped(Transform):
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
-    out, updates = self._jitted(call)(call.static, *call.flat.values)
+    out, updates, marked = self._jitted(call)(call.static, *call.flat.values)
+    call.marked = marked.value
     return call.finish(out, updates)
 
   def lower(self, *args: Any, **kwargs: Any) -> Any:
@@ -161,7 +163,7 @@ class JitWrapped(Transform):
   def eval_shape(self, *args: Any, **kwargs: Any) -> Any:
     """Shapes and dtypes of the outputs, without running anything."""
     call = self.bind(args, kwargs)
-    out, _ = self._jitted(call).eval_shape(call.static, *call.flat.values)
+    out, _, _ = self._jitted(call).eval_shape(call.static, *call.flat.values)
     if call.graph is not None:  # graph form (tree, structural changes): rebuild, change nothing
       out = graph_adapter.exit(call.graph, (out[0], {}))
     return out

@@ -341,16 +341,17 @@ jax.tree_util.register_pytree_node(
 )
 
 
-class Marked:
-  """Wraps an output holding InputRefs, so the caller resolves them without a tree walk."""
+class Flag:
+  """A Python bool as a leafless pytree node: jit returns whether the output holds
+  InputRefs this way, so cached calls know it without a tree walk."""
 
   __slots__ = ("value",)
 
-  def __init__(self, value: Any):
+  def __init__(self, value: bool):
     self.value = value
 
 
-jax.tree_util.register_pytree_node(Marked, lambda m: ((m.value,), None), lambda _, c: Marked(c[0]))
+jax.tree_util.register_pytree_node(Flag, lambda f: ((), f.value), lambda value, _: Flag(value))
 
 
 def _is_obj(x: Any) -> bool:
@@ -488,7 +489,7 @@ class CallStatic:
 class Call:
   """One call, outside: dynamic slots (graph-wrapped in graph mode) and their Flat."""
 
-  __slots__ = ("transform", "static", "flat", "slots", "graph")
+  __slots__ = ("transform", "static", "flat", "slots", "graph", "marked")
 
   def __init__(self, transform: Transform, static: CallStatic, flat: Flat, slots, graph: Any):
     self.transform = transform
@@ -496,6 +497,7 @@ class Call:
     self.flat = flat
     self.slots = slots
     self.graph = graph  # the GraphCall (with the caller's roots) or None
+    self.marked = False  # set by Inner(..., call=self) when the output holds InputRefs
 
   @property
   def names(self) -> list[str]:
@@ -509,8 +511,7 @@ class Call:
     """
     write_back(self.flat, updates)
     tables = None
-    if type(out) is Marked:
-      out = out.value
+    if self.marked and not carry:
       tables = (
         graph_adapter.root_tables(self.graph)
         if self.graph is not None
@@ -543,6 +544,8 @@ class Inner:
     "slots",
     "_finish",
     "_epoch",
+    "owner",
+    "marked",
   )
 
   def __init__(
@@ -553,12 +556,15 @@ class Inner:
     *,
     carry: bool = False,
     fixed: bool = False,
+    call: Call | None = None,
   ):
     self.static = static
     self.values = values
     self.name = name
     self.carry = carry
     self.fixed = fixed
+    self.owner = call
+    self.marked = False
 
   def __enter__(self) -> Inner:
     self.frame = push_frame(self.name)
@@ -598,9 +604,12 @@ class Inner:
       else:
         tables = [object_table(a) for a in self.slots]
       out, marked = mark_inputs(out, tables)
+    self.marked = marked
+    if marked and self.owner is not None:
+      self.owner.marked = True
     if self._finish is not None:
       out = self._finish(out)
-    return Marked(out) if marked else out
+    return out
 
   def updates(self, policy: Callable = changed) -> list[dict]:
     """Per slot ``{leaf index: value}``: the changed cells (or every cell, by policy)."""

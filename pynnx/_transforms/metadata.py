@@ -56,7 +56,7 @@ class TransformMetadataWrapped(Transform):
       static = CallStatic(
         plans, static.layout, static.n_pos, static.static_pos, static.static_kw, static.graph
       )
-    with Inner(static, flat.values, "transform_metadata") as scope:
+    with Inner(static, flat.values, "transform_metadata", call=call) as scope:
       out = scope.output(scope.call(self.f))
       updates = scope.updates()
     out = call.finish(out, updates)

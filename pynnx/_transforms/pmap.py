@@ -97,7 +97,7 @@ class PmapWrapped(Transform):
     f = self.f
 
     def inner(*values: Any):
-      with Inner(static, values, "pmap", fixed=True) as scope:
+      with Inner(static, values, "pmap", fixed=True, call=call) as scope:
         out = scope.output(scope.call(f))
         mapped: dict[tuple[int, int], Any] = {}
         bcast: dict[tuple[int, int], Any] = {}

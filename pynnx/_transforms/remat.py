@@ -43,7 +43,7 @@ class RematWrapped(Transform):
     f, static = self.f, call.static
 
     def inner(values: list):
-      with Inner(static, values, "remat") as scope:
+      with Inner(static, values, "remat", call=call) as scope:
         out = scope.output(scope.call(f))
         updates = scope.updates()
       return out, updates

@@ -132,7 +132,7 @@ class ShardMapWrapped(Transform):
     f = self.f
 
     def inner(*values: Any):
-      with Inner(static, values, "shard_map", fixed=True) as scope:
+      with Inner(static, values, "shard_map", fixed=True, call=call) as scope:
         out = scope.output(scope.call(f))
         new = [[_get_raw(v) for v in fresh] for _, fresh in scope.rebuilt]
       return out, new

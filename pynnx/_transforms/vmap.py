@@ -241,7 +241,7 @@ class VmapWrapped(Transform):
       out_spec = (out_spec, 0)  # graph mode's output is (tree, structural changes)
 
     def inner(values: tuple):
-      with Inner(static, values, "vmap", fixed=True) as scope:
+      with Inner(static, values, "vmap", fixed=True, call=call) as scope:
         out = scope.output(scope.call(f))
         if state_out:
           out = (split_outputs(self.api, self.out_axes, out[0], side)[0], out[1])

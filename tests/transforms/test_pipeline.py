@@ -614,7 +614,7 @@ def test_deep_chain_error_suggests_a_list_not_graph_mode():
   # graph mode walks the graph recursively too (a known limit), so the tree-mode error
   # only suggests what works: nnx.List of the repeated layers, or stacking + nnx.scan
   with pytest.raises(nnx.TreeStructureError, match=r"nnx\.List.*nnx\.scan`\)\.") as err:
-    nnx.jit(lambda deep: 0)(chain(1000))
+    nnx.jit(lambda deep: 0)(too_deep())
   assert "graph=True" not in str(err.value)
 
 
