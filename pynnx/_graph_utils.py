@@ -110,37 +110,73 @@ def find_duplicates(node: Any, /, *, only: Any = ...) -> list[list[Path]]:
 def view_info(node: Any, /, *, only: Any = ..., graph: bool | None = None) -> str:
   """Lists, per Module type in ``node``, what ``nnx.view`` can change.
 
-  For a Module with a ``set_view`` method (Flax's hook) that is its parameters; otherwise the
-  static attributes ``nnx.view`` replaces by name.
+  For a Module with a ``set_view`` method (Flax's hook) that is its parameters, in signature
+  order, each followed by its description from the method's ``Args:`` section, as Flax prints
+  them; otherwise (a pynnx addition) the static attributes ``nnx.view`` replaces by name.
 
   Example:
     >>> import pynnx as nnx
     >>> print(nnx.view_info(nnx.Dropout(0.5, rngs=nnx.Rngs(0))))
     Dropout:
-      broadcast_dims: tuple = ()
-      deterministic: bool = False
-      rate: float = 0.5
-      rng_collection: str = 'dropout'
+      deterministic: bool | None = None
+        if True, disables dropout masking.
   """
   pred = filterlib.to_predicate(only)
-  by_type: dict[str, dict[str, Any]] = {}
+  by_type: dict[str, list[str]] = {}
   for path, module in iter_modules(node, graph=graph):
-    if pred(path, module) and type(module).__name__ not in by_type:
-      entry = by_type[type(module).__name__] = {}
+    name = type(module).__qualname__
+    if pred(path, module) and name not in by_type:
       if hasattr(module, "set_view"):
-        for p in inspect.signature(module.set_view).parameters.values():
-          if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            annotation = p.annotation if isinstance(p.annotation, str) else p.annotation.__name__
-            entry[p.name] = f"{annotation} = {p.default!r}"
+        by_type[name] = _set_view_lines(type(module).set_view)
       else:
-        for k, v in module._pynnx_get_meta().statics:
-          if isinstance(k, str) and not k.startswith("_"):
-            entry[k] = f"{type(v).__name__} = {v!r}"
+        by_type[name] = [
+          f"  {k}: {type(v).__name__} = {v!r}"
+          for k, v in sorted(module._pynnx_get_meta().statics, key=lambda kv: str(kv[0]))
+          if isinstance(k, str) and not k.startswith("_")
+        ]
   lines = []
   for name in sorted(by_type):
     lines.append(f"{name}:")
-    lines += [f"  {k}: {v}" for k, v in sorted(by_type[name].items())]
+    lines += by_type[name]
   return "\n".join(lines)
+
+
+def _set_view_lines(set_view: Callable[..., Any]) -> list[str]:
+  """``name: annotation = default`` per parameter of ``set_view``, with its ``Args:`` text."""
+  sig = inspect.signature(set_view)
+  # Without a docstring Flax prints the raw signature; pynnx still lists the parameters.
+  descriptions = _docstring_args(inspect.getdoc(set_view) or "")
+  out = []
+  for p in sig.parameters.values():
+    if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+      continue
+    annotation = p.annotation
+    if not isinstance(annotation, str):
+      annotation = "" if annotation is p.empty else inspect.formatannotation(annotation)
+    annotation = f": {annotation}" if annotation else ""
+    default = "" if p.default is p.empty else f" = {p.default}"
+    out.append(f"  {p.name}{annotation}{default}")
+    if p.name in descriptions:
+      out.append(descriptions[p.name])
+  return out
+
+
+def _docstring_args(doc: str) -> dict[str, str]:
+  """The entries of a Google-style ``Args:`` section, each indented by four spaces."""
+  lines = doc.split("\n")
+  if "Args:" not in lines:
+    return {}
+  out: dict[str, list[str]] = {}
+  current: list[str] | None = None
+  for line in lines[lines.index("Args:") + 1 :]:
+    if line and not line.startswith("  "):
+      break  # the next section (Returns:, Example:, ...)
+    if line.startswith("  ") and not line.startswith("    ") and ":" in line:
+      name, _, text = line.partition(":")
+      current = out[name.strip()] = ["    " + text.strip()]
+    elif current is not None and line.strip():
+      current.append(line)
+  return {k: "\n".join(v) for k, v in out.items()}
 
 
 # --- Variables ----------------------------------------------------------------------------

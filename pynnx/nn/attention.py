@@ -605,6 +605,12 @@ class MultiHeadAttention(nnx.Module):
     ``(*batch_size, max_length, num_kv_heads, head_dim)`` in ``dtype`` (float32 when
     ``dtype`` is None) is created when ``decode=True`` and the layer has none yet.
 
+    Args:
+      deterministic: if True, the module is set to deterministic mode.
+      decode: if True, the module is set to decode mode.
+      batch_size: the batch size to use for the cache.
+      max_length: the max length to use for the cache.
+
     Example:
       >>> layer = nnx.MultiHeadAttention(2, 4, rngs=nnx.Rngs(0))
       >>> layer.set_view(decode=True, batch_size=1, max_length=8)

@@ -74,6 +74,9 @@ class Dropout(nnx.Module):
   def set_view(self, deterministic: bool | None = None) -> None:
     """Sets the static ``deterministic`` flag (the hook flax's ``nnx.view`` calls).
 
+    Args:
+      deterministic: if True, disables dropout masking.
+
     Example:
       >>> layer = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
       >>> layer.set_view(deterministic=True)

@@ -243,6 +243,10 @@ class BatchNorm(_Norm):
   def set_view(self, use_running_average: bool | None = None) -> None:
     """Sets the static ``use_running_average`` flag (the hook flax's ``nnx.view`` calls).
 
+    Args:
+      use_running_average: if True, the stored batch statistics will be
+        used instead of computing the batch statistics on the input.
+
     Example:
       >>> layer = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
       >>> layer.set_view(use_running_average=True)

@@ -248,4 +248,5 @@ class WeightNorm(nnx.Module):
     normalized = _unit(value, axis=reduce, eps=self.epsilon)
     if scale is not None:
       normalized = normalized * scale
-    var[...] = jnp.asarray(normalized, canonicalize_dtype(value, scale, dtype=self.dtype))
+    # Replaces the value (dtype may change), as flax's set_value; `var[...] =` would cast into it.
+    var.set_value(jnp.asarray(normalized, canonicalize_dtype(value, scale, dtype=self.dtype)))

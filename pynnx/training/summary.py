@@ -354,6 +354,9 @@ def tabulate(
   return buffer.getvalue()
 
 
+_REQUIRED_METADATA = frozenset({"hijax", "ref", "eager_sharding"})
+
+
 def _is_var(x: Any) -> bool:
   return isinstance(x, nnx.Variable)
 
@@ -368,7 +371,8 @@ def _cell(path: tuple, column: str, variables: list[tuple[tuple, nnx.Variable]])
   for p, v in below:
     if len(p) == n + 1:
       value = _array(v.get_value())
-      metadata = v.get_metadata()
+      # Flax leaves out the keys every Variable reports (its `Variable.required_metadata`).
+      metadata = {k: m for k, m in v.get_metadata().items() if k not in _REQUIRED_METADATA}
       direct[str(p[n])] = {"value": value, **metadata} if metadata else value
   count = sum(_size(v.get_value())[0] for _, v in below)
   nbytes = sum(_size(v.get_value())[1] for _, v in below)
