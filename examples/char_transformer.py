@@ -88,9 +88,40 @@ class Block(nnx.Module):
     return h + self.drop(self.down(nnx.gelu(self.up(self.mlp_norm(h)))))
 
 
+def make_blocks(count: int, dim: int, heads: int, dropout: float, rngs: nnx.Rngs) -> Block:
+  """`count` Blocks as one stack: every Variable gets a leading axis of size `count`.
+
+  One vmapped constructor call builds them all; split_rngs gives each block its own init key
+  and its own dropout stream.
+  """
+
+  @nnx.split_rngs(splits=count)
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def build(rngs: nnx.Rngs) -> Block:
+    return Block(dim, heads, dropout, rngs=rngs)
+
+  return build(rngs)
+
+
 class CharTransformer(nnx.Module):
   def __init__(
     self,
+    tokens: nnx.Embed,
+    positions: nnx.Embed,
+    blocks: Block,
+    norm: nnx.LayerNorm,
+    head: nnx.Linear,
+  ):
+    self.context = positions.num_embeddings
+    self.tokens = tokens
+    self.positions = positions
+    self.blocks = blocks
+    self.norm = norm
+    self.head = head
+
+  @classmethod
+  def create(
+    cls,
     vocab: int,
     context: int,
     dim: int,
@@ -99,21 +130,15 @@ class CharTransformer(nnx.Module):
     dropout: float,
     *,
     rngs: nnx.Rngs,
-  ):
-    self.context = context
-    self.tokens = nnx.Embed(vocab, dim, rngs=rngs)
-    self.positions = nnx.Embed(context, dim, rngs=rngs)
-
-    # One vmapped constructor call builds all blocks: every Variable gets a leading axis of
-    # size `blocks`. split_rngs gives each block its own init key and its own dropout stream.
-    @nnx.split_rngs(splits=blocks)
-    @nnx.vmap(in_axes=0, out_axes=0)
-    def make_blocks(rngs: nnx.Rngs) -> Block:
-      return Block(dim, heads, dropout, rngs=rngs)
-
-    self.blocks = make_blocks(rngs)
-    self.norm = nnx.LayerNorm(dim, rngs=rngs)
-    self.head = nnx.Linear(dim, vocab, rngs=rngs)
+  ) -> CharTransformer:
+    # The stack is built outside the constructor: a vmapped constructor call nested inside
+    # another Module's constructor currently fails at freeze time for typed layers (a pynnx
+    # bug), so the parts are built here and handed to __init__.
+    tokens = nnx.Embed(vocab, dim, rngs=rngs)
+    positions = nnx.Embed(context, dim, rngs=rngs)
+    stack = make_blocks(blocks, dim, heads, dropout, rngs)
+    norm = nnx.LayerNorm(dim, rngs=rngs)
+    return cls(tokens, positions, stack, norm, nnx.Linear(dim, vocab, rngs=rngs))
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     length = ids.shape[-1]
@@ -197,7 +222,7 @@ def train(
   progress: bool = True,
 ) -> dict:
   corpus = Corpus()
-  model = CharTransformer(
+  model = CharTransformer.create(
     corpus.vocab_size,
     context,
     dim,

@@ -61,16 +61,26 @@ class MLP(nnx.Module):
     return self.layers(x)
 
 
+def make_members(members: int, hidden: int, rngs: nnx.Rngs) -> MLP:
+  """``members`` MLPs as one stack, each with its own initialization.
+
+  Built outside ``Ensemble.__init__``: a vmapped constructor call nested inside another
+  Module's constructor currently fails at freeze time for typed layers (a pynnx bug).
+  """
+
+  @nnx.split_rngs(splits=members)
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def make(rngs: nnx.Rngs) -> MLP:
+    return MLP(hidden, rngs=rngs)
+
+  return make(rngs)
+
+
 class Ensemble(nnx.Module):
   """``members`` MLPs stacked on axis 0, plus normalization statistics shared by all."""
 
-  def __init__(self, members: int, hidden: int, x: np.ndarray, *, rngs: nnx.Rngs):
-    @nnx.split_rngs(splits=members)
-    @nnx.vmap(in_axes=0, out_axes=0)
-    def make(rngs: nnx.Rngs) -> MLP:
-      return MLP(hidden, rngs=rngs)
-
-    self.members = make(rngs)
+  def __init__(self, members: MLP, x: np.ndarray):
+    self.members = members  # a stack from make_members
     self.x_mean = nnx.Variable(jnp.asarray(x.mean(0)))
     self.x_std = nnx.Variable(jnp.asarray(x.std(0)))
 
@@ -153,7 +163,7 @@ def train(
   progress: bool = True,
 ) -> dict:
   x, y = make_data(seed)
-  model = Ensemble(members, hidden, x, rngs=nnx.Rngs(seed))
+  model = Ensemble(make_members(members, hidden, nnx.Rngs(seed)), x)
   optimizer = nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)
   boot = np.random.default_rng(seed).integers(0, len(x), (members, len(x)))  # bootstrap
   xs, ys = jnp.asarray(x[boot]), jnp.asarray(y[boot])
