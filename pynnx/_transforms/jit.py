@@ -9,6 +9,7 @@ a deleted buffer).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -113,14 +114,12 @@ class JitWrapped(Transform):
     hit = static.memo.get("jit")
     if hit is not None:
       return hit
-    cache_key = static.layout if self._simple else static
+    cache_key = static  # one jitted function per call structure (equal structures share it)
     hit = self._by_layout.get(cache_key)
     if hit is not None:
       static.memo["jit"] = hit
       return hit
-    donate = tuple(
-      s + 1 for s, key in enumerate(static.layout) if _donated(key, self.donate)
-    )  # +1: the static first argument
+    donate = tuple(s for s, key in enumerate(static.layout) if _donated(key, self.donate))
     in_sh = None
     if self.in_shardings is not None:
       specs = self.specs_for(call)
@@ -137,7 +136,11 @@ class JitWrapped(Transform):
           for s, a, p, n in zip(specs, call.slots, static.plans, call.names)
         )
     jitted = jax.jit(
-      self._inner, static_argnums=(0,), donate_argnums=donate, in_shardings=in_sh, **self._jit_kw
+      # The call structure is bound, not a static argument: no hashing on the hot path.
+      functools.partial(self._inner, static),
+      donate_argnums=donate,
+      in_shardings=in_sh,
+      **self._jit_kw,
     )
     if len(self._by_layout) > 32:
       self._by_layout.clear()
@@ -146,24 +149,24 @@ class JitWrapped(Transform):
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
-    out, updates, marked = self._jitted(call)(call.static, *call.flat.values)
+    out, updates, marked = self._jitted(call)(*call.flat.values)
     call.marked = marked.value
     return call.finish(out, updates)
 
   def lower(self, *args: Any, **kwargs: Any) -> Any:
     """``jax.jit(...).lower`` for these arguments."""
     call = self.bind(args, kwargs)
-    return self._jitted(call).lower(call.static, *call.flat.values)
+    return self._jitted(call).lower(*call.flat.values)
 
   def trace(self, *args: Any, **kwargs: Any) -> Any:
     """``jax.jit(...).trace`` for these arguments."""
     call = self.bind(args, kwargs)
-    return self._jitted(call).trace(call.static, *call.flat.values)
+    return self._jitted(call).trace(*call.flat.values)
 
   def eval_shape(self, *args: Any, **kwargs: Any) -> Any:
     """Shapes and dtypes of the outputs, without running anything."""
     call = self.bind(args, kwargs)
-    out, _, _ = self._jitted(call).eval_shape(call.static, *call.flat.values)
+    out, _, _ = self._jitted(call).eval_shape(*call.flat.values)
     if call.graph is not None:  # graph form (tree, structural changes): rebuild, change nothing
       out = graph_adapter.exit(call.graph, (out[0], {}))
     return out
