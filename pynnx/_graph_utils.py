@@ -44,7 +44,8 @@ def iter_modules(module: Any, /, *, graph: bool | None = None) -> Iterator[tuple
   Example:
     >>> import pynnx as nnx
     >>> model = nnx.Sequential(nnx.Linear(1, 1, rngs=nnx.Rngs(0)))
-    >>> [p for p, _ in nnx.iter_modules(model)]
+    >>> paths = [p for p, _ in nnx.iter_modules(model)]
+    >>> paths
     [('layers', 0), ()]
   """
   for path, value in fn.iter_graph(module, graph=graph):
@@ -57,7 +58,8 @@ def iter_children(node: Any, /, *, graph: bool | None = None) -> Iterator[tuple[
 
   Example:
     >>> import pynnx as nnx
-    >>> [k for k, _ in nnx.iter_children(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))]
+    >>> keys = [k for k, _ in nnx.iter_children(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))]
+    >>> keys
     ['bias', 'kernel']
   """
   for path, value in fn.iter_graph(node, graph=graph):

@@ -134,9 +134,16 @@ def jit_partial(
     in_shardings: as in ``nnx.jit``, one entry per argument of ``fun`` (partial first); a
       single value applies to all. StateSharding is not accepted.
     out_shardings: as in ``nnx.jit`` (StateSharding is not accepted).
-    static_argnums, donate_argnums: ``0`` is the whole group of partial arguments (donate
-      only), ``k >= 1`` is the k-th runtime argument.
-    static_argnames, donate_argnames, keep_unused, device, backend, inline: as in ``nnx.jit``.
+    static_argnums: ``k >= 1`` is the k-th runtime argument (``0``, the whole group of
+      partial arguments, is rejected).
+    static_argnames: as in ``nnx.jit``.
+    donate_argnums: ``0`` is the whole group of partial arguments, ``k >= 1`` is the k-th
+      runtime argument.
+    donate_argnames: as in ``nnx.jit``.
+    keep_unused: as in ``nnx.jit``.
+    device: as in ``nnx.jit``.
+    backend: as in ``nnx.jit``.
+    inline: as in ``nnx.jit``.
     graph: ``None`` for the configured default, ``True`` for graph mode.
     graph_updates: must not resolve to True in graph mode (structural changes cannot be
       propagated to the bound arguments).
@@ -189,7 +196,7 @@ def jit_partial(
 
 def cached_partial(
   f: Callable[..., Any],
-  *cached_args,
+  *cached_args: Any,
   graph: bool | None = None,
   graph_updates: bool | None = None,
 ) -> Callable[..., Any]:

@@ -76,7 +76,7 @@ class EMA(nnx.Pytree):
     ...   ema.update(model)
     >>> before = model.kernel[...]
     >>> train_step(model, optimizer, ema, jnp.ones((1, 2)))
-    >>> bool(jnp.allclose(ema.params['kernel'][...], (before + model.kernel[...]) / 2))
+    >>> bool(jnp.allclose(ema.params['kernel'].value, (before + model.kernel[...]) / 2))
     True
     >>> ema_model = ema.apply_to(model)  # evaluates with the averaged weights
     >>> ema_model.kernel is ema.params['kernel']
