@@ -11,7 +11,8 @@ import jax
 from .._core.errors import StructureChangeError
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.variables import Variable, is_variable
-from .lift import _get_raw, _kind, leaf_paths
+from .lift import _get_raw, _kind
+from .outputs import leaf_paths
 
 
 def _describe(kind: Any) -> str:

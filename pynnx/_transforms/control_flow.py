@@ -25,7 +25,8 @@ import jax
 
 from .._core.errors import StructureChangeError, TraceContextError
 from .carry import aval_str, check_kept, next_carry, same_type
-from .lift import Inner, Transform, all_values, changed, keep_callers, leaf_paths
+from .lift import Inner, Transform, all_values, changed
+from .outputs import keep_callers, leaf_paths
 
 __all__ = ["cond", "switch", "while_loop", "fori_loop"]
 

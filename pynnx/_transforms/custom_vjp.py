@@ -41,16 +41,8 @@ from .._graph import api as graph_api
 from .._graph.api import GraphNode
 from . import graph_adapter
 from .autodiff import diff_mask
-from .lift import (
-  MISSING,
-  Call,
-  Inner,
-  Transform,
-  leaf_paths,
-  rebuild_arg,
-  wrap_or_decorate,
-  write_back,
-)
+from .lift import MISSING, Call, Inner, Transform, rebuild_arg, wrap_or_decorate, write_back
+from .outputs import leaf_paths
 
 __all__ = ["custom_vjp", "CustomVjp", "custom_vjp_tree"]
 

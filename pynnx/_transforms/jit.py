@@ -17,16 +17,8 @@ import jax
 
 from .._core.errors import AxisSpecError, ConfigError
 from . import graph_adapter
-from .lift import (
-  MISSING,
-  Flag,
-  Inner,
-  Transform,
-  all_values,
-  changed,
-  resolve_static,
-  wrap_or_decorate,
-)
+from .lift import MISSING, Inner, Transform, all_values, changed, resolve_static, wrap_or_decorate
+from .outputs import Flag
 from .prefix import broadcast_prefix, is_spec_leaf
 
 __all__ = ["jit", "JitWrapped"]

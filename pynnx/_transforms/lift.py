@@ -32,11 +32,9 @@ from .._core.errors import (
   BoundMethodError,
   ConfigError,
   GraphModeRequiredError,
-  StructureChangeError,
   TransformArgumentError,
   TreeStructureError,
 )
-from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
 from .._core.tree import (
   check_no_sharing,
@@ -55,6 +53,13 @@ from .._core.variables import (
 )
 from .._graph.api import GraphNode
 from . import graph_adapter
+from .outputs import (
+  check_tree_structure,
+  leaf_paths,
+  mark_inputs,
+  object_table,
+  resolve_inputs,
+)
 from .tracebacks import api_boundary, hide_frames
 
 hide_frames(__file__)
@@ -318,112 +323,6 @@ def write_back(flat: Flat, updates: Sequence[dict[int, Any]]) -> None:
           entry.stamp = STRUCTURE.writes
 
 
-# --- returned inputs ------------------------------------------------------------------------
-
-
-class InputRef:
-  """Output placeholder for "object ``k`` of input table ``table``" (no pytree leaves).
-
-  An input Module or Variable returned from a transform comes back as the caller's own
-  object: inside, it is replaced by this marker; outside, the marker is resolved against
-  the caller's objects, listed in the same order (:func:`object_table`).
-  """
-
-  __slots__ = ("table", "k")
-
-  def __init__(self, table: int, k: int):
-    self.table = table
-    self.k = k
-
-
-jax.tree_util.register_pytree_node(
-  InputRef, lambda r: ((), (r.table, r.k)), lambda aux, _: InputRef(*aux)
-)
-
-
-class Flag:
-  """A Python bool as a leafless pytree node: jit returns whether the output holds
-  InputRefs this way, so cached calls know it without a tree walk."""
-
-  __slots__ = ("value",)
-
-  def __init__(self, value: bool):
-    self.value = value
-
-
-jax.tree_util.register_pytree_node(Flag, lambda f: ((), f.value), lambda value, _: Flag(value))
-
-
-def _is_obj(x: Any) -> bool:
-  return isinstance(x, (Pytree, Variable))
-
-
-def object_table(tree: Any) -> list:
-  """Every Pytree and Variable in ``tree``, in a fixed (pre-)order."""
-  out: list = []
-
-  def walk(x: Any) -> None:
-    for leaf in jax.tree_util.tree_leaves(x, is_leaf=lambda y: y is not x and _is_obj(y)):
-      if _is_obj(leaf) and leaf is not x:
-        out.append(leaf)
-        if isinstance(leaf, Pytree):
-          walk(leaf)
-
-  if _is_obj(tree):
-    out.append(tree)
-    if isinstance(tree, Pytree):
-      walk(tree)
-  else:
-    walk(tree)
-  return out
-
-
-def mark_inputs(out: Any, tables: Sequence[list]) -> tuple[Any, bool]:
-  """``out`` with every object of ``tables`` replaced by its InputRef."""
-  if not any(_is_obj(x) for x in jax.tree_util.tree_leaves(out, is_leaf=_is_obj)):
-    return out, False
-  where = {id(o): (t, k) for t, table in enumerate(tables) for k, o in enumerate(table)}
-  found = False
-
-  def mark(x: Any) -> Any:
-    nonlocal found
-    pos = where.get(id(x)) if _is_obj(x) else None
-    if pos is None:
-      if isinstance(x, Pytree):  # a new Module may hold input Variables / sub-Modules
-        return jax.tree_util.tree_map(mark, x, is_leaf=lambda y: y is not x and _is_obj(y))
-      return x
-    found = True
-    return InputRef(*pos)
-
-  marked = jax.tree_util.tree_map(mark, out, is_leaf=_is_obj)
-  return marked, found
-
-
-def resolve_inputs(out: Any, tables: Sequence[list]) -> Any:
-  """Replaces every InputRef of ``out`` by the caller's object."""
-  return jax.tree_util.tree_map(
-    lambda x: tables[x.table][x.k] if isinstance(x, InputRef) else x,
-    out,
-    is_leaf=lambda x: isinstance(x, InputRef),
-  )
-
-
-def _only_variables(node: Any) -> bool:
-  return all(isinstance(x, Variable) for x in jax.tree_util.tree_leaves(node, is_leaf=is_variable))
-
-
-def keep_callers(out: Any, caller: Any) -> Any:
-  """``out``, rebuilt from ``caller``'s structure with the caller's Variables, with every
-  Module whose leaves are all Variables replaced by the caller's own object (its values
-  were written back); Modules holding plain arrays stay new objects with the new arrays."""
-  return jax.tree_util.tree_map(
-    lambda new, old: old if isinstance(old, Pytree) and _only_variables(old) else new,
-    out,
-    caller,
-    is_leaf=_is_obj,
-  )
-
-
 # --- the call ---------------------------------------------------------------------------------
 
 
@@ -616,48 +515,7 @@ class Inner:
     return [policy(p, fr, v) for p, (_, fr), v in zip(self.static.plans, self.rebuilt, self.values)]
 
 
-def check_tree_structure(name: str, static: CallStatic, rebuilt: Sequence[tuple]) -> None:
-  """Tree mode: an argument whose structure changed inside the transform (e.g. ``sow`` added a
-  Variable) raises, since the change could not reach the caller's object."""
-  for key, plan, (arg, _) in zip(static.layout, static.plans, rebuilt):
-    if jax.tree_util.tree_structure(arg, is_leaf=is_variable) == plan.treedef:
-      continue
-    where = f"args[{key}]" if isinstance(key, int) else key
-    before = set(leaf_paths(plan.treedef.unflatten(range(len(plan.kinds))), where))
-    after = set(leaf_paths(arg, where))
-    added, removed = sorted(after - before), sorted(before - after)
-    if not added and not removed:
-      continue  # only static attributes changed (e.g. model.eval() inside a step): allowed
-    changes = (("added", added), ("removed", removed))
-    what = " " + " and ".join(f"{verb} {', '.join(paths)}" for verb, paths in changes if paths)
-    raise StructureChangeError(
-      f"pynnx.{name}: the function{what} inside a tree-mode transform; "
-      f"tree mode cannot carry structural changes back to the caller, so they would be lost. "
-      f"To collect `sow` / `perturb` values use `nnx.capture(f, nnx.Intermediate)` (inside or "
-      f"around the transform); to keep new Variables use graph mode "
-      f"(`graph=True, graph_updates=True`), or create them before the transform."
-    )
-
-
 # --- the transformed callable ---------------------------------------------------------------
-
-
-def leaf_paths(arg: Any, argname: str) -> list[str]:
-  """The user-facing path of every leaf of ``arg`` (Variables are leaves), for errors.
-
-  Inside a graph-mode GraphNode the index of its State is not part of the user's path.
-  """
-  is_leaf = lambda x: is_variable(x) or isinstance(x, GraphNode)  # noqa: E731
-  out = []
-  for path, leaf in jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_leaf)[0]:
-    parts = jax_path_to_parts(path)
-    if isinstance(leaf, GraphNode):
-      for state in leaf.states:
-        items = jax.tree_util.tree_flatten_with_path(state, is_leaf=is_variable)[0]
-        out += [format_path(parts + jax_path_to_parts(p), argname) for p, _ in items]
-    else:
-      out.append(format_path(parts, argname))
-  return out
 
 
 def argnames_of(f: Callable) -> list[str] | None:

@@ -22,16 +22,8 @@ import jax.numpy as jnp
 
 from .._core.errors import AxisSpecError, PynnxError
 from .carry import next_carry
-from .lift import (
-  MISSING,
-  Inner,
-  Transform,
-  flatten_args,
-  keep_callers,
-  leaf_paths,
-  new_var,
-  wrap_or_decorate,
-)
+from .lift import MISSING, Inner, Transform, flatten_args, new_var, wrap_or_decorate
+from .outputs import keep_callers, leaf_paths
 from .prefix import broadcast_prefix
 from .state_out_axes import join_outputs, split_outputs, uses_state_out_axes
 from .vmap import (

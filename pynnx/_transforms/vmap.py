@@ -20,15 +20,8 @@ import jax.numpy as jnp
 from .._core.errors import AxisSpecError, PynnxError
 from .._core.sharding import sharding_key
 from .._core.variables import Variable, aux_from_meta, is_variable, meta_from_aux
-from .lift import (
-  MISSING,
-  ArgPlan,
-  Inner,
-  Transform,
-  flatten_args,
-  leaf_paths,
-  wrap_or_decorate,
-)
+from .lift import MISSING, ArgPlan, Inner, Transform, flatten_args, wrap_or_decorate
+from .outputs import leaf_paths
 from .prefix import broadcast_prefix
 from .state_out_axes import jax_out_axes, join_outputs, split_outputs, uses_state_out_axes
 
