@@ -41,7 +41,7 @@ class _Build(threading.local):
     self.pending: list = []
 
 
-_BUILD = _Build()
+BUILD = _Build()
 
 
 # --- data / static markers --------------------------------------------------------------
@@ -255,15 +255,15 @@ def _sort_key(k: Any) -> tuple:
 
 class _PytreeMeta(type):
   def __call__(cls, *args: Any, **kwargs: Any):
-    _BUILD.depth += 1
+    BUILD.depth += 1
     ok = False
     try:
       obj = super().__call__(*args, **kwargs)
       ok = True
     finally:
-      _BUILD.depth -= 1
-      if _BUILD.depth == 0:
-        pending, _BUILD.pending = _BUILD.pending, []
+      BUILD.depth -= 1
+      if BUILD.depth == 0:
+        pending, BUILD.pending = BUILD.pending, []
         if ok:
           for o in pending:
             if not o.__dict__.get("_pynnx_frozen", False):
@@ -295,8 +295,8 @@ class Pytree(metaclass=_PytreeMeta):
     d["_pynnx_forced"] = {}
     # Only objects built by a constructor wait to be frozen; copy/pickle call __new__ at
     # depth 0 and restore the frozen flag in __setstate__ (queueing them would leak them).
-    if _BUILD.depth > 0:
-      _BUILD.pending.append(obj)
+    if BUILD.depth > 0:
+      BUILD.pending.append(obj)
     return obj
 
   # -- attribute protocol ------------------------------------------------------------------

@@ -35,7 +35,7 @@ from .._core.errors import (
   TransformArgumentError,
   TreeStructureError,
 )
-from .._core.pytree import Pytree
+from .._core.pytree import BUILD, Pytree
 from .._core.tree import (
   check_no_sharing,
   check_tree_depth,
@@ -445,6 +445,7 @@ class Inner:
     "_epoch",
     "owner",
     "marked",
+    "_outer_build",
   )
 
   def __init__(
@@ -466,6 +467,11 @@ class Inner:
     self.marked = False
 
   def __enter__(self) -> Inner:
+    # Constructors run inside the trace get their own build scope: a Module built there is
+    # frozen (and type-checked) when its constructor returns, inside the trace, not later
+    # with the outer constructor's objects, when its values are dead tracers.
+    self._outer_build = (BUILD.depth, BUILD.pending)
+    BUILD.depth, BUILD.pending = 0, []
     self.frame = push_frame(self.name)
     self._epoch = STRUCTURE.epoch
     static = self.static
@@ -480,6 +486,7 @@ class Inner:
 
   def __exit__(self, *exc: Any) -> Literal[False]:
     pop_frame(self.frame)
+    BUILD.depth, BUILD.pending = self._outer_build
     return False
 
   def _own_check(self) -> bool:

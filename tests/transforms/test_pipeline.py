@@ -663,3 +663,20 @@ def test_cycle_works_in_graph_mode():
   assert as_float(f(p)) == 2.0
   assert as_float(p.count) == 2.0 and as_float(p.child.w) == 3.0
   assert p.child.parent is p
+
+
+def test_modules_built_by_a_transform_inside_a_constructor(graph):
+  # the vmapped constructor runs in its own build scope: its typed Linear is frozen (and
+  # checked) inside the trace, not later with the outer Module's objects
+  @nnx.vmap(in_axes=0, out_axes=0, graph=graph)
+  def make(key):
+    return nnx.Linear(2, 3, rngs=nnx.Rngs(key))
+
+  class Outer(nnx.Module):
+    def __init__(self):
+      self.stack = make(jax.random.split(jax.random.key(0), 4))
+
+  outer = Outer()
+  assert outer.stack.kernel.shape == (4, 2, 3)
+  with pytest.raises(nnx.FrozenModuleError):
+    outer.stack = None
