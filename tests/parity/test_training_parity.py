@@ -303,6 +303,11 @@ def _tab_model(nnx):
   return Net(nnx.Rngs(0))
 
 
+# Observed with flax 0.12.8: after flax's own nnx.tabulate has run, flax.nnx.capture fails in
+# the same process (SystemError from nanobind). The capture parity tests therefore live in
+# test_lifted_transforms_parity.py, which pytest runs before this file.
+
+
 @pytest.mark.parametrize(
   "kwargs",
   [
