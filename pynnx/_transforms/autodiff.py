@@ -299,13 +299,9 @@ def _tangent_values(
   return out
 
 
-class VjpWrapped(Transform):
-  """``nnx.vjp(f)``: calling it with primals returns ``(primals_out, vjp_fn[, aux])``.
+class _Linearized(Transform):
+  """Shared by vjp and jvp: positional primals, Params differentiated in graph mode too."""
 
-  Primals are positional (as in ``jax.vjp``).
-  """
-
-  transform = "vjp"
   keywords = "reject"
 
   def __init__(self, f: Callable, *, has_aux: bool, graph: Any, graph_updates: Any):
@@ -315,6 +311,15 @@ class VjpWrapped(Transform):
 
   def graph_filters(self, key: int | str, n_pos: int) -> tuple:
     return (Param, ...)  # graph mode: a Module's cotangent is the State of its Params
+
+
+class VjpWrapped(_Linearized):
+  """``nnx.vjp(f)``: calling it with primals returns ``(primals_out, vjp_fn[, aux])``.
+
+  Primals are positional (as in ``jax.vjp``).
+  """
+
+  transform = "vjp"
 
   def __call__(self, *primals: Any, **kwargs: Any) -> tuple:
     call = self.bind(primals, kwargs)
@@ -329,19 +334,10 @@ class VjpWrapped(Transform):
     return (out, vjp_fn, aux) if self.has_aux else (out, vjp_fn)
 
 
-class JvpWrapped(Transform):
+class JvpWrapped(_Linearized):
   """``nnx.jvp(f)``: call it as ``g(primals, tangents)``."""
 
   transform = "jvp"
-  keywords = "reject"
-
-  def __init__(self, f: Callable, *, has_aux: bool, graph: Any, graph_updates: Any):
-    super().__init__(f, graph=graph, graph_updates=graph_updates)
-    self.has_aux = has_aux
-    self._built()
-
-  def graph_filters(self, key: int | str, n_pos: int) -> tuple:
-    return (Param, ...)
 
   def slot_names(self, layout: Sequence[int | str]) -> list[str]:
     known = self.argnames or []
