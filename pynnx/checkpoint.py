@@ -122,8 +122,8 @@ def save(directory: str | pathlib.Path, tree: Any, *, force: bool = False) -> pa
   return path
 
 
-def _target_leaves(tree: Any) -> list[tuple[tuple[str, ...], tuple, Any, str]]:
-  """(orbax path, shape, dtype, user path) for every array leaf of the target."""
+def _target_leaves(tree: Any) -> list[tuple[tuple[str, ...], tuple, Any, tuple, Any]]:
+  """(orbax path, shape, dtype, user path, sharding or None) for every array leaf."""
   out = []
   flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]
   for key_path, leaf in flat:
@@ -132,7 +132,8 @@ def _target_leaves(tree: Any) -> list[tuple[tuple[str, ...], tuple, Any, str]]:
     if value is None:
       continue
     stored = tuple(str(p) for p in parts) + (("value",) if isinstance(leaf, Variable) else ())
-    out.append((stored, tuple(np.shape(value)), np.dtype(value.dtype), parts))
+    sharding = getattr(value, "sharding", None)
+    out.append((stored, tuple(np.shape(value)), np.dtype(value.dtype), parts, sharding))
   return out
 
 
@@ -145,7 +146,7 @@ def _check(directory: pathlib.Path, tree: Any, root: str, stored: dict) -> None:
   """Raises StateMismatchError at the first path where the checkpoint and target differ."""
   where = f"pynnx.checkpoint.restore({str(directory)!r})"
   seen = set()
-  for key, shape, dtype, parts in _target_leaves(tree):
+  for key, shape, dtype, parts, sharding in _target_leaves(tree):
     seen.add(key)
     user_path = format_path(parts, root)
     if key not in stored:
@@ -162,6 +163,17 @@ def _check(directory: pathlib.Path, tree: Any, root: str, stored: dict) -> None:
         f"{shape} {dtype} in the target. Build the target with the configuration the "
         "checkpoint was saved with."
       )
+    # Checked here, not left to orbax: a read that fails part-way leaves orbax's reader
+    # callbacks pending on a closed event loop.
+    if sharding is not None:
+      try:
+        sharding.shard_shape(shape)
+      except ValueError as err:
+        raise StateMismatchError(
+          f"{where}: the target's sharding for {user_path} does not fit its shape {shape} "
+          f"({err}). Choose a PartitionSpec whose mesh axis sizes divide the sharded "
+          "dimensions, or leave that dimension unsharded (None)."
+        ) from err
   extra = [k for k in stored if k not in seen]
   if extra:
     parts = extra[0][:-1] if extra[0][-1] == "value" else extra[0]

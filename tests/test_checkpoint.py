@@ -1,7 +1,8 @@
 """pynnx.checkpoint: orbax round trips, sharded restore, and the mismatch/corruption errors."""
 
-import gc
-import time
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -107,24 +108,39 @@ def test_dtype_mismatch_missing_and_extra_paths(tmp_path):
     checkpoint.restore(path, {"kernel": jnp.zeros((2, 2))})
 
 
-# Reading damaged files makes orbax's async reader leave callbacks on a closed event loop
-# ("Event loop is closed", reported by pytest as an unraisable exception). That is orbax's
-# clean-up, not ours; collect it here so it cannot surface in a later test's teardown.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+# Reading damaged files makes orbax's async reader leave tensorstore callbacks pending on a
+# closed event loop; they fire whenever the reader threads get to them and Python reports
+# "Event loop is closed" as an unraisable exception in whatever runs next. That is orbax's
+# clean-up, not ours, so the damaged-file read runs in its own interpreter.
+_DAMAGED = """
+import pathlib, sys
+import pynnx as nnx
+from pynnx import checkpoint
+def make():
+  rngs = nnx.Rngs(0)
+  return nnx.Sequential(nnx.Linear(2, 3, rngs=rngs), nnx.BatchNorm(3, rngs=rngs))
+path = checkpoint.save(pathlib.Path(sys.argv[1]) / "ckpt", make())
+for data in path.rglob("*"):
+  if data.is_file() and data.parent.name == "d":
+    data.write_bytes(b"garbage")
+try:
+  checkpoint.restore(path, make())
+except nnx.StateMismatchError as err:
+  print("RAISED", err)
+"""
+
+
 def test_corrupted_or_missing_checkpoint(tmp_path):
   with pytest.raises(nnx.StateMismatchError, match="could not be read.*not a checkpoint folder"):
     checkpoint.restore(tmp_path / "nowhere", make())
-  path = checkpoint.save(tmp_path / "ckpt", make())
-  for data in path.rglob("*"):
-    if data.is_file() and data.parent.name == "d":
-      data.write_bytes(b"garbage")
-  with pytest.raises(
-    nnx.StateMismatchError,
-    match="could not be read .*files are damaged|could not read the checkpoint's arrays",
-  ):
-    checkpoint.restore(path, make())
-  time.sleep(0.5)  # let orbax's reader threads finish while this test's hooks are active
-  gc.collect()
+  run = subprocess.run(
+    [sys.executable, "-c", _DAMAGED, str(tmp_path)], capture_output=True, text=True, timeout=300
+  )
+  assert run.returncode == 0, run.stderr
+  assert re.search(
+    "RAISED .*(could not be read .*files are damaged|could not read the checkpoint's arrays)",
+    run.stdout,
+  ), run.stdout + run.stderr
 
 
 def test_save_refuses_to_overwrite_without_force(tmp_path):
@@ -145,7 +161,7 @@ def test_target_shardings_that_do_not_fit_are_reported(tmp_path):
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P("model"))),
     state,
   )
-  with pytest.raises(nnx.StateMismatchError, match="shardings do not fit its shapes"):
+  with pytest.raises(nnx.StateMismatchError, match=r"sharding for state\.bias does not fit its shape \(3,\).*PartitionSpec"):
     checkpoint.restore(path, bad)
 
 
