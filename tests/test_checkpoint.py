@@ -161,7 +161,10 @@ def test_target_shardings_that_do_not_fit_are_reported(tmp_path):
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P("model"))),
     state,
   )
-  with pytest.raises(nnx.StateMismatchError, match=r"sharding for state\.bias does not fit its shape \(3,\).*PartitionSpec"):
+  with pytest.raises(
+    nnx.StateMismatchError,
+    match=r"sharding for state\.bias does not fit its shape \(3,\).*PartitionSpec",
+  ):
     checkpoint.restore(path, bad)
 
 
