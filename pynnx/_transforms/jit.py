@@ -18,7 +18,6 @@ import jax
 from .._core.errors import AxisSpecError, ConfigError
 from . import graph_adapter
 from .lift import MISSING, Inner, Transform, all_values, changed, resolve_static, wrap_or_decorate
-from .outputs import Flag
 from .prefix import broadcast_prefix, is_spec_leaf
 
 __all__ = ["jit", "JitWrapped"]
@@ -78,10 +77,12 @@ class JitWrapped(Transform):
           (all_values if _donated(key, donate) else changed)(p, fr, v)
           for key, p, (_, fr), v in zip(static.layout, static.plans, scope.rebuilt, values)
         ]
-      return out, updates, Flag(scope.marked)  # cached calls learn it from the output
+      # Cached calls learn whether the output holds InputRefs from the length of the update
+      # list (one more entry than slots; a list is unflattened in C++, a custom node is not).
+      return out, updates + [None] if scope.marked else updates
 
     self._jit_kw = dict(
-      out_shardings=(out_shardings, None, None) if out_shardings is not None else None,
+      out_shardings=(out_shardings, None) if out_shardings is not None else None,
       keep_unused=keep_unused,
       device=device,
       backend=backend,
@@ -141,8 +142,8 @@ class JitWrapped(Transform):
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
-    out, updates, marked = self._jitted(call)(*call.flat.values)
-    call.marked = marked.value
+    out, updates = self._jitted(call)(*call.flat.values)
+    call.marked = len(updates) > len(call.slots)
     return call.finish(out, updates)
 
   def lower(self, *args: Any, **kwargs: Any) -> Any:
@@ -158,7 +159,7 @@ class JitWrapped(Transform):
   def eval_shape(self, *args: Any, **kwargs: Any) -> Any:
     """Shapes and dtypes of the outputs, without running anything."""
     call = self.bind(args, kwargs)
-    out, _, _ = self._jitted(call).eval_shape(*call.flat.values)
+    out = self._jitted(call).eval_shape(*call.flat.values)[0]
     if call.graph is not None:  # graph form (tree, structural changes): rebuild, change nothing
       out = graph_adapter.exit(call.graph, (out[0], {}))
     return out

@@ -59,19 +59,6 @@ jax.tree_util.register_pytree_node(
 )
 
 
-class Flag:
-  """A Python bool as a leafless pytree node: jit returns whether the output holds
-  InputRefs this way, so cached calls know it without a tree walk."""
-
-  __slots__ = ("value",)
-
-  def __init__(self, value: bool):
-    self.value = value
-
-
-jax.tree_util.register_pytree_node(Flag, lambda f: ((), f.value), lambda value, _: Flag(value))
-
-
 def _is_obj(x: Any) -> bool:
   return isinstance(x, (Pytree, Variable))
 
