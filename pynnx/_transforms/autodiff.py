@@ -105,30 +105,15 @@ class GradWrapped(Transform):
   """
 
   transform = "grad"
-  spec_name = "argnums"
+  spec_options = ("argnums",)
 
-  def __init__(
-    self,
-    f: Callable,
-    *,
-    argnums: int | Sequence[int],
-    has_aux: bool,
-    holomorphic: bool,
-    allow_int: bool,
-    graph: Any,
-    graph_updates: Any,
-  ):
-    super().__init__(f, graph=graph, graph_updates=graph_updates, specs=(argnums,))
-    self.argnums = argnums
-    self.has_aux = has_aux
-    self.holomorphic = holomorphic
-    self.allow_int = allow_int
+  def setup(self) -> None:
+    argnums = self.argnums
     entries = tuple(argnums) if isinstance(argnums, (list, tuple)) else (argnums,)
     self.diff_argnums = tuple(
       e.argnum if isinstance(e, graph_adapter.DiffState) else e for e in entries
     )
     self.wrt = {e.argnum: e.filter for e in entries if isinstance(e, graph_adapter.DiffState)}
-    self._built()
 
   def graph_filters(self, key: int | str, n_pos: int) -> tuple:
     # Graph mode: each differentiated root splits into (selected substate, rest).
@@ -203,15 +188,9 @@ def _make(cls: type):
       raise ConfigError(
         f"pynnx.{cls.transform}: reduce_axes is deprecated in JAX and not supported; drop it."
       )
-    kw = dict(
-      argnums=argnums,
-      has_aux=has_aux,
-      holomorphic=holomorphic,
-      allow_int=allow_int,
-      graph=graph,
-      graph_updates=graph_updates,
-    )
-    return wrap_or_decorate(cls, f, kw)
+    options = dict(f=f, argnums=argnums, has_aux=has_aux, holomorphic=holomorphic)
+    options.update(allow_int=allow_int, graph=graph, graph_updates=graph_updates)
+    return wrap_or_decorate(cls, options)
 
   return transform
 
@@ -303,11 +282,6 @@ class _Linearized(Transform):
   """Shared by vjp and jvp: positional primals, Params differentiated in graph mode too."""
 
   keywords = "reject"
-
-  def __init__(self, f: Callable, *, has_aux: bool, graph: Any, graph_updates: Any):
-    super().__init__(f, graph=graph, graph_updates=graph_updates)
-    self.has_aux = has_aux
-    self._built()
 
   def graph_filters(self, key: int | str, n_pos: int) -> tuple:
     return (Param, ...)  # graph mode: a Module's cotangent is the State of its Params

@@ -39,12 +39,8 @@ class _Operands(Transform):
 
   check_bound = False
 
-  def __init__(self, transform: str, what: str, graph: Any, graph_updates: Any):
-    self.transform = transform
-    self.what = what
-    super().__init__(_no_function, graph=graph, graph_updates=graph_updates)
-    self.api = self.check.api = f"pynnx.{transform}"
-    self._built()
+  def setup(self) -> None:  # options: transform (its public name), what (the operands' name)
+    self.api = self.check.api = f"pynnx.{self.transform}"
 
   def slot_names(self, layout: Sequence[int | str]) -> list[str]:
     if self.what == "init_val":
@@ -65,7 +61,9 @@ def _branches(
   graph: Any,
   graph_updates: Any,
 ) -> Any:
-  ops = _Operands(transform, "operands", graph, graph_updates)
+  ops = _Operands(
+    _no_function, transform=transform, what="operands", graph=graph, graph_updates=graph_updates
+  )
   api = ops.api
   call = ops.bind(tuple(operands), {})
   static, roots = call.static, call.names
@@ -207,7 +205,9 @@ class _Loop:
   """The shared machinery of while_loop and fori_loop for one call."""
 
   def __init__(self, transform: str, init_val: Any, graph: Any, graph_updates: Any):
-    ops = _Operands(transform, "init_val", graph, graph_updates)
+    ops = _Operands(
+      _no_function, transform=transform, what="init_val", graph=graph, graph_updates=graph_updates
+    )
     self.api = ops.api
     self.frame = transform
     self.call = ops.bind((init_val,), {})

@@ -276,30 +276,28 @@ class CustomVjp(Transform):
 
   transform = "custom_vjp"
 
-  def __init__(
-    self, fun: Callable, *, nondiff_argnums: Sequence[Any], graph: Any, graph_updates: Any
-  ):
-    graph_only = any(not isinstance(n, int) for n in nondiff_argnums)
-    if graph_only and graph is False:
+  spec_options = ("nondiff_argnums",)
+
+  def __init__(self, fun: Callable, *, nondiff_argnums: Sequence[Any], **options: Any):
+    if any(not isinstance(n, int) for n in nondiff_argnums) and options.get("graph") is False:
       raise GraphModeRequiredError(
         f"pynnx.custom_vjp({getattr(fun, '__name__', 'fun')}): nondiff_argnums contains "
         f"{tuple(nondiff_argnums)!r}; DiffState entries need graph mode. Use integer argnums "
         "with graph=False, or pass graph=True."
       )
-    super().__init__(fun, graph=graph, graph_updates=graph_updates, specs=(nondiff_argnums,))
-    self.fun = fun
-    self.nondiff_argnums = tuple(nondiff_argnums)
+    super().__init__(fun, nondiff_argnums=tuple(nondiff_argnums), **options)
+
+  def setup(self) -> None:
     self.nondiff = tuple(n for n in self.nondiff_argnums if isinstance(n, int))
     self.wrt = {n.argnum: n.filter for n in self.nondiff_argnums if not isinstance(n, int)}
     seen = [n if isinstance(n, int) else getattr(n, "argnum", n) for n in self.nondiff_argnums]
     if len(set(seen)) != len(seen):
       raise ConfigError(f"{self.api}: nondiff_argnums {self.nondiff_argnums!r} repeats an index.")
     try:
-      self._sig: inspect.Signature | None = inspect.signature(fun)
+      self._sig: inspect.Signature | None = inspect.signature(self.f)
     except (TypeError, ValueError):
       self._sig = None
     self._rule: list = [None, None, False]  # fwd, bwd, symbolic_zeros: set by defvjp
-    self._built()
 
   @property
   def fwd(self) -> Callable | None:
@@ -351,7 +349,7 @@ class CustomVjp(Transform):
         raise ConfigError(
           f"{self.api}: defvjp(..., symbolic_zeros=True) is not supported in tree mode."
         )
-      return custom_vjp_tree(self.fun, self.fwd, self.bwd, call, self.nondiff, self.api)
+      return custom_vjp_tree(self.f, self.fwd, self.bwd, call, self.nondiff, self.api)
     if not call.graph.key.graph_updates:
       if self.wrt:
         raise GraphModeRequiredError(
@@ -360,7 +358,7 @@ class CustomVjp(Transform):
           f"nondiff_argnums."
         )
       bwd = _plain_graph_bwd(self, call, self.nondiff)
-      return custom_vjp_tree(self.fun, self.fwd, bwd, call, self.nondiff, self.api)
+      return custom_vjp_tree(self.f, self.fwd, bwd, call, self.nondiff, self.api)
     # The selected substate's Params get cotangents; other Variables (BatchStat...) carry
     # updates that are written back, as in tree mode.
     masks = [
@@ -371,7 +369,7 @@ class CustomVjp(Transform):
       for w, cells, vals in zip(call.slots, call.flat.cells, call.flat.values)
     ]
     bwd = _graph_bwd(self, call, self.nondiff)
-    return custom_vjp_tree(self.fun, self.fwd, bwd, call, self.nondiff, self.api, masks)
+    return custom_vjp_tree(self.f, self.fwd, bwd, call, self.nondiff, self.api, masks)
 
 
 def custom_vjp(
@@ -408,5 +406,4 @@ def custom_vjp(
     >>> bool(jnp.allclose(nnx.grad(f)(m).x[...], 2 * jnp.cos(1.0)))
     True
   """
-  kw = dict(nondiff_argnums=nondiff_argnums, graph=graph, graph_updates=graph_updates)
-  return wrap_or_decorate(CustomVjp, fun, kw)
+  return wrap_or_decorate(CustomVjp, locals())

@@ -75,10 +75,6 @@ def add_shardings(tree: Any, mesh: Any) -> None:
 class _EvalShape(Transform):
   transform = "eval_shape"
 
-  def __init__(self, f: Callable, graph: Any, graph_updates: Any):
-    super().__init__(f, graph=graph, graph_updates=graph_updates)
-    self._built()
-
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
     f, static = self.f, call.static
@@ -113,4 +109,4 @@ def eval_shape(
     >>> abstract.kernel[...]
     ShapeDtypeStruct(shape=(1000, 1000), dtype=float32)
   """
-  return _EvalShape(f, graph, graph_updates)(*args, **kwargs)
+  return _EvalShape(f, graph=graph, graph_updates=graph_updates)(*args, **kwargs)

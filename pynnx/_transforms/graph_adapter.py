@@ -527,7 +527,7 @@ def check_shared_specs(
       where = format_path(path, name)
       first = seen.setdefault(id(x), (i, where, mine))
       if first[0] != i and first[2] != mine:
-        what = transform.spec_name
+        what = transform.spec_options[0]
         raise AxisSpecError(
           f"{transform.api}: the same {type(x).__name__} is given two different {what}:\n"
           f"  {first[1]}: {first[2]!r}\n  {where}: {mine!r}\n"

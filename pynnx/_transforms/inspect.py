@@ -17,7 +17,7 @@ from jax.experimental import checkify as checkify_lib
 
 from .._core.config import resolve_graph_updates
 from .._core.errors import TransformArgumentError
-from .lift import MISSING, Inner, Transform, check_not_bound
+from .lift import MISSING, Inner, Transform, wrap_or_decorate
 
 __all__ = ["make_jaxpr", "checkify"]
 
@@ -27,15 +27,13 @@ class MakeJaxprWrapped(Transform):
 
   transform = "make_jaxpr"
 
-  def __init__(self, f: Callable, *, graph: Any, graph_updates: Any, static_argnums: Any):
-    if resolve_graph_updates(graph_updates):
+  def setup(self) -> None:
+    if resolve_graph_updates(self.graph_updates):
       raise TransformArgumentError(
         "pynnx.make_jaxpr does not support graph_updates=True: it only traces the function, "
         "so structural changes could never reach the caller's Modules. Pass "
         "graph_updates=False (e.g. `nnx.make_jaxpr(f, graph_updates=False)`)."
       )
-    super().__init__(f, graph=graph, graph_updates=graph_updates, static_argnums=static_argnums)
-    self._built()
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
@@ -79,24 +77,13 @@ def make_jaxpr(
     >>> len(jaxpr.jaxpr.invars)  # bias, kernel, x
     3
   """
-  if f is MISSING:
-    return lambda fn: make_jaxpr(
-      fn, graph=graph, graph_updates=graph_updates, static_argnums=static_argnums
-    )
-  return MakeJaxprWrapped(
-    f, graph=graph, graph_updates=graph_updates, static_argnums=static_argnums
-  )
+  return wrap_or_decorate(MakeJaxprWrapped, locals())
 
 
 class CheckifyWrapped(Transform):
   """A function transformed by ``nnx.checkify``: calling it returns ``(error, out)``."""
 
   transform = "checkify"
-
-  def __init__(self, f: Callable, *, errors: Any, graph: Any, graph_updates: Any):
-    super().__init__(f, graph=graph, graph_updates=graph_updates)
-    self.errors = errors
-    self._built()
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
@@ -141,5 +128,4 @@ def checkify(
     >>> err.get()
     'x must be positive (`check` failed)'
   """
-  check_not_bound(f, "checkify")
-  return CheckifyWrapped(f, errors=errors, graph=graph, graph_updates=graph_updates)
+  return wrap_or_decorate(CheckifyWrapped, locals())

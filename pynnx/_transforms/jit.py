@@ -27,48 +27,23 @@ class JitWrapped(Transform):
   """A function transformed by ``nnx.jit``; call it like the original."""
 
   transform = "jit"
-  spec_name = "in_shardings"
+  spec_options = ("in_shardings",)
 
-  def __init__(
-    self,
-    fun: Callable,
-    *,
-    in_shardings: Any,
-    out_shardings: Any,
-    static_argnums: Any,
-    static_argnames: Any,
-    donate_argnums: Any,
-    donate_argnames: Any,
-    keep_unused: bool,
-    device: Any,
-    backend: Any,
-    inline: bool,
-    graph: bool | None,
-    graph_updates: bool | None,
-  ):
-    super().__init__(
-      fun,
-      graph=graph,
-      graph_updates=graph_updates,
-      static_argnums=static_argnums,
-      static_argnames=static_argnames,
-      specs=(in_shardings,),
-    )
-    self.fun = fun
+  def setup(self) -> None:
+    in_shardings, out_shardings = self.in_shardings, self.out_shardings
     if graph_adapter.uses_graph_specs(out_shardings):
       raise ConfigError(
         f"{self.api}: StateSharding in out_shardings is not supported; give the outputs "
         f"Sharding/PartitionSpec prefixes, or constrain Variables inside the function with "
         f"jax.lax.with_sharding_constraint."
       )
-    self.in_shardings = in_shardings
-    nums, names = resolve_static(donate_argnums, donate_argnames, self.argnames)
+    nums, names = resolve_static(self.donate_argnums, self.donate_argnames, self.argnames)
     self.donate = (frozenset(nums), frozenset(names))
     # Leaf specs apply to a whole slot as they are; prefix trees and StateShardings are
     # expanded per leaf for each argument structure (_jitted_for).
     per_arg = in_shardings if isinstance(in_shardings, (tuple, list)) else (in_shardings,)
     self._simple = not self.forced_graph and all(is_spec_leaf(s) for s in per_arg)
-    f, donate = fun, self.donate
+    f, donate = self.f, self.donate
 
     def inner(static: Any, *values: Any):
       with Inner(static, values, "jit") as scope:
@@ -83,14 +58,13 @@ class JitWrapped(Transform):
 
     self._jit_kw = dict(
       out_shardings=(out_shardings, None) if out_shardings is not None else None,
-      keep_unused=keep_unused,
-      device=device,
-      backend=backend,
-      inline=inline,
+      keep_unused=self.keep_unused,
+      device=self.device,
+      backend=self.backend,
+      inline=self.inline,
     )
     self._inner = self.named(inner)
     self._by_layout: dict = {}
-    self._built()
 
   def slot_spec(self, key: int | str, n_pos: int) -> Any:
     specs = self.in_shardings
@@ -202,18 +176,4 @@ def jit(
     >>> c = Counter(); step(c); step(c); int(c.count[...])
     2
   """
-  kw = dict(
-    in_shardings=in_shardings,
-    out_shardings=out_shardings,
-    static_argnums=static_argnums,
-    static_argnames=static_argnames,
-    donate_argnums=donate_argnums,
-    donate_argnames=donate_argnames,
-    keep_unused=keep_unused,
-    device=device,
-    backend=backend,
-    inline=inline,
-    graph=graph,
-    graph_updates=graph_updates,
-  )
-  return wrap_or_decorate(JitWrapped, fun, kw)
+  return wrap_or_decorate(JitWrapped, locals())

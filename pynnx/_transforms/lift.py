@@ -545,11 +545,16 @@ class _Missing:
 MISSING: Any = _Missing()
 
 
-def wrap_or_decorate(cls: type, f: Any, kw: dict) -> Any:
-  """``cls(f, **kw)``, or a decorator building it when ``f`` is MISSING (``@nnx.X(...)``)."""
+def wrap_or_decorate(cls: type, options: dict) -> Any:
+  """The public form of every transform: ``options`` is the public function's ``locals()``
+  (taken first thing, so it holds exactly its parameters; the first one is the function).
+  Returns ``cls(f, **options)``, or a decorator building it when ``f`` is MISSING
+  (``@nnx.X(...)``)."""
+  options = dict(options)
+  f = options.pop(next(iter(options)))
   if f is MISSING:
-    return lambda fn: cls(fn, **kw)
-  return cls(f, **kw)
+    return lambda fn: cls(fn, **options)
+  return cls(f, **options)
 
 
 def check_not_bound(f: Any, transform: str) -> None:
@@ -591,26 +596,28 @@ class Transform:
 
   A subclass sets ``transform`` (its public name), ``keywords`` (``"dynamic"``: keyword
   arguments are traced slots like positional ones; ``"reject"``: the JAX primitive takes
-  positional arguments only) and overrides :meth:`slot_spec` when it has per-argument specs
+  positional arguments only), ``spec_options`` and overrides :meth:`slot_spec` when it has
+  per-argument specs
   (in_axes, in_specs, in_shardings): graph mode reads StateAxes / StateSharding filters
-  from it by slot, never by tuple position. Instances are immutable; as class attributes
-  they work as methods (``__get__`` binds the instance as the first argument).
+  from it by slot, never by tuple position. The constructor stores the transform's options
+  as attributes and runs :meth:`setup`; then the instance is immutable. As class attributes
+  transforms work as methods (``__get__`` binds the instance as the first argument).
   """
 
   transform = "transform"
   keywords = "dynamic"
   check_bound = True
-  spec_name = "specs"
+  spec_options: tuple[str, ...] = ()  # options holding specs: the per-argument one first
 
   def __init__(
     self,
     f: Callable,
     *,
-    graph: bool | None,
-    graph_updates: bool | None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
     static_argnums: Any = (),
     static_argnames: Any = (),
-    specs: Sequence[Any] = (),
+    **options: Any,
   ):
     if self.check_bound:
       check_not_bound(f, self.transform)
@@ -618,16 +625,23 @@ class Transform:
     self.f = f
     self.graph = graph
     self.graph_updates = graph_updates
+    self.__dict__.update(options)  # the transform's own options, as attributes
     self.api = f"pynnx.{self.transform}({getattr(f, '__name__', 'f')})"
     self.argnames = argnames_of(f)
     self.static_argnums, self.static_argnames = resolve_static(
       static_argnums, static_argnames, self.argnames
     )
+    specs = [options[name] for name in self.spec_options]
     self.forced_graph = graph_adapter.specs_force_graph(self.api, graph, *specs)
     self.check = SharingCheck(self.api)
     self._layouts: dict[int, tuple] = {}
     self._statics: dict[tuple, CallStatic] = {}
     self._filters: dict[tuple, list] = {}
+    self.setup()
+    object.__setattr__(self, "_pynnx_built", True)
+
+  def setup(self) -> None:
+    """A subclass hook, run once the options are set: validate them, derive what calls need."""
 
   def __init_subclass__(cls, **kwargs: Any):
     super().__init_subclass__(**kwargs)
@@ -640,9 +654,6 @@ class Transform:
         f"{self.api} is immutable once built; create a new transform with the new options."
       )
     object.__setattr__(self, name, value)
-
-  def _built(self) -> None:
-    object.__setattr__(self, "_pynnx_built", True)
 
   def __get__(self, obj: Any, objtype: Any = None) -> Any:
     if obj is None:
@@ -687,7 +698,7 @@ class Transform:
       filters = self._filters.get((layout, n))
       if filters is None:
         filters = self._filters[(layout, n)] = [self.graph_filters(k, n) for k in layout]
-      if self.spec_name != "specs" and len(slots) > 1:
+      if self.spec_options and len(slots) > 1:
         graph_adapter.check_shared_specs(self, slots, layout, self.slot_names(layout), n)
       slots, gcall = graph_adapter.to_tree(slots, filters, self.api, self.graph_updates)
     try:

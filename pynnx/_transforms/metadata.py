@@ -26,16 +26,10 @@ class TransformMetadataWrapped(Transform):
   """A function wrapped by ``nnx.transform_metadata``; call it like the original."""
 
   transform = "transform_metadata"
-  spec_name = "in_axes"
+  spec_options = ("in_axes", "out_axes")
 
-  def __init__(
-    self, f: Callable, *, in_axes: Any, out_axes: Any, partition: str | None, graph: Any
-  ):
-    super().__init__(f, graph=graph, graph_updates=False, specs=(in_axes, out_axes))
-    self.in_axes = in_axes
-    self.out_axes = out_axes
-    self.partition = partition
-    self._built()
+  def setup(self) -> None:
+    self.graph_updates = False  # metadata only: no structural updates to carry
 
   def slot_spec(self, key: int | str, n_pos: int) -> Any:
     if isinstance(key, str):
@@ -99,5 +93,4 @@ def transform_metadata(
     >>> f(m).sharding_names
     ('data', 'model')
   """
-  kw = dict(in_axes=in_axes, out_axes=out_axes, partition=partition, graph=graph)
-  return wrap_or_decorate(TransformMetadataWrapped, f, kw)
+  return wrap_or_decorate(TransformMetadataWrapped, locals())

@@ -40,38 +40,15 @@ class PmapWrapped(Transform):
   """A function transformed by ``nnx.pmap``; call it like the original."""
 
   transform = "pmap"
-  spec_name = "in_axes"
+  spec_options = ("in_axes", "out_axes")
 
-  def __init__(
-    self,
-    f: Callable,
-    *,
-    axis_name: Any,
-    in_axes: Any,
-    out_axes: Any,
-    static_broadcasted_argnums: Any,
-    devices: Sequence[Any] | None,
-    backend: str | None,
-    axis_size: int | None,
-    donate_argnums: Any,
-    transform_metadata: Mapping,
-    graph: bool | None,
-    graph_updates: bool | None,
-  ):
-    super().__init__(
-      f,
-      graph=graph,
-      graph_updates=graph_updates,
-      static_argnums=static_broadcasted_argnums,
-      specs=(in_axes, out_axes),
-    )
-    self.in_axes = in_axes
-    self.out_axes = out_axes
-    self.axis_name = axis_name
-    self.donate = frozenset(resolve_static(donate_argnums, None, None)[0])
-    self.transform_metadata = dict(transform_metadata)
-    self._pmap_kw = dict(devices=devices, backend=backend, axis_size=axis_size)
-    self._built()
+  def __init__(self, f: Callable, *, static_broadcasted_argnums: Any, **options: Any):
+    super().__init__(f, static_argnums=static_broadcasted_argnums, **options)
+
+  def setup(self) -> None:
+    self.donate = frozenset(resolve_static(self.donate_argnums, None, None)[0])
+    self.transform_metadata = dict(self.transform_metadata)
+    self._pmap_kw = dict(devices=self.devices, backend=self.backend, axis_size=self.axis_size)
 
   def slot_spec(self, key: int | str, n_pos: int) -> Any:
     if isinstance(key, str):
@@ -167,17 +144,4 @@ def pmap(
     >>> model.kernel.shape
     (2, 2, 3)
   """
-  kw = dict(
-    axis_name=axis_name,
-    in_axes=in_axes,
-    out_axes=out_axes,
-    static_broadcasted_argnums=static_broadcasted_argnums,
-    devices=devices,
-    backend=backend,
-    axis_size=axis_size,
-    donate_argnums=donate_argnums,
-    transform_metadata=transform_metadata,
-    graph=graph,
-    graph_updates=graph_updates,
-  )
-  return wrap_or_decorate(PmapWrapped, f, kw)
+  return wrap_or_decorate(PmapWrapped, locals())

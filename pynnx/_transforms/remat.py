@@ -23,21 +23,6 @@ class RematWrapped(Transform):
 
   transform = "remat"
 
-  def __init__(
-    self,
-    f: Callable,
-    *,
-    prevent_cse: bool,
-    static_argnums: Any,
-    policy: Any,
-    graph: bool | None,
-    graph_updates: bool | None,
-  ):
-    super().__init__(f, graph=graph, graph_updates=graph_updates, static_argnums=static_argnums)
-    self.prevent_cse = prevent_cse
-    self.policy = policy
-    self._built()
-
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
     f, static = self.f, call.static
@@ -75,11 +60,4 @@ def remat(
     >>> grads.kernel[...].shape
     (2, 3)
   """
-  kw = dict(
-    prevent_cse=prevent_cse,
-    static_argnums=static_argnums,
-    policy=policy,
-    graph=graph,
-    graph_updates=graph_updates,
-  )
-  return wrap_or_decorate(RematWrapped, f, kw)
+  return wrap_or_decorate(RematWrapped, locals())

@@ -110,34 +110,13 @@ class ScanWrapped(Transform):
   """
 
   transform = "scan"
-  spec_name = "in_axes"
+  spec_options = ("in_axes", "out_axes")
 
-  def __init__(
-    self,
-    f: Callable,
-    *,
-    length: int | None,
-    reverse: bool,
-    unroll: int | bool,
-    _split_transpose: bool,
-    in_axes: Any,
-    out_axes: Any,
-    transform_metadata: Mapping,
-    graph: bool | None,
-    graph_updates: bool | None,
-  ):
-    super().__init__(f, graph=graph, graph_updates=graph_updates, specs=(in_axes, out_axes))
-    self.length = length
-    self.reverse = reverse
-    self.unroll = unroll
-    self.split_transpose = _split_transpose
-    self.in_axes = in_axes
-    self.out_axes = out_axes
-    self.transform_metadata = dict(transform_metadata)
+  def setup(self) -> None:
+    self.transform_metadata = dict(self.transform_metadata)
     self._specs: dict = {}
     if not self.forced_graph:
-      _validate(in_axes, out_axes, self.api)
-    self._built()
+      _validate(self.in_axes, self.out_axes, self.api)
 
   def slot_spec(self, key: int | str, n_pos: int) -> Any:
     if isinstance(key, str):
@@ -280,7 +259,7 @@ class ScanWrapped(Transform):
         length=self.length,
         reverse=self.reverse,
         unroll=self.unroll,
-        _split_transpose=self.split_transpose,
+        _split_transpose=self._split_transpose,
       )
     except (ValueError, IndexError) as e:  # JAX's errors about xs: name the leaf instead
       if not isinstance(e, PynnxError):
@@ -362,15 +341,4 @@ def scan(
     >>> forward(m, jnp.array(1.0)), m.uses[...]
     (Array(12., dtype=float32), Array([1., 1., 1.], dtype=float32))
   """
-  kw = dict(
-    length=length,
-    reverse=reverse,
-    unroll=unroll,
-    _split_transpose=_split_transpose,
-    in_axes=in_axes,
-    out_axes=out_axes,
-    transform_metadata=transform_metadata,
-    graph=graph,
-    graph_updates=graph_updates,
-  )
-  return wrap_or_decorate(ScanWrapped, f, kw)
+  return wrap_or_decorate(ScanWrapped, locals())

@@ -57,28 +57,11 @@ class ShardMapWrapped(Transform):
 
   transform = "shard_map"
   keywords = "reject"
-  spec_name = "in_specs"
+  spec_options = ("in_specs", "out_specs")
 
-  def __init__(
-    self,
-    f: Callable,
-    *,
-    mesh: Any,
-    in_specs: Any,
-    out_specs: Any,
-    axis_names: Any,
-    check_vma: bool,
-    graph: bool | None,
-    graph_updates: bool | None,
-  ):
-    super().__init__(f, graph=graph, graph_updates=graph_updates, specs=(in_specs, out_specs))
-    self.mesh = mesh
-    self.in_specs = in_specs
-    self.out_specs = out_specs
-    self.axis_names = frozenset(axis_names)
-    self.check_vma = check_vma
+  def setup(self) -> None:
+    self.axis_names = frozenset(self.axis_names)
     self._cache: dict = {}
-    self._built()
 
   def slot_spec(self, key: int | str, n_pos: int) -> Any:
     specs = self.in_specs
@@ -177,13 +160,4 @@ def shard_map(
     >>> f(m, jnp.ones((4, 2))).shape
     (4, 3)
   """
-  kw = dict(
-    mesh=mesh,
-    in_specs=in_specs,
-    out_specs=out_specs,
-    axis_names=axis_names,
-    check_vma=check_vma,
-    graph=graph,
-    graph_updates=graph_updates,
-  )
-  return wrap_or_decorate(ShardMapWrapped, f, kw)
+  return wrap_or_decorate(ShardMapWrapped, locals())

@@ -165,30 +165,11 @@ class VmapWrapped(Transform):
   """A function transformed by ``nnx.vmap``; call it like the original."""
 
   transform = "vmap"
-  spec_name = "in_axes"
+  spec_options = ("in_axes", "out_axes")
 
-  def __init__(
-    self,
-    f: Callable,
-    *,
-    in_axes: Any,
-    out_axes: Any,
-    axis_name: Any,
-    axis_size: int | None,
-    spmd_axis_name: Any,
-    transform_metadata: Mapping,
-    graph: bool | None,
-    graph_updates: bool | None,
-  ):
-    super().__init__(f, graph=graph, graph_updates=graph_updates, specs=(in_axes, out_axes))
-    self.in_axes = in_axes
-    self.out_axes = out_axes
-    self.axis_name = axis_name
-    self.axis_size = axis_size
-    self.spmd_axis_name = spmd_axis_name
-    self.transform_metadata = dict(transform_metadata)
+  def setup(self) -> None:
+    self.transform_metadata = dict(self.transform_metadata)
     self._specs: dict = {}
-    self._built()
 
   def slot_spec(self, key: int | str, n_pos: int) -> Any:
     if isinstance(key, str):
@@ -344,14 +325,4 @@ def vmap(
     >>> apply(m, jnp.ones(2)), m.calls[...]
     (Array([1., 5., 9.], dtype=float32), Array([1., 1., 1.], dtype=float32))
   """
-  kw = dict(
-    in_axes=in_axes,
-    out_axes=out_axes,
-    axis_name=axis_name,
-    axis_size=axis_size,
-    spmd_axis_name=spmd_axis_name,
-    transform_metadata=transform_metadata,
-    graph=graph,
-    graph_updates=graph_updates,
-  )
-  return wrap_or_decorate(VmapWrapped, f, kw)
+  return wrap_or_decorate(VmapWrapped, locals())
