@@ -237,7 +237,7 @@ def _fast_to_tree(slots: list, filters: Sequence[tuple]) -> tuple | None:
       hit = _cached_node(slot, fs)
       if hit is None or not seen.isdisjoint(hit[1]):
         return None
-      seen = seen | hit[1]
+      seen = seen | hit[1] if seen else hit[1]
       wslots.append(hit[0])
       roots.append(slot)
       root_filters.append(fs)
@@ -343,8 +343,10 @@ def exit(call: GraphCall, out: Any, *, carry: bool = False) -> Any:
     _transplant(roots[i], graph_api.from_tree(node))
   treedef: jax.tree_util.PyTreeDef  # jaxlib ships no stub for it: this reads as Any
   leaves, treedef = jax.tree_util.tree_flatten(out, is_leaf=_is_graph_node)
+  if not any(isinstance(x, GraphNode) for x in leaves):
+    return out  # no Module in the output: nothing to rebuild
   matches: dict[int, Any] = {}
-  if carry and any(isinstance(x, GraphNode) for x in leaves):
+  if carry:
     root_ids = [
       _variable_ids([o for o in graph_plan(r).objects if isinstance(o, Variable)]) for r in roots
     ]

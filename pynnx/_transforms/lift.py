@@ -636,7 +636,7 @@ class Transform:
     self.check = SharingCheck(self.api)
     self._layouts: dict[int, tuple] = {}
     self._statics: dict[tuple, CallStatic] = {}
-    self._filters: dict[tuple, list] = {}
+    self._filters: dict[tuple, tuple] = {}
     self.setup()
     object.__setattr__(self, "_pynnx_built", True)
 
@@ -695,10 +695,13 @@ class Transform:
       if graph is UNSET:
         graph = GRAPH_MODE.default
     if graph or self.forced_graph:
-      filters = self._filters.get((layout, n))
-      if filters is None:
-        filters = self._filters[(layout, n)] = [self.graph_filters(k, n) for k in layout]
-      if self.spec_options and len(slots) > 1:
+      hit = self._filters.get((layout, n))
+      if hit is None:
+        filters = [self.graph_filters(k, n) for k in layout]
+        specs = len(layout) > 1 and any(self.slot_spec(k, n) is not None for k in layout)
+        hit = self._filters[(layout, n)] = (filters, specs)
+      filters, specs = hit
+      if specs:  # a Variable shared by two arguments must get the same spec from both
         graph_adapter.check_shared_specs(self, slots, layout, self.slot_names(layout), n)
       slots, gcall = graph_adapter.to_tree(slots, filters, self.api, self.graph_updates)
     try:
