@@ -1,18 +1,16 @@
-"""Graph mode in front of the tree lift, and the graph-only specs.
+"""Graph mode as three hooks of the tree lift (``lift.Transform.bind``, ``lift.Inner``,
+``lift.Call.finish``), plus the graph-only specs. No transform file branches on the mode.
 
-Graph mode adds no code to the transforms: a transform in graph mode
-
-1. calls :func:`to_tree` — every Module/Variable among the arguments becomes a
-   ``GraphNode`` whose pytree children are deduplicated States holding the *original*
-   Variables (``pynnx/_graph/api.py``), so each Variable appears once even if shared
-   across arguments;
-2. runs its tree-mode lift on those pytrees with an inner function from :func:`inner`,
-   which merges the fresh Variables back into Modules (:func:`enter`), calls the user
-   function and converts its output (:func:`finish`): Modules returned become GraphNodes
-   (or references to an input), and with ``graph_updates`` the inputs are re-split to
-   report structural changes (Variables added by ``sow``, decode caches, ...);
-3. calls :func:`exit` on the output: rebuilds returned Modules, restores returned inputs
-   by identity, and transplants structural changes into the caller's objects.
+1. :func:`to_tree` (outside, in ``bind``): every Module/Variable among the arguments becomes
+   a ``GraphNode`` whose pytree children are deduplicated States holding the *original*
+   Variables (``pynnx/_graph/api.py``), so each Variable appears once even if shared across
+   arguments; the lift then flattens these pytrees like any tree-mode argument.
+2. :func:`enter` (inside, in ``Inner``): Modules are rebuilt around the fresh Variables; the
+   ``finish`` it returns converts the user function's output (Modules become GraphNodes)
+   and, with ``graph_updates``, re-splits the inputs to report structural changes
+   (Variables added by ``sow``, decode caches, ...).
+3. :func:`exit` (outside, in ``Call.finish``): rebuilds returned Modules and transplants
+   structural changes into the caller's objects.
 
 ``DiffState``, ``StateAxes`` and ``StateSharding`` (graph-only) become filters for
 :func:`to_tree` plus a ``GraphNode``-shaped prefix for the tree-mode axis/spec logic.
