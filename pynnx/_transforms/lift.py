@@ -54,6 +54,7 @@ from .._core.variables import (
 from .._graph.api import GraphNode
 from . import graph_adapter
 from .outputs import (
+  check_output_unique,
   check_tree_structure,
   leaf_paths,
   mark_inputs,
@@ -510,6 +511,8 @@ class Inner:
       else:
         tables = [object_table(a) for a in self.slots]
       out, marked = mark_inputs(out, tables)
+      if self.static.graph is None:
+        check_output_unique(f"pynnx.{self.name}", out)
     self.marked = marked
     if marked and self.owner is not None:
       self.owner.marked = True

@@ -9,12 +9,12 @@ their objects in the same order, as they have the same structure).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 
-from .._core.errors import StructureChangeError
+from .._core.errors import SharedReferenceError, StructureChangeError
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.pytree import Pytree
 from .._core.variables import Variable, is_variable
@@ -83,33 +83,63 @@ def object_table(tree: Any) -> list:
   return out
 
 
-def mark_inputs(out: Any, tables: Sequence[list]) -> tuple[Any, bool]:
-  """``out`` with every object of ``tables`` replaced by its InputRef."""
-  if not any(_is_obj(x) for x in jax.tree_util.tree_leaves(out, is_leaf=_is_obj)):
-    return out, False
-  where = {id(o): (t, k) for t, table in enumerate(tables) for k, o in enumerate(table)}
-  found = False
+def _map_objects(tree: Any, fn: Callable[[Any], Any], is_obj: Callable[[Any], bool]) -> Any:
+  """``tree`` with ``fn`` applied to the objects ``is_obj`` selects; ``fn`` returns None to
+  descend into a Pytree instead. A Pytree met twice is rebuilt once, so sharing survives."""
+  memo: dict[int, Any] = {}
 
-  def mark(x: Any) -> Any:
-    nonlocal found
-    pos = where.get(id(x)) if _is_obj(x) else None
-    if pos is None:
-      if isinstance(x, Pytree):  # a new Module may hold input Variables / sub-Modules
-        return jax.tree_util.tree_map(mark, x, is_leaf=lambda y: y is not x and _is_obj(y))
+  def visit(x: Any) -> Any:
+    if not is_obj(x):
       return x
-    found = True
-    return InputRef(*pos)
+    new = fn(x)
+    if new is not None:
+      return new
+    if not isinstance(x, Pytree):
+      return x
+    if id(x) not in memo:
+      memo[id(x)] = jax.tree_util.tree_map(visit, x, is_leaf=lambda y: y is not x and is_obj(y))
+    return memo[id(x)]
 
-  marked = jax.tree_util.tree_map(mark, out, is_leaf=_is_obj)
-  return marked, found
+  return jax.tree_util.tree_map(visit, tree, is_leaf=is_obj)
+
+
+def mark_inputs(out: Any, tables: Sequence[list]) -> tuple[Any, bool]:
+  """``out`` with every object of ``tables`` replaced by its InputRef (``out`` itself when
+  it holds none: new Modules are left as they are)."""
+  where = {id(o): (t, k) for t, table in enumerate(tables) for k, o in enumerate(table)}
+  if not where or not any(id(o) in where for o in object_table(out)):
+    return out, False
+  marked = _map_objects(out, lambda x: InputRef(*where[id(x)]) if id(x) in where else None, _is_obj)
+  return marked, True
+
+
+def check_output_unique(api: str, out: Any) -> None:
+  """Tree mode: a new Variable returned at two places would come back as two arrays, two
+  Variables: the aliasing would be lost silently, so it raises SharedReferenceError."""
+  leaves = jax.tree_util.tree_leaves(out, is_leaf=is_variable)
+  ids = [id(v) for v in leaves if isinstance(v, Variable)]
+  if len(set(ids)) == len(ids):
+    return
+  first: dict[int, str] = {}
+  for leaf, where in zip(leaves, leaf_paths(out, "output")):
+    if isinstance(leaf, Variable):
+      if id(leaf) in first:
+        kind = type(leaf).__name__
+        raise SharedReferenceError(
+          f"{api} returned the same {kind} at two places:\n  {first[id(leaf)]}\n  {where}\n"
+          f"Tree mode (the default) returns every Variable as its own array, so the two "
+          f"places would come back as two separate {kind}s. Return it once, or opt into "
+          f"graph mode for this call: `{api}(..., graph=True)`."
+        )
+      first[id(leaf)] = where
 
 
 def resolve_inputs(out: Any, tables: Sequence[list]) -> Any:
   """Replaces every InputRef of ``out`` by the caller's object."""
-  return jax.tree_util.tree_map(
-    lambda x: tables[x.table][x.k] if isinstance(x, InputRef) else x,
+  return _map_objects(
     out,
-    is_leaf=lambda x: isinstance(x, InputRef),
+    lambda x: tables[x.table][x.k] if isinstance(x, InputRef) else None,
+    lambda x: isinstance(x, (InputRef, Pytree, Variable)),
   )
 
 

@@ -353,6 +353,42 @@ def test_new_module_holding_input_objects_keeps_them(graph):
   np.testing.assert_array_equal(w.extra[...], jnp.ones(1))
 
 
+class Shared(nnx.Module):
+  def __init__(self, extra=None):
+    self.a = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    self.b = self.a
+    self.extra = extra
+
+
+@pytest.mark.parametrize("transform", ["jit", "eval_shape"])
+def test_new_module_with_shared_submodule_keeps_sharing_in_graph_mode(transform):
+  m = Net()
+
+  def f(m):
+    m.count[...] += 1.0
+    return Shared(m.linear1)
+
+  if transform == "jit":
+    out = nnx.jit(f, graph=True)(m)
+  else:
+    out = nnx.eval_shape(f, m, graph=True)
+  assert out.a is out.b  # one sub-Module at two places stays one object
+  assert out.extra is m.linear1  # and an input sub-Module comes back as the caller's
+
+
+def test_new_variable_returned_twice_raises_in_tree_mode():
+  # tree mode returns each Variable as its own array: the aliasing would be lost silently
+  with pytest.raises(
+    nnx.SharedReferenceError,
+    match=r"(?s)pynnx.jit returned the same Param at two places:.*output.a.bias.*"
+    r"output.b.bias.*graph=True",
+  ):
+    nnx.jit(lambda: Shared())()
+  m = Net()
+  out = nnx.jit(lambda m: (m.count, m.count))(m)  # an input returned twice is the caller's
+  assert out[0] is m.count and out[1] is m.count
+
+
 # --- 6. bound methods -----------------------------------------------------------------------
 
 
