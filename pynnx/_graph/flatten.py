@@ -12,13 +12,15 @@ changes through sanctioned setters, which bump the epoch.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Hashable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from .._core.paths import key_to_part
+from .._core.errors import TreeStructureError
+from .._core.paths import format_path, key_to_part
 from .._core.pytree import Pytree
 from .._core.variables import STRUCTURE, Variable
 from .graphdef import (
@@ -66,8 +68,18 @@ class _Walker:
     self.objects: list[Any] = []
     self.flat: list[tuple[Path, Any]] = []
     self.cacheable = True
+    self.max_depth = sys.getrecursionlimit() // 4
 
   def walk(self, x: Any, path: Path, forced_data: bool = False) -> Any:
+    if len(path) > self.max_depth:
+      raise TreeStructureError(
+        f"{format_path(path[:3], 'model')} ... {format_path(path[-1:], '')} is nested "
+        f"{len(path)} levels deep, more than graph "
+        f"mode can walk (about {self.max_depth} levels: graphs are walked, hashed and rebuilt "
+        f"recursively, and Python's recursion limit is {sys.getrecursionlimit()}). Keep "
+        "repeated layers side by side in one `nnx.List` (iterate over it, or stack them and "
+        "use `nnx.scan`)."
+      )
     if isinstance(x, (Pytree, Variable)):
       i = self.ids.get(id(x))
       if i is not None:
@@ -86,7 +98,11 @@ class _Walker:
         self.cacheable = False
       meta = x._pynnx_get_meta()
       forced = d.get("_pynnx_forced") or {}
-      children = tuple(self.walk(d[k], (*path, k), forced.get(k) == "data") for k in meta.data_keys)
+      # a loop, not a generator: one Python frame per level keeps deep chains in reach
+      kids = []
+      for k in meta.data_keys:
+        kids.append(self.walk(d[k], (*path, k), forced.get(k) == "data"))
+      children = tuple(kids)
       return NodeDef(type(x), i, meta, _sort_forced(forced), children)
     if x is None:
       return StaticDef(None)
@@ -98,7 +114,10 @@ class _Walker:
       if type(x) in (list, dict):  # mutable in place without an epoch bump: do not cache
         self.cacheable = False
       keys = tuple(key_to_part(kp[0]) for kp, _ in with_path)
-      children = tuple(self.walk(c, (*path, k)) for k, (_, c) in zip(keys, with_path, strict=True))
+      kids = []
+      for k, (_, c) in zip(keys, with_path, strict=True):
+        kids.append(self.walk(c, (*path, k)))
+      children = tuple(kids)
       return ContainerDef(treedef, keys, children)
     if not forced_data:  # a constant inside data (Sequential's activation, a tuple's int)
       try:
@@ -124,7 +143,8 @@ def plan(node: Any, outer: dict[int, tuple[int, int]] | None = None) -> Plan:
       return cached[1]
   walker = _Walker(outer)
   root = walker.walk(node, ())
-  result = Plan(GraphDef(root, walker.cacheable), tuple(walker.flat), tuple(walker.objects))
+  graphdef = GraphDef(root, walker.cacheable)
+  result = Plan(graphdef, tuple(walker.flat), tuple(walker.objects))
   if not outer and walker.cacheable and isinstance(node, Pytree):
     node.__dict__[CACHE_KEY] = (STRUCTURE.epoch, result)
   return result

@@ -610,6 +610,23 @@ def test_deep_chain_raises_in_tree_mode_and_interpreter_survives():
   assert as_float(nnx.jit(lambda m: m.w[...] + m.child.child.w[...])(shallow)) == 2.0
 
 
+def test_deep_chain_in_graph_mode_has_a_clear_limit():
+  # graph mode walks, hashes and rebuilds graphs recursively: about a quarter of the
+  # recursion limit, with an error naming the path beyond it instead of a RecursionError
+  limit = sys.getrecursionlimit() // 4
+  ok = chain(limit - 10)
+  assert as_float(nnx.jit(lambda m: m.w[...] + 1.0, graph=True)(ok)) == 2.0
+  grads = nnx.grad(lambda m: m.w[...] * 2.0, graph=True)(ok)
+  assert as_float(grads.w) == 2.0
+  with pytest.raises(
+    nnx.TreeStructureError,
+    match=r"model\.child\.child\.child \.\.\. \.\w+ is nested \d+ levels deep, more than graph "
+    r"mode can walk.*nnx\.List.*nnx\.scan",
+  ):
+    nnx.jit(lambda m: m.w[...], graph=True)(chain(limit + 5))
+  assert as_float(nnx.jit(lambda m: m.w[...], graph=True)(chain(3))) == 1.0  # still usable
+
+
 DEEP_IN_CONTAINER = """
 import jax.numpy as jnp, pynnx as nnx
 
