@@ -21,20 +21,21 @@ import jax
 import jax.numpy as jnp
 
 from .._core.errors import AxisSpecError, PynnxError
-from .carry import next_carry
-from .lift import MISSING, Inner, Transform, flatten_args, new_var, wrap_or_decorate
-from .outputs import keep_callers, leaf_paths
-from .prefix import broadcast_prefix
-from .state_out_axes import join_outputs, split_outputs, uses_state_out_axes
-from .vmap import (
-  _EMPTY,
+from .axes import (
+  EMPTY,
   PARTITION_NAME,
+  AxesTransform,
   add_axis_name,
   check_mapped_axes,
   is_axis,
-  per_arg,
-  strip_axis_names,
+  strip_static,
+  unstack_updates,
 )
+from .carry import next_carry
+from .lift import MISSING, Inner, flatten_args, new_var, wrap_or_decorate
+from .outputs import keep_callers, leaf_paths
+from .prefix import broadcast_prefix
+from .state_out_axes import join_outputs, split_outputs, uses_state_out_axes
 
 __all__ = ["scan", "Carry"]
 
@@ -103,31 +104,23 @@ def _validate(in_axes: Any, out_axes: Any, api: str) -> None:
         )
 
 
-class ScanWrapped(Transform):
+class ScanWrapped(AxesTransform):
   """A function transformed by ``nnx.scan``; call it like the original.
 
   Keyword arguments are broadcast (every step sees them whole) and read-only.
   """
 
   transform = "scan"
-  spec_options = ("in_axes", "out_axes")
+  keyword_axis = None
 
   def setup(self) -> None:
+    super().setup()
     self.transform_metadata = dict(self.transform_metadata)
-    self._specs: dict = {}
     if not self.forced_graph:
       _validate(self.in_axes, self.out_axes, self.api)
 
-  def slot_spec(self, key: int | str, n_pos: int) -> Any:
-    if isinstance(key, str):
-      return None
-    return per_arg(self.in_axes, n_pos, self.api, "in_axes")[key]
-
-  def _leaf_specs(self, call: Any) -> tuple[int | None, tuple]:
-    key = call.static
-    hit = self._specs.get(key)
-    if hit is not None:
-      return hit
+  def expand(self, call: Any) -> tuple[int | None, tuple]:
+    """``(carry slot or None, per slot one axis per leaf)``; the carry's leaves are Carry."""
     carry_idx = None
     specs = []
     for a, (ax, arg, plan, name) in enumerate(
@@ -148,11 +141,7 @@ class ScanWrapped(Transform):
             ax, arg, plan, self.api, name, leaf_ok=is_axis, leaf_desc="an int, None or nnx.Carry"
           )
         )
-    hit = (carry_idx, tuple(specs))
-    if len(self._specs) > 64:
-      self._specs.clear()
-    self._specs[key] = hit
-    return hit
+    return carry_idx, tuple(specs)
 
   def _split_out(self, out: Any) -> tuple[Any, Any, Any]:
     """``(carry_out, ys, ys_axes)`` from the function's output."""
@@ -184,14 +173,10 @@ class ScanWrapped(Transform):
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
     flat, static, names, slots = call.flat, call.static, call.names, call.slots
-    carry_idx, specs = self._leaf_specs(call)
+    carry_idx, specs = self.leaf_specs(call)
     pname = self.transform_metadata.get(PARTITION_NAME)
     if pname is not None:
-      plans = tuple(
-        p if a == carry_idx else strip_axis_names(p, s, v, pname)
-        for a, (p, s, v) in enumerate(zip(flat.plans, specs, flat.values))
-      )
-      static = static.replace_plans(plans)
+      static = strip_static(static, flat, specs, keep=carry_idx)
     xs, x_pos = [], []
     for a, (spec, vals) in enumerate(zip(specs, flat.values)):
       if a == carry_idx:
@@ -266,10 +251,7 @@ class ScanWrapped(Transform):
         scanned = [() if a == carry_idx else s for a, s in enumerate(specs)]
         check_mapped_axes(self.api, slots, names, flat.values, scanned, "scanned", self.length)
       raise
-    per_slot: list[dict] = [{} for _ in flat.plans]
-    for (a, i), value in updates.items():
-      axis = specs[a][i]
-      per_slot[a][i] = value if axis == 0 else jnp.moveaxis(value, 0, axis)
+    per_slot = unstack_updates(specs, updates)
     carry = None
     if carry_idx is not None:
       cells, plan = flat.cells[carry_idx], flat.plans[carry_idx]
@@ -310,7 +292,7 @@ def scan(
   _split_transpose: bool = False,
   in_axes: Any = (Carry, 0),
   out_axes: Any = (Carry, 0),
-  transform_metadata: Mapping[str, Any] = _EMPTY,
+  transform_metadata: Mapping[str, Any] = EMPTY,
   graph: bool | None = None,
   graph_updates: bool | None = None,
 ) -> Any:
