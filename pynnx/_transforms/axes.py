@@ -54,7 +54,8 @@ def per_arg(axes: Any, n: int, api: str, what: str) -> tuple:
 
 
 class AxesTransform(Transform):
-  """Base of the transforms taking ``in_axes`` / ``out_axes``.
+  """Base of the transforms taking ``in_axes`` / ``out_axes`` (and of ``shard_map``, whose
+  ``in_specs`` are prefixes too).
 
   ``keyword_axis`` is the axis of every keyword argument; :meth:`expand` turns the call's
   per-slot ``in_axes`` into one axis per leaf (cached by call structure in :meth:`leaf_specs`).
