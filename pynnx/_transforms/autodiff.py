@@ -57,11 +57,11 @@ def grad_like(plan: Any, mask: Sequence[bool], grads: Sequence[Any]) -> Any:
   return plan.treedef.unflatten(leaves)
 
 
-def _split(values: Sequence[Any], mask: Sequence[bool]) -> list:
+def select_masked(values: Sequence[Any], mask: Sequence[bool]) -> list:
   return [v for v, m in zip(values, mask) if m]
 
 
-def _merge(values: Sequence[Any], mask: Sequence[bool], diff: Sequence[Any]) -> list:
+def merge_masked(values: Sequence[Any], mask: Sequence[bool], diff: Sequence[Any]) -> list:
   it = iter(diff)
   return [next(it) if m else v for v, m in zip(values, mask)]
 
@@ -78,7 +78,7 @@ def _lifted(transform: Transform, call: Call, masks: dict, has_aux: bool) -> Cal
   def inner(*diff: list) -> tuple:
     full = list(values)
     for s, d in zip(slots, diff):
-      full[s] = _merge(values[s], masks[s], d)
+      full[s] = merge_masked(values[s], masks[s], d)
     with Inner(static, full, transform.transform, call=call) as scope:
       out = scope.call(transform.f)
       if has_aux:
@@ -147,7 +147,7 @@ class GradWrapped(Transform):
         )
         for i in argnums
       }
-    diff = tuple(_split(flat.values[i], masks[i]) for i in argnums)
+    diff = tuple(select_masked(flat.values[i], masks[i]) for i in argnums)
     inner = _lifted(self, call, masks, self.has_aux)
     (value, (aux, updates)), grads = jax.value_and_grad(
       lambda d: inner(*d), has_aux=True, holomorphic=self.holomorphic, allow_int=self.allow_int
@@ -298,7 +298,7 @@ class VjpWrapped(_Linearized):
   def __call__(self, *primals: Any, **kwargs: Any) -> tuple:
     call = self.bind(primals, kwargs)
     masks = _masks(call)
-    diff = [_split(v, m) for v, m in zip(call.flat.values, masks.values())]
+    diff = [select_masked(v, m) for v, m in zip(call.flat.values, masks.values())]
     out, jax_vjp_fn, (aux, updates) = jax.vjp(
       _lifted(self, call, masks, self.has_aux), *diff, has_aux=True
     )
@@ -340,7 +340,7 @@ class JvpWrapped(_Linearized):
     diff, tans = [], []
     flat = call.flat
     for i, (plan, vals, t) in enumerate(zip(flat.plans, flat.values, tangents)):
-      diff.append(_split(vals, masks[i]))
+      diff.append(select_masked(vals, masks[i]))
       tans.append(_tangent_values(api, i, call.names[i], plan, masks[i], vals, t))
     inner = _lifted(self, call, masks, self.has_aux)
     out, t_out, (aux, updates) = jax.jvp(inner, tuple(diff), tuple(tans), has_aux=True)
