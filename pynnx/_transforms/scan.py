@@ -118,6 +118,9 @@ class ScanWrapped(AxesTransform):
     self.transform_metadata = dict(self.transform_metadata)
     if not self.forced_graph:
       _validate(self.in_axes, self.out_axes, self.api)
+    axes = self.out_axes  # where the next carry sits in a tuple of outputs
+    is_tuple = isinstance(axes, tuple)
+    self._carry_at = next((i for i, x in enumerate(axes) if x is Carry), None) if is_tuple else None
 
   def expand(self, call: Any) -> tuple[int | None, tuple]:
     """``(carry slot or None, per slot one axis per leaf)``; the carry's leaves are Carry."""
@@ -145,30 +148,24 @@ class ScanWrapped(AxesTransform):
 
   def _split_out(self, out: Any) -> tuple[Any, Any, Any]:
     """``(carry_out, ys, ys_axes)`` from the function's output."""
-    axes = self.out_axes
+    axes, idx = self.out_axes, self._carry_at
     if axes is Carry:
       return out, None, None
-    if isinstance(axes, tuple) and any(x is Carry for x in axes):
-      if not isinstance(out, tuple) or len(out) != len(axes):
-        got = f"a tuple of length {len(out)}" if isinstance(out, tuple) else type(out).__name__
-        raise AxisSpecError(
-          f"{self.api}: out_axes={axes!r} describes a tuple of {len(axes)} outputs, but the "
-          f"function returned {got}."
-        )
-      idx = next(i for i, x in enumerate(axes) if x is Carry)
-      ys = tuple(o for i, o in enumerate(out) if i != idx)
-      ys_axes = tuple(x for i, x in enumerate(axes) if i != idx)
-      return out[idx], ys, ys_axes
-    return None, out, axes
+    if idx is None:
+      return None, out, axes
+    if not isinstance(out, tuple) or len(out) != len(axes):
+      got = f"a tuple of length {len(out)}" if isinstance(out, tuple) else type(out).__name__
+      raise AxisSpecError(
+        f"{self.api}: out_axes={axes!r} describes a tuple of {len(axes)} outputs, but the "
+        f"function returned {got}."
+      )
+    return out[idx], (*out[:idx], *out[idx + 1 :]), axes[:idx] + axes[idx + 1 :]
 
   def _join_out(self, carry: Any, ys: Any) -> Any:
-    axes = self.out_axes
-    if axes is Carry:
+    if self.out_axes is Carry:
       return carry
-    if isinstance(axes, tuple) and any(x is Carry for x in axes):
-      idx = next(i for i, x in enumerate(axes) if x is Carry)
-      return (*ys[:idx], carry, *ys[idx:])
-    return ys
+    idx = self._carry_at
+    return ys if idx is None else (*ys[:idx], carry, *ys[idx:])
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
