@@ -232,23 +232,20 @@ class _ShapeCotangents:
   can be passed into ``jax.jit`` / ``nnx.jit`` like JAX's own ``vjp_fn``.
   """
 
-  __slots__ = ("plans", "masks", "graph", "_hash")
+  __slots__ = ("plans", "masks", "graph", "_key", "_hash")
 
   def __init__(self, plans: tuple, masks: tuple, graph: bool):
     self.plans = plans
     self.masks = masks
     self.graph = graph  # graph mode: a Module's cotangent is the State of its Params
-    self._hash = hash((plans, masks, graph))
+    self._key = (plans, masks, graph)
+    self._hash = hash(self._key)
 
   def __hash__(self) -> int:
     return self._hash
 
   def __eq__(self, other: object) -> bool:
-    return isinstance(other, _ShapeCotangents) and (self.plans, self.masks, self.graph) == (
-      other.plans,
-      other.masks,
-      other.graph,
-    )
+    return isinstance(other, _ShapeCotangents) and self._key == other._key
 
   def __call__(self, jax_vjp_fn: Callable, cotangent: Any) -> tuple:
     cts = jax_vjp_fn(cotangent)

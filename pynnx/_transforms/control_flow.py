@@ -84,21 +84,16 @@ def _branches(
   try:
     out, new = select(fns, call.flat.values)
   except TypeError as e:
-    _diagnose(api, names, fns, call.flat, call.slots, roots, e)
+    _diagnose(api, names, fns, call, e)
     raise
   return call.finish(out, new)
 
 
 def _diagnose(
-  api: str,
-  names: Sequence[str],
-  fns: Sequence[Callable],
-  flat: Any,
-  operands: tuple,
-  roots: Sequence[str],
-  error: Exception,
+  api: str, names: Sequence[str], fns: Sequence[Callable], call: Any, error: Exception
 ) -> None:
   """After JAX rejected the branches' outputs: name the operand leaf that differs."""
+  flat = call.flat
   try:
     shapes = [jax.eval_shape(fn, *flat.values) for fn in fns]
   except Exception:  # the branch itself fails: JAX's error is the better one
@@ -109,7 +104,7 @@ def _diagnose(
       for i in plan.var_idx:
         x, y = v0[i], v1[i]
         if not same_type(x, y):
-          where = leaf_paths(operands[a], roots[a])[i]
+          where = leaf_paths(call.slots[a], call.names[a])[i]
           raise StructureChangeError(
             f"{api}: {names[0]} leaves {where} as {aval_str(x)} but {names[k]} leaves it as "
             f"{aval_str(y)}. Every branch must keep each Variable's shape and dtype equal."
