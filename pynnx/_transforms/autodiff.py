@@ -47,14 +47,15 @@ def diff_mask(plan: Any, values: Sequence[Any], allow_int: bool) -> tuple[bool, 
   return tuple(out)
 
 
-def grad_like(plan: Any, mask: Sequence[bool], grads: Sequence[Any]) -> Any:
-  """The gradient shaped like the argument: Variables keep their type, non-diff hold None."""
-  it = iter(grads)
-  leaves = []
-  for kind, m in zip(plan.kinds, mask):
-    g = next(it) if m else None
-    leaves.append(g if kind is None else new_var(kind, g))
-  return plan.treedef.unflatten(leaves)
+def grad_like(plan: Any, mask: Sequence[bool], grads: Sequence[Any], graph: bool) -> Any:
+  """The gradient shaped like the argument: Variables keep their type, non-diff hold None.
+
+  ``graph``: graph mode's form, the State of the differentiated substate.
+  """
+  values = merge_masked([None] * len(mask), mask, grads)
+  leaves = [g if kind is None else new_var(kind, g) for kind, g in zip(plan.kinds, values)]
+  tree = plan.treedef.unflatten(leaves)
+  return graph_adapter.selected_state(tree) if graph else tree
 
 
 def select_masked(values: Sequence[Any], mask: Sequence[bool]) -> list:
@@ -153,9 +154,8 @@ class GradWrapped(Transform):
       lambda d: inner(*d), has_aux=True, holomorphic=self.holomorphic, allow_int=self.allow_int
     )(diff)
     aux = call.finish(aux, updates)
-    shaped = tuple(grad_like(flat.plans[i], masks[i], g) for i, g in zip(argnums, grads))
-    if call.graph is not None:
-      shaped = tuple(graph_adapter.selected_state(g) for g in shaped)
+    graph = call.graph is not None
+    shaped = tuple(grad_like(flat.plans[i], masks[i], g, graph) for i, g in zip(argnums, grads))
     g_out = shaped if isinstance(self.argnums, (list, tuple)) else shaped[0]
     return self.result(value, aux, g_out)
 
@@ -249,10 +249,7 @@ class _ShapeCotangents:
 
   def __call__(self, jax_vjp_fn: Callable, cotangent: Any) -> tuple:
     cts = jax_vjp_fn(cotangent)
-    shaped = tuple(grad_like(p, m, c) for p, m, c in zip(self.plans, self.masks, cts))
-    if self.graph:
-      shaped = tuple(graph_adapter.selected_state(g) for g in shaped)
-    return shaped
+    return tuple(grad_like(p, m, c, self.graph) for p, m, c in zip(self.plans, self.masks, cts))
 
 
 def _tangent_values(
@@ -266,13 +263,10 @@ def _tangent_values(
       f"  primal:  {plan.treedef}\n  tangent: {treedef}\n"
       "Build the tangent from the primal, e.g. `jax.tree.map(jnp.zeros_like, module)`."
     )
-  out = []
-  for leaf, m, primal in zip(leaves, mask, primal_values):
-    if not m:
-      continue  # tangents of non-differentiated leaves (BatchStat, rng state...) are ignored
-    value = leaf._raw_value if isinstance(leaf, Variable) else leaf
-    out.append(jnp.zeros_like(primal) if value is None else value)
-  return out
+  # tangents of non-differentiated leaves (BatchStat, rng state...) are ignored
+  values = select_masked([x._raw_value if isinstance(x, Variable) else x for x in leaves], mask)
+  primals = select_masked(primal_values, mask)
+  return [jnp.zeros_like(p) if v is None else v for v, p in zip(values, primals)]
 
 
 class _Linearized(Transform):
