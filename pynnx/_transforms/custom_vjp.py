@@ -62,18 +62,17 @@ def _graph_bwd(cvjp: CustomVjp, call: Call, nondiff: tuple, states: bool) -> Cal
     if states:
       out_g = (tuple(graph_adapter.zero_state(wargs[i]) for i in diff_args), out_g)
     cts = cast(Callable, cvjp.bwd)(*_nodes_to_modules(nd), res, out_g)
-    if not isinstance(cts, (tuple, list)) or len(cts) != len(diff_args):
-      if not states:
-        return cts  # custom_vjp_tree names the mismatch
+    ok = isinstance(cts, (tuple, list)) and len(cts) == len(diff_args)
+    if not states:  # a mismatch is named by custom_vjp_tree
+      return tuple(_as_node(wargs[i], ct) for i, ct in zip(diff_args, cts)) if ok else cts
+    if not ok:
       raise StructureChangeError(
         f"{cvjp.api}: bwd must return a tuple with one cotangent per differentiable argument "
         f"({len(diff_args)}), got {type(cts).__name__}."
       )
-    if states:
-      return tuple(
-        graph_adapter.cotangent_node(cvjp.api, wargs[i], ct) for i, ct in zip(diff_args, cts)
-      )
-    return tuple(_as_node(wargs[i], ct) for i, ct in zip(diff_args, cts))
+    return tuple(
+      graph_adapter.cotangent_node(cvjp.api, wargs[i], ct) for i, ct in zip(diff_args, cts)
+    )
 
   return bwd
 
@@ -159,10 +158,8 @@ def custom_vjp_tree(
   lay = _Layout(flat, nondiff, masks)
   names = call.names
   # (argument, position among its fresh Variables) of each state output
-  state_src = []
-  for k in lay.state_idx:
-    i, j = lay.other[k]
-    state_src.append((i, lay.plans[i].var_idx.index(j)))
+  state_leaves = [lay.other[k] for k in lay.state_idx]
+  state_src = [(i, lay.plans[i].var_idx.index(j)) for i, j in state_leaves]
 
   def run(user_fn: Callable, diff: tuple, other: list, is_fwd: bool) -> tuple:
     full = lay.assemble(diff, other)
@@ -215,8 +212,7 @@ def custom_vjp_tree(
   diff, other = lay.split(flat.values)
   out, state = jfun(diff, other)
   updates: list = [{} for _ in range(lay.n)]
-  for k, v in zip(lay.state_idx, state):
-    i, j = lay.other[k]
+  for (i, j), v in zip(state_leaves, state):
     updates[i][j] = v
   write_back(flat, updates)
   return out
