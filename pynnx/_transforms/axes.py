@@ -63,9 +63,12 @@ class AxesTransform(Transform):
 
   spec_options = ("in_axes", "out_axes")
   keyword_axis: Any = 0  # keyword arguments are mapped along their leading axis, as in jax.vmap
+  transform_metadata: Mapping[str, Any] = EMPTY  # an option of vmap, pmap and scan
 
   def setup(self) -> None:
     self._specs: dict = {}
+    # the mesh axis name of the mapped axis (transform_metadata's PARTITION_NAME), or None
+    self.pname = dict(self.transform_metadata).get(PARTITION_NAME)
 
   def slot_spec(self, key: int | str, n_pos: int) -> Any:
     if isinstance(key, str):
@@ -78,6 +81,13 @@ class AxesTransform(Transform):
       broadcast_prefix(ax, a, p, self.api, n, leaf_ok=is_axis, leaf_desc="an int or None")
       for ax, a, p, n in zip(self.specs_for(call), call.slots, call.static.plans, call.names)
     )
+
+  def inner_static(self, call: Any, specs: Sequence, keep: int | None = None) -> CallStatic:
+    """``call.static`` as the inner function sees it: with a partition name, the mapped
+    Variables' ``sharding_names`` lose the mapped axis (slot ``keep``'s are left as they are)."""
+    if self.pname is None:
+      return call.static
+    return strip_static(call.static, call.flat, specs, keep)
 
   def leaf_specs(self, call: Any) -> Any:
     """:meth:`expand` of this call, computed once per call structure."""

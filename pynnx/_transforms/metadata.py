@@ -25,20 +25,21 @@ class TransformMetadataWrapped(AxesTransform):
 
   def setup(self) -> None:
     super().setup()
+    self.pname = self.partition
     self.graph_updates = False  # metadata only: no structural updates to carry
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
     flat, static = call.flat, call.static
-    if self.partition is not None:
+    if self.pname is not None:
       static = strip_static(static, flat, self.leaf_specs(call))
     with Inner(static, flat.values, "transform_metadata", call=call) as scope:
       out = scope.output(scope.call(self.f))
       updates = scope.updates()
     out = call.finish(out, updates)
-    if self.partition is not None:  # the caller's own Variables returned are left unchanged
+    if self.pname is not None:  # the caller's own Variables returned are left unchanged
       inputs = [id(c) for cells in flat.cells for c in cells]
-      add_axis_names_out(out, self.out_axes, self.api, self.partition, skip=inputs)
+      add_axis_names_out(out, self.out_axes, self.api, self.pname, skip=inputs)
     return out
 
 

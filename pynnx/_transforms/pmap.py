@@ -18,11 +18,9 @@ import jax
 
 from .axes import (
   EMPTY,
-  PARTITION_NAME,
   AxesTransform,
   add_axis_names_out,
   split_by_axis,
-  strip_static,
   unstack_updates,
 )
 from .lift import MISSING, Inner, all_values, changed, resolve_static, wrap_or_decorate
@@ -41,16 +39,12 @@ class PmapWrapped(AxesTransform):
   def setup(self) -> None:
     super().setup()
     self.donate = frozenset(resolve_static(self.donate_argnums, None, None)[0])
-    self.transform_metadata = dict(self.transform_metadata)
     self._pmap_kw = dict(devices=self.devices, backend=self.backend, axis_size=self.axis_size)
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
-    flat, static = call.flat, call.static
-    specs = self.leaf_specs(call)
-    pname = self.transform_metadata.get(PARTITION_NAME)
-    if pname is not None:
-      static = strip_static(static, flat, specs)
+    flat, specs = call.flat, self.leaf_specs(call)
+    static = self.inner_static(call, specs)
     donated = [isinstance(k, int) and k in self.donate for k in static.layout]
     f = self.f
 
@@ -76,8 +70,8 @@ class PmapWrapped(AxesTransform):
     )
     out, mapped, bcast = pmapped(*flat.values)
     out = call.finish(out, unstack_updates(specs, mapped, bcast))
-    if pname is not None:
-      add_axis_names_out(out, self.out_axes, self.api, pname)
+    if self.pname is not None:
+      add_axis_names_out(out, self.out_axes, self.api, self.pname)
     return out
 
 

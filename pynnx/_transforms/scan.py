@@ -23,12 +23,10 @@ import jax.numpy as jnp
 from .._core.errors import AxisSpecError, PynnxError
 from .axes import (
   EMPTY,
-  PARTITION_NAME,
   AxesTransform,
   add_axis_name,
   check_mapped_axes,
   is_axis,
-  strip_static,
   unstack_updates,
 )
 from .carry import next_carry
@@ -115,7 +113,6 @@ class ScanWrapped(AxesTransform):
 
   def setup(self) -> None:
     super().setup()
-    self.transform_metadata = dict(self.transform_metadata)
     if not self.forced_graph:
       _validate(self.in_axes, self.out_axes, self.api)
     axes = self.out_axes  # where the next carry sits in a tuple of outputs
@@ -169,11 +166,9 @@ class ScanWrapped(AxesTransform):
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
-    flat, static, names, slots = call.flat, call.static, call.names, call.slots
+    flat, names, slots, pname = call.flat, call.names, call.slots, self.pname
     carry_idx, specs = self.leaf_specs(call)
-    pname = self.transform_metadata.get(PARTITION_NAME)
-    if pname is not None:
-      static = strip_static(static, flat, specs, keep=carry_idx)
+    static = self.inner_static(call, specs, keep=carry_idx)
     xs, x_pos = [], []
     for a, (spec, vals) in enumerate(zip(specs, flat.values)):
       if a == carry_idx:

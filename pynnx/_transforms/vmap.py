@@ -23,7 +23,6 @@ from .axes import (
   add_axis_names_out,
   check_mapped_axes,
   split_by_axis,
-  strip_static,
   unstack_updates,
 )
 from .lift import MISSING, Inner, wrap_or_decorate
@@ -38,17 +37,10 @@ class VmapWrapped(AxesTransform):
 
   transform = "vmap"
 
-  def setup(self) -> None:
-    super().setup()
-    self.transform_metadata = dict(self.transform_metadata)
-
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
-    flat, static = call.flat, call.static
-    specs = self.leaf_specs(call)
-    pname = self.transform_metadata.get(PARTITION_NAME)
-    if pname is not None:
-      static = strip_static(static, flat, specs)
+    flat, specs, pname = call.flat, self.leaf_specs(call), self.pname
+    static = self.inner_static(call, specs)
     f = self.f
     seen: dict = {}
     state_out = uses_state_out_axes(self.out_axes)
