@@ -89,6 +89,47 @@ class AxesTransform(Transform):
       return call.static
     return strip_static(call.static, call.flat, specs, keep)
 
+  def check_mapped_axes(
+    self, call: Any, specs: Sequence, what: str = "mapped", size: int | None = None
+  ) -> None:
+    """Error path only: names the argument leaf whose mapped axis is missing or mis-sized."""
+    first: tuple[str, int] | None = None
+    api, names = self.api, call.names
+    for a, (arg_vals, arg_specs) in enumerate(zip(call.flat.values, specs)):
+      paths = leaf_paths(call.slots[a], names[a])
+      for i, (value, axis) in enumerate(zip(arg_vals, arg_specs)):
+        if not isinstance(axis, int) or isinstance(axis, bool):
+          continue
+        shape, path = jnp.shape(value), paths[i]
+        if not -len(shape) <= axis < len(shape):
+          hint = (
+            " Keys and counts of an Rngs must be split first, e.g. with "
+            "`@nnx.split_rngs(splits=n)`."
+            if "key" in path or "count" in path
+            else ""
+          )
+          fix = (
+            "(a keyword argument: keyword arguments are mapped along axis 0; pass it "
+            "positionally with None in in_axes to broadcast it instead)."
+            if isinstance(call.static.layout[a], str)
+            else "Give it None in in_axes to broadcast it instead."
+          )
+          raise AxisSpecError(
+            f"{api}: in_axes asks for axis {axis} of {path}, but its shape is {shape}.{hint} {fix}"
+          )
+        n = shape[axis]
+        if size is not None and n != size:
+          raise AxisSpecError(
+            f"{api}: {path} has size {n} along its {what} axis {axis}, but length={size}."
+          )
+        if first is None:
+          first = (path, n)
+        elif first[1] != n:
+          raise AxisSpecError(
+            f"{api}: the {what} axes have different sizes: {first[0]} has {first[1]} and "
+            f"{path} has {n}; every {what} leaf needs the same size along its axis."
+          )
+
   def leaf_specs(self, call: Any) -> Any:
     """:meth:`expand` of this call, computed once per call structure."""
     hit = self._specs.get(call.static)
@@ -98,56 +139,6 @@ class AxesTransform(Transform):
         self._specs.clear()
       self._specs[call.static] = hit
     return hit
-
-
-def check_mapped_axes(
-  api: str,
-  args: Sequence[Any],
-  names: Sequence[str],
-  values: Sequence[Sequence[Any]],
-  specs: Sequence[Sequence[Any]],
-  what: str = "mapped",
-  size: int | None = None,
-  keywords: frozenset = frozenset(),
-) -> None:
-  """Error path only: names the argument leaf whose mapped axis is missing or mis-sized.
-
-  ``keywords``: the indices of keyword slots (always mapped on axis 0).
-  """
-  first: tuple[str, int] | None = None
-  for a, (arg_vals, arg_specs) in enumerate(zip(values, specs)):
-    paths = leaf_paths(args[a], names[a])
-    for i, (value, axis) in enumerate(zip(arg_vals, arg_specs)):
-      if not isinstance(axis, int) or isinstance(axis, bool):
-        continue
-      shape, path = jnp.shape(value), paths[i]
-      if not -len(shape) <= axis < len(shape):
-        hint = (
-          " Keys and counts of an Rngs must be split first, e.g. with `@nnx.split_rngs(splits=n)`."
-          if "key" in path or "count" in path
-          else ""
-        )
-        fix = (
-          "(a keyword argument: keyword arguments are mapped along axis 0; pass it positionally "
-          "with None in in_axes to broadcast it instead)."
-          if a in keywords
-          else "Give it None in in_axes to broadcast it instead."
-        )
-        raise AxisSpecError(
-          f"{api}: in_axes asks for axis {axis} of {path}, but its shape is {shape}.{hint} {fix}"
-        )
-      n = shape[axis]
-      if size is not None and n != size:
-        raise AxisSpecError(
-          f"{api}: {path} has size {n} along its {what} axis {axis}, but length={size}."
-        )
-      if first is None:
-        first = (path, n)
-      elif first[1] != n:
-        raise AxisSpecError(
-          f"{api}: the {what} axes have different sizes: {first[0]} has {first[1]} and "
-          f"{path} has {n}; every {what} leaf needs the same size along its axis."
-        )
 
 
 def _axis_names(meta: Any) -> tuple[Any, Any]:

@@ -25,7 +25,6 @@ from .axes import (
   EMPTY,
   AxesTransform,
   add_axis_name,
-  check_mapped_axes,
   is_axis,
   unstack_updates,
 )
@@ -241,7 +240,7 @@ class ScanWrapped(AxesTransform):
     except (ValueError, IndexError) as e:  # JAX's errors about xs: name the leaf instead
       if not isinstance(e, PynnxError):
         scanned = [() if a == carry_idx else s for a, s in enumerate(specs)]
-        check_mapped_axes(self.api, slots, names, flat.values, scanned, "scanned", self.length)
+        self.check_mapped_axes(call, scanned, "scanned", self.length)
       raise
     per_slot = unstack_updates(specs, updates)
     carry = None

@@ -21,7 +21,6 @@ from .axes import (
   PARTITION_NAME,
   AxesTransform,
   add_axis_names_out,
-  check_mapped_axes,
   split_by_axis,
   unstack_updates,
 )
@@ -81,10 +80,7 @@ class VmapWrapped(AxesTransform):
       if isinstance(e, PynnxError):
         raise
       self._explain(e, call, lambda axes: run(axes, jax.eval_shape), seen.get("bcast", []))
-      keywords = frozenset(a for a, k in enumerate(static.layout) if isinstance(k, str))
-      check_mapped_axes(
-        self.api, call.slots, call.names, flat.values, specs, size=self.axis_size, keywords=keywords
-      )
+      self.check_mapped_axes(call, specs, size=self.axis_size)
       raise
     if state_out:
       out = (join_outputs(self.out_axes, out[0], side), out[1])
