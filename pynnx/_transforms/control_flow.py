@@ -24,9 +24,9 @@ from typing import Any
 import jax
 
 from .._core.errors import StructureChangeError, TraceContextError
-from .carry import aval_str, check_kept, next_carry, same_type
+from .carry import aval_str, check_kept, final_carry, next_carry, same_type
 from .lift import Inner, Transform, all_values, changed
-from .outputs import keep_callers, leaf_paths
+from .outputs import leaf_paths
 
 __all__ = ["cond", "switch", "while_loop", "fori_loop"]
 
@@ -238,14 +238,8 @@ class _Loop:
     return body_
 
   def finish(self, final: Sequence) -> Any:
-    leaves = list(final)
-    cells = self.call.flat.cells[0]
-    for i in self.plan.var_idx:
-      leaves[i] = cells[i]
-    out = keep_callers(self.plan.treedef.unflatten(leaves), self.call.slots[0])
-    return self.call.finish(
-      out, [dict(zip(self.plan.var_idx, (final[i] for i in self.plan.var_idx)))], carry=True
-    )
+    out, updates = final_carry(self.plan, self.call.flat.cells[0], final, self.call.slots[0])
+    return self.call.finish(out, [updates], carry=True)
 
 
 def while_loop(

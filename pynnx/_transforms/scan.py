@@ -28,9 +28,9 @@ from .axes import (
   is_axis,
   unstack_updates,
 )
-from .carry import next_carry
+from .carry import final_carry, next_carry
 from .lift import MISSING, Inner, flatten_args, new_var, wrap_or_decorate
-from .outputs import keep_callers, leaf_paths
+from .outputs import leaf_paths
 from .prefix import broadcast_prefix
 from .state_out_axes import join_outputs, split_outputs, uses_state_out_axes
 
@@ -245,10 +245,9 @@ class ScanWrapped(AxesTransform):
     per_slot = unstack_updates(specs, updates)
     carry = None
     if carry_idx is not None:
-      cells, plan = flat.cells[carry_idx], flat.plans[carry_idx]
-      per_slot[carry_idx] = {i: carry_final[i] for i in plan.var_idx}
-      leaves = [c if k is not None else v for c, k, v in zip(cells, plan.kinds, carry_final)]
-      carry = keep_callers(plan.treedef.unflatten(leaves), slots[carry_idx])
+      carry, per_slot[carry_idx] = final_carry(
+        flat.plans[carry_idx], flat.cells[carry_idx], carry_final, slots[carry_idx]
+      )
     yplan, yspecs = record["ys"]
     leaves = []
     for kind, spec, value in zip(yplan.kinds, yspecs, ys_vals):
