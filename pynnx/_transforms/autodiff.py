@@ -47,21 +47,22 @@ def diff_mask(plan: Any, values: Sequence[Any], allow_int: bool) -> tuple[bool, 
   return tuple(out)
 
 
-def grad_like(plan: Any, mask: Sequence[bool], grads: Sequence[Any]) -> Any:
-  """The gradient shaped like the argument: Variables keep their type, non-diff hold None."""
-  it = iter(grads)
-  leaves = []
-  for kind, m in zip(plan.kinds, mask):
-    g = next(it) if m else None
-    leaves.append(g if kind is None else new_var(kind, g))
-  return plan.treedef.unflatten(leaves)
+def grad_like(plan: Any, mask: Sequence[bool], grads: Sequence[Any], graph: bool) -> Any:
+  """The gradient shaped like the argument: Variables keep their type, non-diff hold None.
+
+  ``graph``: graph mode's form, the State of the differentiated substate.
+  """
+  values = merge_masked([None] * len(mask), mask, grads)
+  leaves = [g if kind is None else new_var(kind, g) for kind, g in zip(plan.kinds, values)]
+  tree = plan.treedef.unflatten(leaves)
+  return graph_adapter.selected_state(tree) if graph else tree
 
 
-def _split(values: Sequence[Any], mask: Sequence[bool]) -> list:
+def select_masked(values: Sequence[Any], mask: Sequence[bool]) -> list:
   return [v for v, m in zip(values, mask) if m]
 
 
-def _merge(values: Sequence[Any], mask: Sequence[bool], diff: Sequence[Any]) -> list:
+def merge_masked(values: Sequence[Any], mask: Sequence[bool], diff: Sequence[Any]) -> list:
   it = iter(diff)
   return [next(it) if m else v for v, m in zip(values, mask)]
 
@@ -78,7 +79,7 @@ def _lifted(transform: Transform, call: Call, masks: dict, has_aux: bool) -> Cal
   def inner(*diff: list) -> tuple:
     full = list(values)
     for s, d in zip(slots, diff):
-      full[s] = _merge(values[s], masks[s], d)
+      full[s] = merge_masked(values[s], masks[s], d)
     with Inner(static, full, transform.transform, call=call) as scope:
       out = scope.call(transform.f)
       if has_aux:
@@ -147,15 +148,14 @@ class GradWrapped(Transform):
         )
         for i in argnums
       }
-    diff = tuple(_split(flat.values[i], masks[i]) for i in argnums)
+    diff = tuple(select_masked(flat.values[i], masks[i]) for i in argnums)
     inner = _lifted(self, call, masks, self.has_aux)
     (value, (aux, updates)), grads = jax.value_and_grad(
       lambda d: inner(*d), has_aux=True, holomorphic=self.holomorphic, allow_int=self.allow_int
     )(diff)
     aux = call.finish(aux, updates)
-    shaped = tuple(grad_like(flat.plans[i], masks[i], g) for i, g in zip(argnums, grads))
-    if call.graph is not None:
-      shaped = tuple(graph_adapter.selected_state(g) for g in shaped)
+    graph = call.graph is not None
+    shaped = tuple(grad_like(flat.plans[i], masks[i], g, graph) for i, g in zip(argnums, grads))
     g_out = shaped if isinstance(self.argnums, (list, tuple)) else shaped[0]
     return self.result(value, aux, g_out)
 
@@ -232,30 +232,24 @@ class _ShapeCotangents:
   can be passed into ``jax.jit`` / ``nnx.jit`` like JAX's own ``vjp_fn``.
   """
 
-  __slots__ = ("plans", "masks", "graph", "_hash")
+  __slots__ = ("plans", "masks", "graph", "_key", "_hash")
 
   def __init__(self, plans: tuple, masks: tuple, graph: bool):
     self.plans = plans
     self.masks = masks
     self.graph = graph  # graph mode: a Module's cotangent is the State of its Params
-    self._hash = hash((plans, masks, graph))
+    self._key = (plans, masks, graph)
+    self._hash = hash(self._key)
 
   def __hash__(self) -> int:
     return self._hash
 
   def __eq__(self, other: object) -> bool:
-    return isinstance(other, _ShapeCotangents) and (self.plans, self.masks, self.graph) == (
-      other.plans,
-      other.masks,
-      other.graph,
-    )
+    return isinstance(other, _ShapeCotangents) and self._key == other._key
 
   def __call__(self, jax_vjp_fn: Callable, cotangent: Any) -> tuple:
     cts = jax_vjp_fn(cotangent)
-    shaped = tuple(grad_like(p, m, c) for p, m, c in zip(self.plans, self.masks, cts))
-    if self.graph:
-      shaped = tuple(graph_adapter.selected_state(g) for g in shaped)
-    return shaped
+    return tuple(grad_like(p, m, c, self.graph) for p, m, c in zip(self.plans, self.masks, cts))
 
 
 def _tangent_values(
@@ -269,13 +263,10 @@ def _tangent_values(
       f"  primal:  {plan.treedef}\n  tangent: {treedef}\n"
       "Build the tangent from the primal, e.g. `jax.tree.map(jnp.zeros_like, module)`."
     )
-  out = []
-  for leaf, m, primal in zip(leaves, mask, primal_values):
-    if not m:
-      continue  # tangents of non-differentiated leaves (BatchStat, rng state...) are ignored
-    value = leaf._raw_value if isinstance(leaf, Variable) else leaf
-    out.append(jnp.zeros_like(primal) if value is None else value)
-  return out
+  # tangents of non-differentiated leaves (BatchStat, rng state...) are ignored
+  values = select_masked([x._raw_value if isinstance(x, Variable) else x for x in leaves], mask)
+  primals = select_masked(primal_values, mask)
+  return [jnp.zeros_like(p) if v is None else v for v, p in zip(values, primals)]
 
 
 class _Linearized(Transform):
@@ -298,7 +289,7 @@ class VjpWrapped(_Linearized):
   def __call__(self, *primals: Any, **kwargs: Any) -> tuple:
     call = self.bind(primals, kwargs)
     masks = _masks(call)
-    diff = [_split(v, m) for v, m in zip(call.flat.values, masks.values())]
+    diff = [select_masked(v, m) for v, m in zip(call.flat.values, masks.values())]
     out, jax_vjp_fn, (aux, updates) = jax.vjp(
       _lifted(self, call, masks, self.has_aux), *diff, has_aux=True
     )
@@ -340,7 +331,7 @@ class JvpWrapped(_Linearized):
     diff, tans = [], []
     flat = call.flat
     for i, (plan, vals, t) in enumerate(zip(flat.plans, flat.values, tangents)):
-      diff.append(_split(vals, masks[i]))
+      diff.append(select_masked(vals, masks[i]))
       tans.append(_tangent_values(api, i, call.names[i], plan, masks[i], vals, t))
     inner = _lifted(self, call, masks, self.has_aux)
     out, t_out, (aux, updates) = jax.jvp(inner, tuple(diff), tuple(tans), has_aux=True)

@@ -1,5 +1,6 @@
 """Structure checks for values that must keep their structure: loop and scan carries,
-cond/switch operands. They run at trace time only and name the first path that differs."""
+cond/switch operands. They run at trace time only and name the first path that differs.
+:func:`final_carry` turns a loop's final carry back into the caller's objects."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .._core.errors import StructureChangeError
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.variables import Variable, is_variable
 from .lift import _get_raw, _kind
-from .outputs import leaf_paths
+from .outputs import keep_callers, leaf_paths
 
 
 def _describe(kind: Any) -> str:
@@ -115,3 +116,10 @@ def check_kept(api: str, who: str, plans: Sequence, before: Sequence, after: Seq
         f"their number, types, metadata or places (no `sow`, new Variables or metadata "
         f"changes). Make such changes outside the {api.split('.')[-1]} call."
       )
+
+
+def final_carry(plan: Any, cells: Sequence, final: Sequence, caller: Any) -> tuple[Any, dict]:
+  """After a loop: ``(carry, updates)``, the carry rebuilt around the caller's Variables
+  (``cells``) and own Modules, and ``{leaf: value}`` of the final Variable values to write."""
+  leaves = [c if k is not None else v for c, k, v in zip(cells, plan.kinds, final)]
+  return keep_callers(plan.treedef.unflatten(leaves), caller), {i: final[i] for i in plan.var_idx}

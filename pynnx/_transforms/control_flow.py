@@ -24,9 +24,9 @@ from typing import Any
 import jax
 
 from .._core.errors import StructureChangeError, TraceContextError
-from .carry import aval_str, check_kept, next_carry, same_type
+from .carry import aval_str, check_kept, final_carry, next_carry, same_type
 from .lift import Inner, Transform, all_values, changed
-from .outputs import keep_callers, leaf_paths
+from .outputs import leaf_paths
 
 __all__ = ["cond", "switch", "while_loop", "fori_loop"]
 
@@ -84,21 +84,16 @@ def _branches(
   try:
     out, new = select(fns, call.flat.values)
   except TypeError as e:
-    _diagnose(api, names, fns, call.flat, call.slots, roots, e)
+    _diagnose(api, names, fns, call, e)
     raise
   return call.finish(out, new)
 
 
 def _diagnose(
-  api: str,
-  names: Sequence[str],
-  fns: Sequence[Callable],
-  flat: Any,
-  operands: tuple,
-  roots: Sequence[str],
-  error: Exception,
+  api: str, names: Sequence[str], fns: Sequence[Callable], call: Any, error: Exception
 ) -> None:
   """After JAX rejected the branches' outputs: name the operand leaf that differs."""
+  flat = call.flat
   try:
     shapes = [jax.eval_shape(fn, *flat.values) for fn in fns]
   except Exception:  # the branch itself fails: JAX's error is the better one
@@ -109,7 +104,7 @@ def _diagnose(
       for i in plan.var_idx:
         x, y = v0[i], v1[i]
         if not same_type(x, y):
-          where = leaf_paths(operands[a], roots[a])[i]
+          where = leaf_paths(call.slots[a], call.names[a])[i]
           raise StructureChangeError(
             f"{api}: {names[0]} leaves {where} as {aval_str(x)} but {names[k]} leaves it as "
             f"{aval_str(y)}. Every branch must keep each Variable's shape and dtype equal."
@@ -243,14 +238,8 @@ class _Loop:
     return body_
 
   def finish(self, final: Sequence) -> Any:
-    leaves = list(final)
-    cells = self.call.flat.cells[0]
-    for i in self.plan.var_idx:
-      leaves[i] = cells[i]
-    out = keep_callers(self.plan.treedef.unflatten(leaves), self.call.slots[0])
-    return self.call.finish(
-      out, [dict(zip(self.plan.var_idx, (final[i] for i in self.plan.var_idx)))], carry=True
-    )
+    out, updates = final_carry(self.plan, self.call.flat.cells[0], final, self.call.slots[0])
+    return self.call.finish(out, [updates], carry=True)
 
 
 def while_loop(

@@ -40,7 +40,7 @@ from .._core.variables import Param, Variable, is_variable
 from .._graph import api as graph_api
 from .._graph.api import GraphNode
 from . import graph_adapter
-from .autodiff import diff_mask
+from .autodiff import diff_mask, merge_masked, select_masked
 from .lift import MISSING, Call, Inner, Transform, rebuild_arg, wrap_or_decorate, write_back
 from .outputs import leaf_paths
 
@@ -49,17 +49,23 @@ __all__ = ["custom_vjp", "CustomVjp", "custom_vjp_tree"]
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 
 
-def _graph_bwd(cvjp: CustomVjp, call: Call, nondiff: tuple) -> Callable:
-  """Graph form: ``bwd(*nondiff, res, (input_updates_g, out_g))`` returns States, turned
-  into cotangents of the GraphNode-wrapped arguments."""
+def _graph_bwd(cvjp: CustomVjp, call: Call, nondiff: tuple, states: bool) -> Callable:
+  """Graph mode: ``bwd``'s cotangents turned into cotangents of the GraphNode-wrapped
+  arguments. With ``states`` (graph_updates) ``bwd(*nondiff, res, (input_updates_g, out_g))``
+  returns States; without, ``bwd(*nondiff, res, out_g)`` returns Module-shaped cotangents as
+  in tree mode."""
   wargs = call.slots
   diff_args = [i for i in range(len(wargs)) if i not in nondiff]
 
-  def bwd(*rest: Any) -> tuple:
+  def bwd(*rest: Any) -> Any:
     *nd, res, out_g = rest
-    updates_g = tuple(graph_adapter.zero_state(wargs[i]) for i in diff_args)
-    cts = cast(Callable, cvjp.bwd)(*_nodes_to_modules(nd), res, (updates_g, out_g))
-    if not isinstance(cts, (tuple, list)) or len(cts) != len(diff_args):
+    if states:
+      out_g = (tuple(graph_adapter.zero_state(wargs[i]) for i in diff_args), out_g)
+    cts = cast(Callable, cvjp.bwd)(*_nodes_to_modules(nd), res, out_g)
+    ok = isinstance(cts, (tuple, list)) and len(cts) == len(diff_args)
+    if not states:  # a mismatch is named by custom_vjp_tree
+      return tuple(_as_node(wargs[i], ct) for i, ct in zip(diff_args, cts)) if ok else cts
+    if not ok:
       raise StructureChangeError(
         f"{cvjp.api}: bwd must return a tuple with one cotangent per differentiable argument "
         f"({len(diff_args)}), got {type(cts).__name__}."
@@ -67,22 +73,6 @@ def _graph_bwd(cvjp: CustomVjp, call: Call, nondiff: tuple) -> Callable:
     return tuple(
       graph_adapter.cotangent_node(cvjp.api, wargs[i], ct) for i, ct in zip(diff_args, cts)
     )
-
-  return bwd
-
-
-def _plain_graph_bwd(cvjp: CustomVjp, call: Call, nondiff: tuple) -> Callable:
-  """Graph mode without graph_updates: ``bwd(*nondiff, res, out_g)`` as in tree mode; the
-  Module-shaped cotangents it returns are converted to the GraphNode form of the arguments."""
-  wargs = call.slots
-  diff_args = [i for i in range(len(wargs)) if i not in nondiff]
-
-  def bwd(*rest: Any) -> Any:
-    *nd, res, out_g = rest
-    cts = cast(Callable, cvjp.bwd)(*_nodes_to_modules(nd), res, out_g)
-    if not isinstance(cts, (tuple, list)) or len(cts) != len(diff_args):
-      return cts  # custom_vjp_tree names the mismatch
-    return tuple(_as_node(wargs[i], ct) for i, ct in zip(diff_args, cts))
 
   return bwd
 
@@ -129,23 +119,18 @@ class _Layout:
     self.nondiff_other = tuple(k for k, (i, _) in enumerate(self.other) if i in nondiff)
 
   def split(self, values: Sequence[list]) -> tuple[tuple, list]:
-    diff = tuple([v for v, m in zip(values[i], self.masks[i]) if m] for i in self.diff_args)
+    diff = tuple(select_masked(values[i], self.masks[i]) for i in self.diff_args)
     return diff, [values[i][j] for i, j in self.other]
 
   def assemble(self, diff: Sequence[list], other: Sequence[Any], only: Any = None) -> list:
     """Full leaf values per argument (``only``: the args to build; others stay None)."""
     full: list = [None] * self.n
-    wanted = range(self.n) if only is None else only
-    for i in wanted:
+    for i in range(self.n) if only is None else only:
       full[i] = [None] * len(self.masks[i])
     for i, d in zip(self.diff_args, diff):
       if full[i] is not None:
-        it = iter(d)
-        full[i] = [next(it) if m else None for m in self.masks[i]]
-    for (i, j), v in zip(self.other, other):
-      if full[i] is not None:
-        full[i][j] = v
-    for (i, j), v in self.static.items():
+        full[i] = merge_masked(full[i], self.masks[i], d)
+    for (i, j), v in (*zip(self.other, other), *self.static.items()):
       if full[i] is not None:
         full[i][j] = v
     return full
@@ -173,10 +158,8 @@ def custom_vjp_tree(
   lay = _Layout(flat, nondiff, masks)
   names = call.names
   # (argument, position among its fresh Variables) of each state output
-  state_src = []
-  for k in lay.state_idx:
-    i, j = lay.other[k]
-    state_src.append((i, lay.plans[i].var_idx.index(j)))
+  state_leaves = [lay.other[k] for k in lay.state_idx]
+  state_src = [(i, lay.plans[i].var_idx.index(j)) for i, j in state_leaves]
 
   def run(user_fn: Callable, diff: tuple, other: list, is_fwd: bool) -> tuple:
     full = lay.assemble(diff, other)
@@ -229,8 +212,7 @@ def custom_vjp_tree(
   diff, other = lay.split(flat.values)
   out, state = jfun(diff, other)
   updates: list = [{} for _ in range(lay.n)]
-  for k, v in zip(lay.state_idx, state):
-    i, j = lay.other[k]
+  for (i, j), v in zip(state_leaves, state):
     updates[i][j] = v
   write_back(flat, updates)
   return out
@@ -357,7 +339,7 @@ class CustomVjp(Transform):
           f"then receives and returns States). Pass graph_updates=True, or use integer "
           f"nondiff_argnums."
         )
-      bwd = _plain_graph_bwd(self, call, self.nondiff)
+      bwd = _graph_bwd(self, call, self.nondiff, states=False)
       return custom_vjp_tree(self.f, self.fwd, bwd, call, self.nondiff, self.api)
     # The selected substate's Params get cotangents; other Variables (BatchStat...) carry
     # updates that are written back, as in tree mode.
@@ -368,7 +350,7 @@ class CustomVjp(Transform):
       )
       for w, cells, vals in zip(call.slots, call.flat.cells, call.flat.values)
     ]
-    bwd = _graph_bwd(self, call, self.nondiff)
+    bwd = _graph_bwd(self, call, self.nondiff, states=True)
     return custom_vjp_tree(self.f, self.fwd, bwd, call, self.nondiff, self.api, masks)
 
 

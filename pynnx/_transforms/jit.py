@@ -40,7 +40,7 @@ class JitWrapped(Transform):
     nums, names = resolve_static(self.donate_argnums, self.donate_argnames, self.argnames)
     self.donate = (frozenset(nums), frozenset(names))
     # Leaf specs apply to a whole slot as they are; prefix trees and StateShardings are
-    # expanded per leaf for each argument structure (_jitted_for).
+    # expanded per leaf for each argument structure (_jitted).
     per_arg = in_shardings if isinstance(in_shardings, (tuple, list)) else (in_shardings,)
     self._simple = not self.forced_graph and all(is_spec_leaf(s) for s in per_arg)
     f, donate = self.f, self.donate

@@ -12,57 +12,34 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jax
-
-from .._core.variables import Variable, is_variable
-from .lift import MISSING, CallStatic, Inner, Transform, flatten_args, wrap_or_decorate
-from .prefix import broadcast_prefix
-from .vmap import add_axis_name, is_axis, per_arg, strip_axis_names
+from .axes import AxesTransform, add_axis_names_out, strip_static
+from .lift import MISSING, Inner, wrap_or_decorate
 
 __all__ = ["transform_metadata"]
 
 
-class TransformMetadataWrapped(Transform):
+class TransformMetadataWrapped(AxesTransform):
   """A function wrapped by ``nnx.transform_metadata``; call it like the original."""
 
   transform = "transform_metadata"
-  spec_options = ("in_axes", "out_axes")
 
   def setup(self) -> None:
+    super().setup()
+    self.pname = self.partition
     self.graph_updates = False  # metadata only: no structural updates to carry
-
-  def slot_spec(self, key: int | str, n_pos: int) -> Any:
-    if isinstance(key, str):
-      return 0
-    return per_arg(self.in_axes, n_pos, self.api, "in_axes")[key]
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
     flat, static = call.flat, call.static
-    if self.partition is not None:
-      specs = [
-        broadcast_prefix(ax, a, p, self.api, n, leaf_ok=is_axis, leaf_desc="an int or None")
-        for ax, a, p, n in zip(self.specs_for(call), call.slots, static.plans, call.names)
-      ]
-      plans = tuple(
-        strip_axis_names(p, s, v, self.partition) for p, s, v in zip(flat.plans, specs, flat.values)
-      )
-      static = CallStatic(
-        plans, static.layout, static.n_pos, static.static_pos, static.static_kw, static.graph
-      )
+    if self.pname is not None:
+      static = strip_static(static, flat, self.leaf_specs(call))
     with Inner(static, flat.values, "transform_metadata", call=call) as scope:
       out = scope.output(scope.call(self.f))
       updates = scope.updates()
     out = call.finish(out, updates)
-    if self.partition is not None:
-      inputs = {id(c) for cells in flat.cells for c in cells}
-      leaves = jax.tree_util.tree_leaves(out, is_leaf=is_variable)
-      if any(isinstance(v, Variable) and id(v) not in inputs for v in leaves):
-        plan = flatten_args([out]).plans[0]
-        specs = broadcast_prefix(self.out_axes, out, plan, self.api, "output", what="out_axes")
-        for leaf, spec in zip(leaves, specs):
-          if isinstance(leaf, Variable) and id(leaf) not in inputs:  # caller's own: unchanged
-            add_axis_name(leaf, spec, self.partition)
+    if self.pname is not None:  # the caller's own Variables returned are left unchanged
+      inputs = [id(c) for cells in flat.cells for c in cells]
+      add_axis_names_out(out, self.out_axes, self.api, self.pname, skip=inputs)
     return out
 
 

@@ -24,15 +24,9 @@ from .._core.errors import GraphModeRequiredError, TransformArgumentError
 from .._core.variables import Variable, is_variable
 from . import graph_adapter
 from .jit import jit
-from .lift import check_not_bound
+from .lift import _as_tuple, check_not_bound
 
 __all__ = ["jit_partial", "cached_partial", "JitPartialWrapped"]
-
-
-def _nums(x: Any) -> tuple[int, ...]:
-  if x is None:
-    return ()
-  return (x,) if isinstance(x, int) else tuple(x)
 
 
 class JitPartialWrapped:
@@ -74,8 +68,8 @@ class JitPartialWrapped:
           out.append(n + i - 1)
       return tuple(out)
 
-    self.static_argnums = full(_nums(static_argnums), "static_argnums", False)
-    self.donate_argnums = full(_nums(donate_argnums), "donate_argnums", True)
+    self.static_argnums = full(_as_tuple(static_argnums, int), "static_argnums", False)
+    self.donate_argnums = full(_as_tuple(donate_argnums, int), "donate_argnums", True)
     self.jitted = jit(
       fun, static_argnums=self.static_argnums, donate_argnums=self.donate_argnums, **jit_kw
     )
@@ -140,10 +134,7 @@ def jit_partial(
     donate_argnums: ``0`` is the whole group of partial arguments, ``k >= 1`` is the k-th
       runtime argument.
     donate_argnames: as in ``nnx.jit``.
-    keep_unused: as in ``nnx.jit``.
-    device: as in ``nnx.jit``.
-    backend: as in ``nnx.jit``.
-    inline: as in ``nnx.jit``.
+    keep_unused, device, backend, inline: as in ``nnx.jit``.
     graph: ``None`` for the configured default, ``True`` for graph mode.
     graph_updates: must not resolve to True in graph mode (structural changes cannot be
       propagated to the bound arguments).
@@ -165,6 +156,7 @@ def jit_partial(
     >>> [int(step_fn(jnp.array(2))) for _ in range(2)], int(c.count[...])
     ([2, 4], 2)
   """
+  options = dict(locals())  # first thing: exactly the parameters
   if resolve_graph(graph) and resolve_graph_updates(graph_updates):
     raise GraphModeRequiredError(
       f"pynnx.jit_partial({getattr(fun, '__name__', 'f')}): graph_updates is not supported: the "
@@ -176,22 +168,7 @@ def jit_partial(
       "pynnx.jit_partial: in_shardings / out_shardings cannot contain StateSharding; give "
       "Sharding/PartitionSpec prefixes per argument instead."
     )
-  return JitPartialWrapped(
-    fun,
-    partial_args,
-    static_argnums=static_argnums,
-    donate_argnums=donate_argnums,
-    in_shardings=in_shardings,
-    out_shardings=out_shardings,
-    static_argnames=static_argnames,
-    donate_argnames=donate_argnames,
-    keep_unused=keep_unused,
-    device=device,
-    backend=backend,
-    inline=inline,
-    graph=graph,
-    graph_updates=graph_updates,
-  )
+  return JitPartialWrapped(**options)
 
 
 def cached_partial(

@@ -11,76 +11,53 @@ values closed over, as in ``jax.pmap``.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from .lift import (
-  MISSING,
-  CallStatic,
-  Inner,
-  Transform,
-  all_values,
-  changed,
-  resolve_static,
-  wrap_or_decorate,
+from .axes import (
+  EMPTY,
+  AxesTransform,
+  add_axis_names_out,
+  split_by_axis,
+  unstack_updates,
 )
-from .prefix import broadcast_prefix
-from .vmap import PARTITION_NAME, add_axis_names_out, is_axis, per_arg, strip_axis_names
+from .lift import MISSING, Inner, all_values, changed, resolve_static, wrap_or_decorate
 
 __all__ = ["pmap"]
 
-_EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 
-
-class PmapWrapped(Transform):
+class PmapWrapped(AxesTransform):
   """A function transformed by ``nnx.pmap``; call it like the original."""
 
   transform = "pmap"
-  spec_options = ("in_axes", "out_axes")
 
   def __init__(self, f: Callable, *, static_broadcasted_argnums: Any, **options: Any):
     super().__init__(f, static_argnums=static_broadcasted_argnums, **options)
 
   def setup(self) -> None:
+    super().setup()
     self.donate = frozenset(resolve_static(self.donate_argnums, None, None)[0])
-    self.transform_metadata = dict(self.transform_metadata)
     self._pmap_kw = dict(devices=self.devices, backend=self.backend, axis_size=self.axis_size)
-
-  def slot_spec(self, key: int | str, n_pos: int) -> Any:
-    if isinstance(key, str):
-      return 0  # keyword arguments are mapped along their leading axis, as in jax.pmap
-    return per_arg(self.in_axes, n_pos, self.api, "in_axes")[key]
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
-    flat, static = call.flat, call.static
-    specs = tuple(
-      broadcast_prefix(ax, a, p, self.api, n, leaf_ok=is_axis, leaf_desc="an int or None")
-      for ax, a, p, n in zip(self.specs_for(call), call.slots, static.plans, call.names)
-    )
-    pname = self.transform_metadata.get(PARTITION_NAME)
-    if pname is not None:
-      plans = tuple(
-        strip_axis_names(p, s, v, pname) for p, s, v in zip(flat.plans, specs, flat.values)
-      )
-      static = CallStatic(
-        plans, static.layout, static.n_pos, static.static_pos, static.static_kw, static.graph
-      )
+    flat, specs = call.flat, self.leaf_specs(call)
+    static = self.inner_static(call, specs)
     donated = [isinstance(k, int) and k in self.donate for k in static.layout]
     f = self.f
 
     def inner(*values: Any):
       with Inner(static, values, "pmap", fixed=True, call=call) as scope:
         out = scope.output(scope.call(f))
-        mapped: dict[tuple[int, int], Any] = {}
-        bcast: dict[tuple[int, int], Any] = {}
-        for a, (p, (_, fresh), v) in enumerate(zip(static.plans, scope.rebuilt, values)):
-          for i, new in (all_values if donated[a] else changed)(p, fresh, v).items():
-            (bcast if specs[a][i] is None else mapped)[(a, i)] = new
+        mapped, bcast = split_by_axis(
+          specs,
+          (
+            (all_values if d else changed)(p, fresh, v)
+            for d, p, (_, fresh), v in zip(donated, static.plans, scope.rebuilt, values)
+          ),
+        )
       return out, mapped, bcast
 
     pmapped = jax.pmap(
@@ -92,15 +69,9 @@ class PmapWrapped(Transform):
       **self._pmap_kw,
     )
     out, mapped, bcast = pmapped(*flat.values)
-    updates: list[dict] = [{} for _ in flat.plans]
-    for (a, i), value in mapped.items():
-      axis = specs[a][i]
-      updates[a][i] = value if axis == 0 else jnp.moveaxis(value, 0, axis)
-    for (a, i), value in bcast.items():
-      updates[a][i] = value
-    out = call.finish(out, updates)
-    if pname is not None:
-      add_axis_names_out(out, self.out_axes, self.api, pname)
+    out = call.finish(out, unstack_updates(specs, mapped, bcast))
+    if self.pname is not None:
+      add_axis_names_out(out, self.out_axes, self.api, self.pname)
     return out
 
 
@@ -115,7 +86,7 @@ def pmap(
   backend: str | None = None,
   axis_size: int | None = None,
   donate_argnums: int | Iterable[int] = (),
-  transform_metadata: Mapping[str, Any] = _EMPTY,
+  transform_metadata: Mapping[str, Any] = EMPTY,
   graph: bool | None = None,
   graph_updates: bool | None = None,
 ) -> Any:

@@ -63,58 +63,6 @@ def _describe(x: Any) -> str:
   return f"a leaf of type {type(x).__name__}"
 
 
-class _Matcher:
-  def __init__(
-    self, api: str, argname: str, what: str, leaf_ok: Callable[[Any], bool] | None, leaf_desc: str
-  ):
-    self.api = api
-    self.argname = argname
-    self.what = what
-    self.leaf_ok = leaf_ok
-    self.leaf_desc = leaf_desc
-    self.out: list = []
-
-  def where(self, path: tuple) -> str:
-    return format_path(path, self.argname)
-
-  def fail(self, path: tuple, detail: str) -> None:
-    raise AxisSpecError(
-      f"{self.api}: {self.what} does not fit argument {self.argname!r} at "
-      f"{self.where(path)}: {detail}. A spec is a prefix of its argument: one value for the "
-      f"whole argument, or a container of the same structure (e.g. "
-      f"`jax.tree.map(lambda _: 0, model)` for a Module) whose leaves are specs."
-    )
-
-  def leaf(self, spec: Any, path: tuple) -> Any:
-    if self.leaf_ok is not None and not self.leaf_ok(spec):
-      raise AxisSpecError(
-        f"{self.api}: {self.what} for argument {self.argname!r} has {spec!r} at "
-        f"{self.where(path)}; expected {self.leaf_desc}."
-      )
-    return spec
-
-  def match(self, prefix: Any, arg: Any, path: tuple) -> None:
-    if isinstance(prefix, Variable):
-      if not isinstance(arg, Variable):
-        self.fail(
-          path, f"the spec has a {type(prefix).__name__} where the argument has {_describe(arg)}"
-        )
-      self.out.append(self.leaf(prefix.raw_value, path))
-      return
-    if is_spec_leaf(prefix):
-      spec = self.leaf(prefix, path)
-      self.out.extend([spec] * _n_leaves(arg))
-      return
-    if isinstance(arg, Variable) or not _is_node(arg):
-      self.fail(path, f"the spec has {_describe(prefix)} where the argument has {_describe(arg)}")
-    p_items, p_def = _children(prefix)
-    a_items, a_def = _children(arg)
-    if p_def != a_def:
-      self.fail(path, f"the spec has {_describe(prefix)} where the argument has {_describe(arg)}")
-    for (key, p_child), (_, a_child) in zip(p_items, a_items):
-      self.match(p_child, a_child, (*path, key))
-
-
 def broadcast_prefix(
   prefix: Any,
   arg: Any,
@@ -148,8 +96,41 @@ def broadcast_prefix(
     >>> broadcast_prefix({'a': None, 'b': 0}, arg, plan, 'pynnx.vmap(f)', 'x')
     (None, 0, 0)
   """
-  matcher = _Matcher(api, argname, what, leaf_ok, leaf_desc)
+  out: list = []
+
+  def fail(path: tuple, spec: Any, sub: Any) -> None:
+    raise AxisSpecError(
+      f"{api}: {what} does not fit argument {argname!r} at {format_path(path, argname)}: the "
+      f"spec has {_describe(spec)} where the argument has {_describe(sub)}. A spec is a prefix "
+      f"of its argument: one value for the whole argument, or a container of the same "
+      f"structure (e.g. `jax.tree.map(lambda _: 0, model)` for a Module) whose leaves are specs."
+    )
+
+  def leaf(spec: Any, path: tuple) -> Any:
+    if leaf_ok is not None and not leaf_ok(spec):
+      raise AxisSpecError(
+        f"{api}: {what} for argument {argname!r} has {spec!r} at "
+        f"{format_path(path, argname)}; expected {leaf_desc}."
+      )
+    return spec
+
+  def match(spec: Any, sub: Any, path: tuple) -> None:
+    if isinstance(spec, Variable):
+      if not isinstance(sub, Variable):
+        fail(path, spec, sub)
+      out.append(leaf(spec.raw_value, path))
+    elif is_spec_leaf(spec):
+      out.extend([leaf(spec, path)] * _n_leaves(sub))
+    else:
+      if isinstance(sub, Variable) or not _is_node(sub):
+        fail(path, spec, sub)
+      (s_items, s_def), (a_items, a_def) = _children(spec), _children(sub)
+      if s_def != a_def:
+        fail(path, spec, sub)
+      for (key, s_child), (_, a_child) in zip(s_items, a_items):
+        match(s_child, a_child, (*path, key))
+
   if is_spec_leaf(prefix) and not isinstance(prefix, Variable):
-    return (matcher.leaf(prefix, ()),) * len(plan.kinds)
-  matcher.match(prefix, arg, ())
-  return tuple(matcher.out)
+    return (leaf(prefix, ()),) * len(plan.kinds)
+  match(prefix, arg, ())
+  return tuple(out)

@@ -21,20 +21,18 @@ import jax
 import jax.numpy as jnp
 
 from .._core.errors import AxisSpecError, PynnxError
-from .carry import next_carry
-from .lift import MISSING, Inner, Transform, flatten_args, new_var, wrap_or_decorate
-from .outputs import keep_callers, leaf_paths
+from .axes import (
+  EMPTY,
+  AxesTransform,
+  add_axis_name,
+  is_axis,
+  unstack_updates,
+)
+from .carry import final_carry, next_carry
+from .lift import MISSING, Inner, flatten_args, new_var, wrap_or_decorate
+from .outputs import leaf_paths
 from .prefix import broadcast_prefix
 from .state_out_axes import join_outputs, split_outputs, uses_state_out_axes
-from .vmap import (
-  _EMPTY,
-  PARTITION_NAME,
-  add_axis_name,
-  check_mapped_axes,
-  is_axis,
-  per_arg,
-  strip_axis_names,
-)
 
 __all__ = ["scan", "Carry"]
 
@@ -103,31 +101,25 @@ def _validate(in_axes: Any, out_axes: Any, api: str) -> None:
         )
 
 
-class ScanWrapped(Transform):
+class ScanWrapped(AxesTransform):
   """A function transformed by ``nnx.scan``; call it like the original.
 
   Keyword arguments are broadcast (every step sees them whole) and read-only.
   """
 
   transform = "scan"
-  spec_options = ("in_axes", "out_axes")
+  keyword_axis = None
 
   def setup(self) -> None:
-    self.transform_metadata = dict(self.transform_metadata)
-    self._specs: dict = {}
+    super().setup()
     if not self.forced_graph:
       _validate(self.in_axes, self.out_axes, self.api)
+    axes = self.out_axes  # where the next carry sits in a tuple of outputs
+    is_tuple = isinstance(axes, tuple)
+    self._carry_at = next((i for i, x in enumerate(axes) if x is Carry), None) if is_tuple else None
 
-  def slot_spec(self, key: int | str, n_pos: int) -> Any:
-    if isinstance(key, str):
-      return None
-    return per_arg(self.in_axes, n_pos, self.api, "in_axes")[key]
-
-  def _leaf_specs(self, call: Any) -> tuple[int | None, tuple]:
-    key = call.static
-    hit = self._specs.get(key)
-    if hit is not None:
-      return hit
+  def expand(self, call: Any) -> tuple[int | None, tuple]:
+    """``(carry slot or None, per slot one axis per leaf)``; the carry's leaves are Carry."""
     carry_idx = None
     specs = []
     for a, (ax, arg, plan, name) in enumerate(
@@ -148,50 +140,34 @@ class ScanWrapped(Transform):
             ax, arg, plan, self.api, name, leaf_ok=is_axis, leaf_desc="an int, None or nnx.Carry"
           )
         )
-    hit = (carry_idx, tuple(specs))
-    if len(self._specs) > 64:
-      self._specs.clear()
-    self._specs[key] = hit
-    return hit
+    return carry_idx, tuple(specs)
 
   def _split_out(self, out: Any) -> tuple[Any, Any, Any]:
     """``(carry_out, ys, ys_axes)`` from the function's output."""
-    axes = self.out_axes
+    axes, idx = self.out_axes, self._carry_at
     if axes is Carry:
       return out, None, None
-    if isinstance(axes, tuple) and any(x is Carry for x in axes):
-      if not isinstance(out, tuple) or len(out) != len(axes):
-        got = f"a tuple of length {len(out)}" if isinstance(out, tuple) else type(out).__name__
-        raise AxisSpecError(
-          f"{self.api}: out_axes={axes!r} describes a tuple of {len(axes)} outputs, but the "
-          f"function returned {got}."
-        )
-      idx = next(i for i, x in enumerate(axes) if x is Carry)
-      ys = tuple(o for i, o in enumerate(out) if i != idx)
-      ys_axes = tuple(x for i, x in enumerate(axes) if i != idx)
-      return out[idx], ys, ys_axes
-    return None, out, axes
+    if idx is None:
+      return None, out, axes
+    if not isinstance(out, tuple) or len(out) != len(axes):
+      got = f"a tuple of length {len(out)}" if isinstance(out, tuple) else type(out).__name__
+      raise AxisSpecError(
+        f"{self.api}: out_axes={axes!r} describes a tuple of {len(axes)} outputs, but the "
+        f"function returned {got}."
+      )
+    return out[idx], (*out[:idx], *out[idx + 1 :]), axes[:idx] + axes[idx + 1 :]
 
   def _join_out(self, carry: Any, ys: Any) -> Any:
-    axes = self.out_axes
-    if axes is Carry:
+    if self.out_axes is Carry:
       return carry
-    if isinstance(axes, tuple) and any(x is Carry for x in axes):
-      idx = next(i for i, x in enumerate(axes) if x is Carry)
-      return (*ys[:idx], carry, *ys[idx:])
-    return ys
+    idx = self._carry_at
+    return ys if idx is None else (*ys[:idx], carry, *ys[idx:])
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
-    flat, static, names, slots = call.flat, call.static, call.names, call.slots
-    carry_idx, specs = self._leaf_specs(call)
-    pname = self.transform_metadata.get(PARTITION_NAME)
-    if pname is not None:
-      plans = tuple(
-        p if a == carry_idx else strip_axis_names(p, s, v, pname)
-        for a, (p, s, v) in enumerate(zip(flat.plans, specs, flat.values))
-      )
-      static = static.replace_plans(plans)
+    flat, names, slots, pname = call.flat, call.names, call.slots, self.pname
+    carry_idx, specs = self.leaf_specs(call)
+    static = self.inner_static(call, specs, keep=carry_idx)
     xs, x_pos = [], []
     for a, (spec, vals) in enumerate(zip(specs, flat.values)):
       if a == carry_idx:
@@ -264,18 +240,14 @@ class ScanWrapped(Transform):
     except (ValueError, IndexError) as e:  # JAX's errors about xs: name the leaf instead
       if not isinstance(e, PynnxError):
         scanned = [() if a == carry_idx else s for a, s in enumerate(specs)]
-        check_mapped_axes(self.api, slots, names, flat.values, scanned, "scanned", self.length)
+        self.check_mapped_axes(call, scanned, "scanned", self.length)
       raise
-    per_slot: list[dict] = [{} for _ in flat.plans]
-    for (a, i), value in updates.items():
-      axis = specs[a][i]
-      per_slot[a][i] = value if axis == 0 else jnp.moveaxis(value, 0, axis)
+    per_slot = unstack_updates(specs, updates)
     carry = None
     if carry_idx is not None:
-      cells, plan = flat.cells[carry_idx], flat.plans[carry_idx]
-      per_slot[carry_idx] = {i: carry_final[i] for i in plan.var_idx}
-      leaves = [c if k is not None else v for c, k, v in zip(cells, plan.kinds, carry_final)]
-      carry = keep_callers(plan.treedef.unflatten(leaves), slots[carry_idx])
+      carry, per_slot[carry_idx] = final_carry(
+        flat.plans[carry_idx], flat.cells[carry_idx], carry_final, slots[carry_idx]
+      )
     yplan, yspecs = record["ys"]
     leaves = []
     for kind, spec, value in zip(yplan.kinds, yspecs, ys_vals):
@@ -310,7 +282,7 @@ def scan(
   _split_transpose: bool = False,
   in_axes: Any = (Carry, 0),
   out_axes: Any = (Carry, 0),
-  transform_metadata: Mapping[str, Any] = _EMPTY,
+  transform_metadata: Mapping[str, Any] = EMPTY,
   graph: bool | None = None,
   graph_updates: bool | None = None,
 ) -> Any:

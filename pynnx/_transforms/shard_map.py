@@ -16,7 +16,8 @@ import jax
 from jax.sharding import PartitionSpec
 
 from .._core.errors import AxisSpecError
-from .lift import MISSING, Inner, Transform, _get_raw, wrap_or_decorate
+from .axes import AxesTransform
+from .lift import MISSING, Inner, _get_raw, wrap_or_decorate
 from .prefix import broadcast_prefix
 
 __all__ = ["shard_map"]
@@ -49,7 +50,7 @@ def _fit(spec: Any, value: Any) -> Any:
   return spec
 
 
-class ShardMapWrapped(Transform):
+class ShardMapWrapped(AxesTransform):
   """A function transformed by ``nnx.shard_map``; call it like the original.
 
   Arguments are positional only (``jax.shard_map`` maps positional arguments).
@@ -60,8 +61,8 @@ class ShardMapWrapped(Transform):
   spec_options = ("in_specs", "out_specs")
 
   def setup(self) -> None:
+    super().setup()
     self.axis_names = frozenset(self.axis_names)
-    self._cache: dict = {}
 
   def slot_spec(self, key: int | str, n_pos: int) -> Any:
     specs = self.in_specs
@@ -79,36 +80,30 @@ class ShardMapWrapped(Transform):
       f"argument; got {type(specs).__name__}."
     )
 
-  def _leaf_specs(self, call: Any) -> list:
-    """Per slot, one spec per leaf of its plan (cached by the call's static part)."""
-    leaf_specs = self._cache.get(call.static)
-    if leaf_specs is None:
-      leaf_specs = [
-        broadcast_prefix(
-          spec,
-          arg,
-          plan,
-          self.api,
-          name,
-          what="in_specs",
-          leaf_ok=_spec_ok,
-          leaf_desc="a PartitionSpec or None",
-        )
-        for spec, arg, plan, name in zip(
-          self.specs_for(call), call.slots, call.static.plans, call.names, strict=True
-        )
-      ]
-      if len(self._cache) > 32:
-        self._cache.clear()
-      self._cache[call.static] = leaf_specs
-    return leaf_specs
+  def expand(self, call: Any) -> list:
+    """Per slot, one spec per leaf of its plan."""
+    return [
+      broadcast_prefix(
+        spec,
+        arg,
+        plan,
+        self.api,
+        name,
+        what="in_specs",
+        leaf_ok=_spec_ok,
+        leaf_desc="a PartitionSpec or None",
+      )
+      for spec, arg, plan, name in zip(
+        self.specs_for(call), call.slots, call.static.plans, call.names, strict=True
+      )
+    ]
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
     flat, static = call.flat, call.static
     in_specs = tuple(
       [_fit(s, v) for s, v in zip(specs, values, strict=True)]
-      for specs, values in zip(self._leaf_specs(call), flat.values, strict=True)
+      for specs, values in zip(self.leaf_specs(call), flat.values, strict=True)
     )
     var_specs = [[in_specs[a][i] for i in plan.var_idx] for a, plan in enumerate(flat.plans)]
     out_specs = (_none_to_replicated(self.out_specs), var_specs)

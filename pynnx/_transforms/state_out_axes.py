@@ -22,9 +22,7 @@ from .graph_adapter import StateAxes, uses_graph_specs
 __all__ = ["uses_state_out_axes", "split_outputs", "join_outputs"]
 
 
-def uses_state_out_axes(out_axes: Any) -> bool:
-  """Whether ``out_axes`` holds a StateAxes anywhere (a prefix of the output)."""
-  return uses_graph_specs(out_axes)
+uses_state_out_axes = uses_graph_specs  # whether out_axes holds a StateAxes anywhere
 
 
 def _partition(api: str, node: GraphNode, spec: StateAxes, where: str) -> tuple:
