@@ -303,12 +303,7 @@ class JvpWrapped(_Linearized):
   """``nnx.jvp(f)``: call it as ``g(primals, tangents)``."""
 
   transform = "jvp"
-
-  def slot_names(self, layout: Sequence[int | str]) -> list[str]:
-    known = self.argnames or []
-    return [
-      k if isinstance(k, str) else known[k] if k < len(known) else f"primals[{k}]" for k in layout
-    ]
+  positional_name = "primals"
 
   def __call__(self, primals: Any, tangents: Any) -> tuple:
     api = self.api

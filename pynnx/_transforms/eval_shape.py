@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from .._core.sharding import sharding_names
 from .._core.variables import Variable, is_variable
-from .lift import _RAW, Inner, Transform, _get_raw
+from .lift import _RAW, Transform, _get_raw
 
 __all__ = ["eval_shape"]
 
@@ -77,13 +77,7 @@ class _EvalShape(Transform):
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
-    f, static = self.f, call.static
-
-    def inner(values: list):
-      with Inner(static, values, "eval_shape", call=call) as scope:
-        return scope.output(scope.call(f))
-
-    out = jax.eval_shape(self.named(inner), call.flat.values)
+    out, _ = jax.eval_shape(self.run_once(call), *call.flat.values)
     mesh = _active_mesh()
     if mesh is not None:
       add_shardings(out, mesh)

@@ -87,17 +87,8 @@ class CheckifyWrapped(Transform):
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
-    f, static = self.f, call.static
-
-    def inner(*values: Any):
-      with Inner(static, values, "checkify", call=call) as scope:
-        out = scope.output(scope.call(f))
-        updates = scope.updates()
-      return out, updates
-
-    err, (out, updates) = checkify_lib.checkify(self.named(inner), errors=self.errors)(
-      *call.flat.values
-    )
+    inner = checkify_lib.checkify(self.run_once(call), errors=self.errors)
+    err, (out, updates) = inner(*call.flat.values)
     return err, call.finish(out, updates)
 
 

@@ -575,7 +575,7 @@ def check_not_bound(f: Any, transform: str) -> None:
     )
 
 
-def _as_tuple(x: Any, kind: type) -> tuple:
+def as_tuple(x: Any, kind: type) -> tuple:
   if x is None:
     return ()
   if isinstance(x, kind):
@@ -585,7 +585,7 @@ def _as_tuple(x: Any, kind: type) -> tuple:
 
 def resolve_static(nums: Any, names: Any, argnames: list[str] | None) -> tuple[tuple, tuple]:
   """Like jax.jit: one of argnums/argnames given -> the other inferred from the signature."""
-  nums, names = _as_tuple(nums, int), _as_tuple(names, str)
+  nums, names = as_tuple(nums, int), as_tuple(names, str)
   if argnames is not None:
     if nums and not names:
       names = tuple(argnames[i] for i in nums if 0 <= i < len(argnames))
@@ -667,11 +667,14 @@ class Transform:
     return f"<{self.api}>"
 
   # -- what a subclass may override ------------------------------------------------------
+  positional_name = "args"  # unnamed positional slots are called args[k] in errors
+
   def slot_names(self, layout: Sequence[int | str]) -> list[str]:
     """The names errors use for the dynamic slots: parameter or keyword names."""
     known = self.argnames or []
     return [
-      k if isinstance(k, str) else (known[k] if k < len(known) else f"args[{k}]") for k in layout
+      k if isinstance(k, str) else known[k] if k < len(known) else f"{self.positional_name}[{k}]"
+      for k in layout
     ]
 
   def slot_spec(self, key: int | str, n_pos: int) -> Any:
@@ -756,6 +759,19 @@ class Transform:
     if call.graph is not None:
       specs = [graph_adapter.node_prefix(s, a) for s, a in zip(specs, call.slots)]
     return specs
+
+  def run_once(self, call: Call) -> Callable:
+    """The inner function of a transform that calls ``f`` once on the slots' values:
+    ``inner(*values) -> (out, updates)``."""
+    f, static = self.f, call.static
+
+    def inner(*values: Any) -> tuple:
+      with Inner(static, values, self.transform, call=call) as scope:
+        out = scope.output(scope.call(f))
+        updates = scope.updates()
+      return out, updates
+
+    return self.named(inner)
 
   def named(self, inner: Callable) -> Callable:
     """``inner`` carrying the user function's name, so JAX errors name it."""

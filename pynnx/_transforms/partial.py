@@ -24,7 +24,7 @@ from .._core.errors import GraphModeRequiredError, TransformArgumentError
 from .._core.variables import Variable, is_variable
 from . import graph_adapter
 from .jit import jit
-from .lift import _as_tuple, check_not_bound
+from .lift import as_tuple, check_not_bound
 
 __all__ = ["jit_partial", "cached_partial", "JitPartialWrapped"]
 
@@ -68,8 +68,8 @@ class JitPartialWrapped:
           out.append(n + i - 1)
       return tuple(out)
 
-    self.static_argnums = full(_as_tuple(static_argnums, int), "static_argnums", False)
-    self.donate_argnums = full(_as_tuple(donate_argnums, int), "donate_argnums", True)
+    self.static_argnums = full(as_tuple(static_argnums, int), "static_argnums", False)
+    self.donate_argnums = full(as_tuple(donate_argnums, int), "donate_argnums", True)
     self.jitted = jit(
       fun, static_argnums=self.static_argnums, donate_argnums=self.donate_argnums, **jit_kw
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-from .lift import MISSING, Inner, Transform, wrap_or_decorate
+from .lift import MISSING, Transform, wrap_or_decorate
 
 __all__ = ["remat"]
 
@@ -25,19 +25,8 @@ class RematWrapped(Transform):
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)
-    f, static = self.f, call.static
-
-    def inner(values: list):
-      with Inner(static, values, "remat", call=call) as scope:
-        out = scope.output(scope.call(f))
-        updates = scope.updates()
-      return out, updates
-
-    checkpointed = jax.checkpoint(
-      self.named(inner), prevent_cse=self.prevent_cse, policy=self.policy
-    )
-    out, updates = checkpointed(call.flat.values)
-    return call.finish(out, updates)
+    inner = jax.checkpoint(self.run_once(call), prevent_cse=self.prevent_cse, policy=self.policy)
+    return call.finish(*inner(*call.flat.values))
 
 
 def remat(
