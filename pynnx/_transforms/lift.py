@@ -599,10 +599,9 @@ class Transform:
 
   A subclass sets ``transform`` (its public name), ``keywords`` (``"dynamic"``: keyword
   arguments are traced slots like positional ones; ``"reject"``: the JAX primitive takes
-  positional arguments only), ``spec_options`` and overrides :meth:`slot_spec` when it has
-  per-argument specs
-  (in_axes, in_specs, in_shardings): graph mode reads StateAxes / StateSharding filters
-  from it by slot, never by tuple position. The constructor stores the transform's options
+  positional arguments only), ``spec_options`` (the options holding specs) and overrides
+  :meth:`slot_spec` when it has per-argument specs (in_axes, in_specs, in_shardings): graph
+  mode reads StateAxes / StateSharding filters from it by slot, never by tuple position. The constructor stores the transform's options
   as attributes and runs :meth:`setup`; then the instance is immutable. As class attributes
   transforms work as methods (``__get__`` binds the instance as the first argument).
   """
