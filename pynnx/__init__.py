@@ -26,6 +26,7 @@ from ._core.errors import GraphModeRequiredError as GraphModeRequiredError
 from ._core.errors import LayerArgumentError as LayerArgumentError
 from ._core.errors import LeakedTracerError as LeakedTracerError
 from ._core.errors import MetricArgumentError as MetricArgumentError
+from ._core.errors import MissingStateError as MissingStateError
 from ._core.errors import NotAVariableError as NotAVariableError
 from ._core.errors import PynnxError as PynnxError
 from ._core.errors import RngCallError as RngCallError

@@ -12,7 +12,6 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import pynnx
@@ -244,7 +243,9 @@ def sow_and_pop_intermediates(nnx):
       h = nnx.relu(self.a(x))
       self.sow(nnx.Intermediate, "hidden", h)
       self.sow(nnx.Intermediate, "hidden", h * 2)
-      self.sow(nnx.Intermediate, "mean", jnp.mean(h), reduce_fn=lambda a, b: a + b, init_fn=lambda: 0.0)
+      self.sow(
+        nnx.Intermediate, "mean", jnp.mean(h), reduce_fn=lambda a, b: a + b, init_fn=lambda: 0.0
+      )
       return self.b(h)
 
   model = Block(nnx.Rngs(0))
@@ -260,7 +261,9 @@ def list_and_dict_containers(nnx):
   class Tower(nnx.Module):
     def __init__(self, rngs):
       self.blocks = nnx.List([nnx.Linear(2, 2, rngs=rngs) for _ in range(3)])
-      self.heads = nnx.Dict({"cls": nnx.Linear(2, 3, rngs=rngs), "reg": nnx.Linear(2, 1, rngs=rngs)})
+      self.heads = nnx.Dict(
+        {"cls": nnx.Linear(2, 3, rngs=rngs), "reg": nnx.Linear(2, 1, rngs=rngs)}
+      )
 
     def __call__(self, x):
       for block in self.blocks:
