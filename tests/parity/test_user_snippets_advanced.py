@@ -246,6 +246,245 @@ def optimizer_update_outside_jit_with_grads_state(nnx):
   return [losses, opt.step.value, len(jax.tree.leaves(nnx.state(opt)))]
 
 
+# --- more everyday code ---
+
+
+def _dropout_mlp(nnx):
+  class MLP(nnx.Module):
+    def __init__(self, rngs):
+      self.l1 = nnx.Linear(3, 8, rngs=rngs)
+      self.bn = nnx.BatchNorm(8, rngs=rngs)
+      self.drop = nnx.Dropout(0.2, rngs=rngs)
+      self.l2 = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(self.drop(nnx.relu(self.bn(self.l1(x)))))
+
+  return MLP(nnx.Rngs(0))
+
+
+@snippet
+def state_methods(nnx):
+  m = _dropout_mlp(nnx)
+  st = nnx.state(m)
+  params = st.filter(nnx.Param)
+  p2, rest = st.split(nnx.Param, ...)
+  merged = nnx.State.merge(p2, rest)
+  flat = st.flat_state()
+  return [
+    paths(nnx, params),
+    paths(nnx, merged),
+    len(flat),
+    st["l1"]["kernel"].value,
+    st.l1.kernel.value,
+    sorted(str(k) for k in st.keys()),
+    jax.tree.map(jnp.shape, st.to_pure_dict()),
+  ]
+
+
+@snippet
+def variables_helper(nnx):
+  m = _dropout_mlp(nnx)
+  v = nnx.variables(m, nnx.BatchStat)
+  return [paths(nnx, v)]
+
+
+@snippet
+def module_is_pytree(nnx):
+  m = _dropout_mlp(nnx)
+  leaves = jax.tree.leaves(m)
+  m2 = jax.tree.map(lambda a: a * 0 if jnp.issubdtype(a.dtype, jnp.floating) else a, m)
+  return [len(leaves), m2.l1.kernel.value, [leaf.shape for leaf in leaves]]
+
+
+@snippet
+def dropout_training_loop_jit(nnx):
+  m = _dropout_mlp(nnx)
+  opt = nnx.Optimizer(
+    m,
+    optax.chain(
+      optax.clip_by_global_norm(1.0),
+      optax.add_decayed_weights(1e-4),
+      optax.sgd(0.05, momentum=0.9),  # adam would amplify float noise in l1.bias (BN follows)
+    ),
+    wrt=nnx.Param,
+  )
+  x = x_((16, 3))
+  y = jnp.array([0, 1] * 8)
+
+  @nnx.jit
+  def train_step(m, opt, x, y):
+    def loss_fn(m):
+      logits = m(x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+    (loss, logits), g = nnx.value_and_grad(loss_fn, has_aux=True)(m)
+    opt.update(m, g)
+    return loss
+
+  @nnx.jit
+  def eval_step(m, x):
+    return m(x)
+
+  losses = []
+  for _ in range(5):
+    m.train()
+    losses.append(train_step(m, opt, x, y))
+  m.eval()
+  return [losses, eval_step(m, x), m.bn.mean.value, m.drop.rngs.count.value]
+
+
+@snippet
+def set_attributes(nnx):
+  m = _dropout_mlp(nnx)
+  m.set_attributes(deterministic=True, use_running_average=True)
+  y1 = m(x_((4, 3)))
+  m.set_attributes(deterministic=False, use_running_average=False)
+  y2 = m(x_((4, 3)))
+  return [y1, y2, m.drop.deterministic]
+
+
+@snippet
+def scan_rnn_loop(nnx):
+  cell = nnx.GRUCell(3, 4, rngs=nnx.Rngs(0))
+  xs = x_((6, 2, 3))
+  h0 = cell.initialize_carry((2, 3), nnx.Rngs(1))
+
+  @nnx.scan(in_axes=(None, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+  def run(cell, h, x):
+    h, y = cell(h, x)
+    return h, y
+
+  h, ys = run(cell, h0, xs)
+  return [h, ys]
+
+
+@snippet
+def scan_with_length(nnx):
+  @nnx.scan(in_axes=nnx.Carry, out_axes=(nnx.Carry, 0), length=4)
+  def count(c):
+    return c + 1, c * 2
+
+  return list(count(jnp.array(1.0)))
+
+
+@snippet
+def jit_static_argnames(nnx):
+  m = nnx.Linear(3, 3, rngs=nnx.Rngs(0))
+
+  @nnx.jit(static_argnames=("n",))
+  def rep(m, x, n):
+    for _ in range(n):
+      x = m(x)
+    return x
+
+  return [rep(m, jnp.ones((1, 3)), n=2), rep(m, jnp.ones((1, 3)), n=3)]
+
+
+@snippet
+def conv_variants(nnx):
+  rngs = nnx.Rngs(0)
+  x = x_((1, 8, 8, 2))
+  c1 = nnx.Conv(2, 3, (3, 3), padding="CIRCULAR", rngs=rngs)
+  c2 = nnx.Conv(2, 3, (3, 3), kernel_dilation=2, rngs=rngs)
+  c3 = nnx.Conv(2, 4, (3, 3), feature_group_count=2, rngs=rngs)
+  c4 = nnx.Conv(2, 3, (2, 2), padding=((1, 0), (0, 1)), input_dilation=1, rngs=rngs)
+  c5 = nnx.Conv(2, 3, (3,), padding="CAUSAL", rngs=rngs)
+  return [c1(x), c2(x), c3(x), c4(x), c5(x_((1, 8, 2)))]
+
+
+@snippet
+def mha_variants(nnx):
+  rngs = nnx.Rngs(0)
+  mha = nnx.MultiHeadAttention(
+    num_heads=4, in_features=8, qkv_features=16, out_features=6, decode=False, rngs=rngs
+  )
+  q = x_((2, 3, 8))
+  kv = x_((2, 5, 8), 1)
+  mask = nnx.make_attention_mask(jnp.ones((2, 3)), jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]))
+  return [
+    mha(q, kv, mask=mask),
+    mha(q, kv, kv),
+    nnx.dot_product_attention(x_((2, 3, 2, 4)), x_((2, 3, 2, 4), 1), x_((2, 3, 2, 4), 2)),
+    paths(nnx, nnx.state(mha)),
+  ]
+
+
+@snippet
+def grad_of_plain_params_dict(nnx):
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  gdef, params = nnx.split(m, nnx.Param)
+
+  def loss(params, x):
+    return nnx.merge(gdef, params)(x).sum()
+
+  g = jax.grad(loss)(params, jnp.ones((1, 2)))
+  return [pure(nnx, g), type(g).__name__]
+
+
+@snippet
+def reseed_and_rngs_in_jit(nnx):
+  m = nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=3))
+  f = nnx.jit(lambda m, x: m(x))
+  a = f(m, jnp.ones(8))
+  b = f(m, jnp.ones(8))
+  nnx.reseed(m, dropout=3)
+  c = f(m, jnp.ones(8))
+  return [a, b, c, m.rngs.count.value]
+
+
+@snippet
+def rngs_in_function_args(nnx):
+  rngs = nnx.Rngs(0)
+
+  @nnx.jit
+  def sample(rngs):
+    return jax.random.normal(rngs.params(), (3,)), rngs.dropout.bernoulli(0.5, (4,))
+
+  a = sample(rngs)
+  b = sample(rngs)
+  return [a, b, rngs.default.count.value]
+
+
+@snippet
+def einops_style_embedding_model(nnx):
+  class Transformer(nnx.Module):
+    def __init__(self, rngs):
+      self.embed = nnx.Embed(20, 8, rngs=rngs)
+      self.attn = nnx.MultiHeadAttention(2, 8, decode=False, rngs=rngs)
+      self.ln = nnx.LayerNorm(8, rngs=rngs)
+      self.ff = nnx.Linear(8, 20, rngs=rngs)
+
+    def __call__(self, t):
+      h = self.embed(t)
+      h = h + self.attn(self.ln(h), mask=nnx.make_causal_mask(t))
+      return self.ff(h)
+
+  m = Transformer(nnx.Rngs(0))
+  t = jnp.array([[1, 5, 7, 2]])
+  opt = nnx.Optimizer(m, optax.adam(1e-2), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(m, opt, t):
+    def loss_fn(m):
+      logits = m(t[:, :-1])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, t[:, 1:]).mean()
+
+    loss, g = nnx.value_and_grad(loss_fn)(m)
+    opt.update(m, g)
+    return loss
+
+  return [step(m, opt, t) for _ in range(4)]
+
+
+@snippet
+def custom_init_param_dtype(nnx):
+  lin = nnx.Linear(3, 4, dtype=jnp.bfloat16, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  l16 = nnx.Linear(3, 4, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  x = x_((2, 3))
+  return [lin(x), l16(x.astype(jnp.bfloat16)), l16.kernel.value]
+
+
 _TMP = []
 
 
