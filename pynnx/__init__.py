@@ -41,6 +41,7 @@ from ._core.errors import TraceContextError as TraceContextError
 from ._core.errors import TransformArgumentError as TransformArgumentError
 from ._core.errors import TreeStructureError as TreeStructureError
 from ._core.errors import UnsupportedOptionError as UnsupportedOptionError
+from ._core.errors import VariableInPlaceError as VariableInPlaceError
 from ._core.filters import All as All
 from ._core.filters import Any_ as Any  # noqa: F401  (Flax name)
 from ._core.filters import Everything as Everything

@@ -17,7 +17,13 @@ import jax.extend.core as jex_core
 import numpy as np
 
 from . import eager
-from .errors import LeakedTracerError, NotAVariableError, ShapeError, TraceContextError
+from .errors import (
+  LeakedTracerError,
+  NotAVariableError,
+  ShapeError,
+  TraceContextError,
+  VariableInPlaceError,
+)
 from .reprs import variable_repr
 
 A = TypeVar("A")
@@ -432,6 +438,17 @@ def _binary(op: Callable, reflected: bool = False):
   return method
 
 
+def _no_inplace(variable: Variable, name: str) -> Any:
+  # Without this, Python falls back to `v = v + x`: the name is rebound to a plain array and
+  # the Variable silently keeps its old value.
+  kind = type(variable).__name__
+  raise VariableInPlaceError(
+    f"In-place operator `__i{name}__` on a {kind} Variable itself is not supported (it would "
+    f"rebind the name to a plain array and leave the {kind} unchanged). Update its contents: "
+    f"`variable[...] += x` or `variable.value = variable.value + x`."
+  )
+
+
 for _name, _op in [
   ("add", operator.add),
   ("sub", operator.sub),
@@ -450,6 +467,8 @@ for _name, _op in [
 ]:
   setattr(Variable, f"__{_name}__", _binary(_op))
   setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
+  if _name != "divmod":  # divmod has no augmented form
+    setattr(Variable, f"__i{_name}__", (lambda n: lambda self, x: _no_inplace(self, n))(_name))
 for _name, _op in [
   ("lt", operator.lt),
   ("le", operator.le),

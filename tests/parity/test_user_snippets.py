@@ -12,6 +12,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import pynnx
@@ -449,6 +450,168 @@ def display_and_repr(nnx):
   text = repr(model)
   state_text = repr(nnx.state(model))
   return ["MLP" in text, "l1" in text, "kernel" in state_text, isinstance(str(model), str)]
+
+
+# --- methods, operators, activations, helpers ---
+
+
+@snippet
+def jit_decorated_method(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(2, 2, rngs=rngs)
+
+    @nnx.jit
+    def __call__(self, x):
+      return self.l(x)
+
+  m = M(nnx.Rngs(0))
+  return [m(jnp.ones((1, 2)))]
+
+
+@snippet
+def variable_inplace_ops(nnx):
+  class M(nnx.Module):
+    def __init__(self):
+      self.w = nnx.Param(jnp.ones(3))
+      self.c = nnx.BatchStat(jnp.zeros(3))
+
+  m = M()
+  m.w.value += 1
+  m.c[...] += 2
+  m.w[...] *= 3
+  return [m.w.value, m.c.value]
+
+
+@snippet
+def perturb_intermediate_grads(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.a = nnx.Linear(2, 3, rngs=rngs)
+      self.b = nnx.Linear(3, 1, rngs=rngs)
+
+    def __call__(self, x):
+      h = self.a(x)
+      h = self.perturb("h", h)
+      return self.b(h)
+
+  m = M(nnx.Rngs(0))
+  x = x_((4, 2))
+  m(x)
+
+  def loss(m, x):
+    return m(x).sum()
+
+  g = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Perturbation))(m, x)
+  return [pure(nnx, nnx.state(g, nnx.Perturbation)), paths(nnx, nnx.state(m, nnx.Perturbation))]
+
+
+@snippet
+def remat_policy(nnx):
+  m = nnx.Linear(3, 3, rngs=nnx.Rngs(0))
+  f = nnx.remat(lambda m, x: nnx.relu(m(x)).sum(), policy=jax.checkpoint_policies.nothing_saveable)
+  return [pure(nnx, nnx.state(nnx.grad(f)(m, jnp.ones((2, 3))), nnx.Param))]
+
+
+@snippet
+def model_and_optimizer(nnx):
+  m = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+  opt = nnx.ModelAndOptimizer(m, optax.sgd(0.1))
+
+  @nnx.jit
+  def step(opt, x):
+    g = nnx.grad(lambda m: (m(x) ** 2).mean())(opt.model)
+    opt.update(g)
+
+  step(opt, jnp.ones((3, 2)))
+  return [opt.model.kernel.value, opt.step.value]
+
+
+@snippet
+def more_activations(nnx):
+  x = x_((3, 4))
+  return [
+    nnx.swish(x),
+    nnx.leaky_relu(x, 0.1),
+    nnx.elu(x),
+    nnx.softplus(x),
+    nnx.glu(x),
+    nnx.standardize(x),
+    nnx.celu(x),
+    nnx.hard_tanh(x),
+    nnx.logsumexp(x, axis=-1),
+    nnx.tanh(x),
+    nnx.relu6(x),
+    nnx.log_sigmoid(x),
+    nnx.hard_sigmoid(x),
+    nnx.hard_swish(x),
+    nnx.selu(x),
+    nnx.soft_sign(x),
+  ]
+
+
+@snippet
+def nn_submodules(nnx):
+  k = jax.random.key(0)
+  return [
+    nnx.nn.initializers.glorot_normal()(k, (3, 3)),
+    nnx.initializers.kaiming_normal()(k, (3, 3)),
+    nnx.initializers.delta_orthogonal()(k, (3, 3, 4, 4)),
+    nnx.nn.activations.relu(jnp.ones(2)),
+  ]
+
+
+@snippet
+def array_attributes(nnx):
+  class M(nnx.Module):
+    def __init__(self):
+      self.mask = jnp.ones(3)
+      self.scale = 2.0
+      self.name_ = "m"
+
+  m = M()
+  return [paths(nnx, nnx.state(m)), [type(x).__name__ for x in jax.tree.leaves(m)]]
+
+
+@snippet
+def dropout_call_rngs(nnx):
+  d = nnx.Dropout(0.5)
+  rngs = nnx.Rngs(dropout=1)
+  return [d(jnp.ones(6), rngs=rngs), d(jnp.ones(6), rngs=rngs), d(jnp.ones(6), deterministic=True)]
+
+
+@snippet
+def state_axes_tree_mode(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(2, 2, rngs=rngs)
+      self.d = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x):
+      return self.d(self.l(x))
+
+  m = M(nnx.Rngs(0, dropout=1))
+  state_axes = nnx.StateAxes({nnx.RngState: 0, ...: None})
+
+  @nnx.split_rngs(splits=3, only="dropout")
+  @nnx.vmap(in_axes=(state_axes, None))
+  def fwd(m, x):
+    return m(x)
+
+  return [fwd(m, jnp.ones((1, 2))), m.d.rngs.count.value.shape]
+
+
+@snippet
+def state_constructor(nnx):
+  st = nnx.State({"a": nnx.Param(jnp.ones(2)), "b": {"c": nnx.BatchStat(jnp.zeros(1))}})
+  return [paths(nnx, st), pure(nnx, st)]
+
+
+@snippet
+def bn_axis_name_vmap(nnx):
+  bn = nnx.BatchNorm(3, axis_name="batch", rngs=nnx.Rngs(0))
+  y = nnx.vmap(lambda m, x: m(x), in_axes=(None, 0), axis_name="batch")(bn, x_((4, 2, 3)))
+  return [y, bn.mean.value]
 
 
 # --- the test --------------------------------------------------------------------------------

@@ -447,12 +447,18 @@ def test_error_classes_are_the_ones_flax_raises():
 
   def run(nnx):
     layer = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+
+    def iadd():
+      kernel = layer.kernel
+      kernel += 1  # would silently rebind `kernel` to an array
+
     return [
       _builtin_classes(lambda: nnx.Rngs(params=0).dropout()),
       _builtin_classes(lambda: layer(jnp.ones((1, 5)))),
       _builtin_classes(lambda: nnx.Dropout(0.5)(jnp.ones(2))),
       _builtin_classes(lambda: layer.missing),
       _builtin_classes(lambda: nnx.merge(nnx.graphdef(layer))),
+      _builtin_classes(iadd),
       _builtin_classes(
         lambda: nnx.Conv(3, 4, kernel_size=(3, 3), rngs=nnx.Rngs(0))(jnp.ones((1, 5, 5, 2)))
       ),
@@ -465,6 +471,10 @@ def test_error_classes_are_the_ones_flax_raises():
   layer = pynnx.Linear(2, 3, rngs=pynnx.Rngs(0))
   with pytest.raises(pynnx.MissingStateError, match=r"nnx.merge\(graphdef, state\)"):
     pynnx.merge(pynnx.graphdef(layer))
+  kernel = layer.kernel
+  with pytest.raises(pynnx.VariableInPlaceError, match=r"variable\[\.\.\.\] \+= x"):
+    kernel *= 2
+  assert kernel is layer.kernel
 
 
 # --- sharding annotations --------------------------------------------------------------------
