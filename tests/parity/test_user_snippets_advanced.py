@@ -2,6 +2,7 @@
 metrics and recurrent layers (see ``test_user_snippets.py`` for the helpers and conventions)."""
 
 import contextlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -483,6 +484,161 @@ def custom_init_param_dtype(nnx):
   l16 = nnx.Linear(3, 4, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   x = x_((2, 3))
   return [lin(x), l16(x.astype(jnp.bfloat16)), l16.kernel.value]
+
+
+@snippet
+def super_init_and_annotations(nnx):
+  class M(nnx.Module):
+    kernel: nnx.Param[jax.Array]
+
+    def __init__(self, rngs: nnx.Rngs):
+      super().__init__()
+      self.kernel = nnx.Param(rngs.params.normal((2, 2)))
+      self.training = True
+
+    def __call__(self, x):
+      return x @ self.kernel if self.training else x
+
+  m = M(nnx.Rngs(0))
+  y = m(jnp.ones((1, 2)))
+  m.set_attributes(training=False)
+  return [y, m(jnp.ones((1, 2))), m.kernel.value]
+
+
+@snippet
+def split_filters_not_exhaustive(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(2, 2, rngs=rngs)
+      self.d = nnx.Dropout(0.1, rngs=rngs)
+      self.bn = nnx.BatchNorm(2, rngs=rngs)
+
+  m = M(nnx.Rngs(0))
+  try:
+    nnx.split(m, nnx.Param, nnx.BatchStat)
+    r = "ok"
+  except ValueError:
+    r = "ValueError"
+  gdef, p, b, rest = nnx.split(m, nnx.Param, nnx.BatchStat, ...)
+  two = nnx.state(m, nnx.Param, nnx.BatchStat)
+  m2 = nnx.merge(gdef, p, b, rest, copy=True)
+  nnx.update(m2, p, b)
+  return [r, paths(nnx, rest), len(two), paths(nnx, two[1]), m2.l.kernel.value]
+
+
+@snippet
+def orbax_with_list_int_keys(nnx):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  m = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Linear(3, 1, rngs=nnx.Rngs(1)))
+  pd = nnx.to_pure_dict(nnx.state(m))
+  d = str(_TMP[0] / (nnx.__name__ + "_pure"))
+  ck = ocp.PyTreeCheckpointer()
+  ck.save(d, pd)
+  with warnings.catch_warnings():  # orbax: no sharding info given at restore
+    warnings.simplefilter("ignore", UserWarning)
+    raw = ck.restore(d)
+  target = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(5)), nnx.Linear(3, 1, rngs=nnx.Rngs(6)))
+  st = nnx.state(target)
+  nnx.replace_by_pure_dict(st, nnx.restore_int_paths(raw))
+  nnx.update(target, st)
+  return [
+    sorted(str(k) for k in pd["layers"].keys()),
+    sorted(raw["layers"].keys()),
+    target.layers[1].kernel.value,
+  ]
+
+
+@snippet
+def optimizer_with_jax_grad_state(nnx):
+  m = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+  opt = nnx.Optimizer(m, optax.sgd(0.1), wrt=nnx.Param)
+  gdef, params, rest = nnx.split(m, nnx.Param, ...)
+
+  def loss(params):
+    return (nnx.merge(gdef, params, rest)(jnp.ones((2, 3))) ** 2).mean()
+
+  g = jax.grad(loss)(params)
+  opt.update(m, g)
+  return [m.kernel.value, opt.step.value]
+
+
+@snippet
+def grads_tree_ops(nnx):
+  m = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.BatchNorm(4, rngs=nnx.Rngs(1)))
+  g = nnx.grad(lambda m: (m(x_((5, 3))) ** 2).mean())(m)
+  gp = nnx.state(g, nnx.Param)
+  norm = optax.tree.norm(gp)
+  clipped = jax.tree.map(lambda x: jnp.clip(x, -0.1, 0.1), gp)
+  return [norm, pure(nnx, clipped), g.layers[0].kernel.value]
+
+
+@snippet
+def metrics_average_in_loop(nnx):
+  metrics = nnx.MultiMetric(acc=nnx.metrics.Accuracy(), loss=nnx.metrics.Average("loss"))
+  hist = {"acc": [], "loss": []}
+  for i in range(3):
+    logits = x_((8, 4), i)
+    labels = jnp.arange(8) % 4
+    metrics.update(logits=logits, labels=labels, loss=jnp.float32(i))
+    for k, v in metrics.compute().items():
+      hist[k].append(v)
+  metrics.reset()
+  return [hist, metrics.compute()]
+
+
+@snippet
+def abstract_init_partition(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(
+        4, 8, kernel_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("a", "b")), rngs=rngs
+      )
+
+  with jax.set_mesh(jax.make_mesh((2, 4), ("a", "b"))):
+    abstract = nnx.eval_shape(lambda: M(nnx.Rngs(0)))
+  st = nnx.state(abstract)
+  return [
+    jax.tree.leaves(nnx.to_pure_dict(nnx.get_partition_spec(st))),
+    jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(st)),
+  ]
+
+
+@snippet
+def vmap_ensemble_train(nnx):
+  class Member(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(2, 1, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l(x)
+
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap
+  def make(rngs):
+    return Member(rngs)
+
+  ens = make(nnx.Rngs(0))
+  opt = nnx.Optimizer(ens, optax.sgd(0.1), wrt=nnx.Param)
+  x = x_((4, 2))
+  y = x_((4, 1), 1)
+
+  @nnx.jit
+  def step(ens, opt):
+    def loss(ens):
+      preds = nnx.vmap(lambda m: m(x))(ens)
+      return ((preds - y) ** 2).mean()
+
+    loss_value, g = nnx.value_and_grad(loss)(ens)
+    opt.update(ens, g)
+    return loss_value
+
+  return [[step(ens, opt) for _ in range(3)], ens.l.kernel.value]
+
+
+@snippet
+def embed_dtype_and_attend(nnx):
+  e = nnx.Embed(5, 4, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  return [e(jnp.array([0, 4])), e.attend(jnp.ones((1, 4), jnp.bfloat16))]
 
 
 _TMP = []
