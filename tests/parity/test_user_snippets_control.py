@@ -1,11 +1,16 @@
 """Differential tests, part 4: control flow, creation inside transforms, layer options and
 ``Sequential`` call conventions (see ``test_user_snippets.py`` for the helpers)."""
 
+import contextlib
+import io
+
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
 from test_user_snippets import paths, run_both, same, x_
+
+import pynnx
 
 SNIPPETS = {}
 
@@ -182,6 +187,138 @@ def sequential_call_conventions(nnx):
     noisy(jnp.ones((1, 2)), rngs=rngs),
     noisy(jnp.ones((1, 2)), rngs=rngs),
   ]
+
+
+@snippet
+def lora_finetune(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.base = nnx.LoRALinear(3, 2, lora_rank=2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.base(x)
+
+  m = M(nnx.Rngs(0))
+  opt = nnx.Optimizer(m, optax.sgd(0.5), wrt=nnx.LoRAParam)
+  x = x_((4, 3))
+  y = x_((4, 2), 1)
+
+  @nnx.jit
+  def step(m, opt):
+    def loss_fn(m):
+      return ((m(x) - y) ** 2).mean()
+
+    loss, g = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.LoRAParam))(m)
+    opt.update(m, g)
+    return loss
+
+  return [[step(m, opt) for _ in range(3)], m.base.kernel.value, m.base.lora.lora_a.value]
+
+
+@snippet
+def display_and_print(nnx):
+  m = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), nnx.BatchNorm(2, rngs=nnx.Rngs(0)))
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    nnx.display(m)
+    print(m)
+    print(nnx.state(m))
+    print(nnx.graphdef(m))
+  return [len(buf.getvalue()) > 0]
+
+
+@snippet
+def variable_replace_and_type(nnx):
+  p = nnx.Param(jnp.ones(2), tag="x")
+  q = p.replace(jnp.zeros(2))
+  r = p.copy()
+  return [q.value, type(q).__name__, q.get_metadata().get("tag"), r.value, r is p]
+
+
+@snippet
+def opt_state_filters(nnx):
+  m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  opt = nnx.Optimizer(m, optax.adam(1e-3), wrt=nnx.Param)
+  st = nnx.state(opt, nnx.OptState)
+  return [paths(nnx, st), paths(nnx, nnx.state(opt, nnx.OptArray))]
+
+
+@snippet
+def graphdef_equality_jit_cache(nnx):
+  a = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  b = nnx.Linear(2, 3, rngs=nnx.Rngs(1))
+  c = nnx.Linear(2, 4, rngs=nnx.Rngs(1))
+  ga, gb, gc = nnx.graphdef(a), nnx.graphdef(b), nnx.graphdef(c)
+  return [ga == gb, ga == gc, hash(ga) == hash(gb)]
+
+
+@snippet
+def dropout_without_rngs_errors(nnx):
+  d = nnx.Dropout(0.5, deterministic=True)
+  y = d(jnp.ones(3))
+  try:
+    d(jnp.ones(3), deterministic=False)
+    r = None
+  except Exception as e:
+    r = [c.__name__ for c in type(e).__mro__ if c.__module__ == "builtins"][0]
+  return [y, r]
+
+
+@snippet
+def bn_eval_before_training(nnx):
+  bn = nnx.BatchNorm(3, use_running_average=True, rngs=nnx.Rngs(0))
+  return [bn(x_((2, 3)))]
+
+
+@snippet
+def jit_returns_module_and_array(nnx):
+  @nnx.jit
+  def make(rngs, x):
+    m = nnx.Linear(2, 2, rngs=rngs)
+    return m, m(x)
+
+  m, y = make(nnx.Rngs(0), jnp.ones((1, 2)))
+  return [y, m.kernel.value, type(m).__name__]
+
+
+@snippet
+def state_replace_by_pure_dict_method(nnx):
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  st = nnx.state(m)
+  pd = jax.tree.map(lambda x: x * 0 + 1, st.to_pure_dict())
+  st.replace_by_pure_dict(pd)
+  nnx.update(m, st)
+  return [m.kernel.value]
+
+
+@snippet
+def int_input_to_linear(nnx):
+  m = nnx.Embed(4, 3, rngs=nnx.Rngs(0))
+  lin = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  return [lin(m(jnp.array([0, 3])))]
+
+
+@snippet
+def nested_modules_in_dict_attr(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.heads = nnx.Dict(a=nnx.Linear(2, 2, rngs=rngs), b=nnx.Linear(2, 3, rngs=rngs))
+      self.cfg = (("depth", 2),)  # a dict here is documented to raise in pynnx (unhashable)
+
+  m = M(nnx.Rngs(0))
+  return [paths(nnx, nnx.state(m)), m.cfg]
+
+
+def test_unhashable_static_attribute_is_the_documented_error():
+  """docs/migrating.md (Pytrees): flax keeps a plain dict attribute as static; pynnx needs
+  static values to be hashable (they key the compile cache) and names the attribute."""
+
+  class M(pynnx.Module):
+    def __init__(self):
+      self.cfg = {"depth": 2}
+
+  with pytest.raises(pynnx.StaticAttributeError, match=r"M\.cfg is a static attribute.*hashable"):
+    M()
 
 
 @pytest.mark.xfail(
