@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from test_user_snippets import paths, run_both, same, x_
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from test_user_snippets import paths, pure, run_both, same, x_
 
 import pynnx
 
@@ -307,6 +309,92 @@ def nested_modules_in_dict_attr(nnx):
 
   m = M(nnx.Rngs(0))
   return [paths(nnx, nnx.state(m)), m.cfg]
+
+
+# --- closures, several arguments, shardings ---
+
+
+@snippet
+def closure_read(nnx):
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  f = nnx.jit(lambda x: m(x))
+  return [f(jnp.ones((1, 2)))]
+
+
+@snippet
+def closure_mutation_error(nnx):
+  class C(nnx.Module):
+    def __init__(self):
+      self.n = nnx.BatchStat(jnp.array(0))
+
+  c = C()
+
+  @nnx.jit
+  def f(x):
+    c.n[...] = c.n[...] + 1
+    return x
+
+  try:
+    f(jnp.ones(1))
+  except Exception as e:  # noqa: BLE001 - both raise a class of this name
+    return [type(e).__name__, c.n.value]
+  return ["no error"]
+
+
+@snippet
+def two_modules_grad(nnx):
+  a = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  b = nnx.Linear(2, 1, rngs=nnx.Rngs(1))
+
+  def loss(a, b, x):
+    return b(a(x)).sum()
+
+  loss_value, (ga, gb) = nnx.value_and_grad(loss, argnums=(0, 1))(a, b, jnp.ones((3, 2)))
+  gx = nnx.grad(loss, argnums=2)(a, b, jnp.ones((3, 2)))
+  return [loss_value, pure(nnx, nnx.state(ga, nnx.Param)), pure(nnx, nnx.state(gb, nnx.Param)), gx]
+
+
+@snippet
+def vmap_out_axes_none(nnx):
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  f = nnx.vmap(lambda m, x: (m(x), jnp.float32(1.0)), in_axes=(None, 0), out_axes=(0, None))
+  return list(f(m, jnp.ones((3, 2))))
+
+
+@snippet
+def jit_in_shardings(nnx):
+  mesh = jax.make_mesh((8,), ("d",))
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  x = jax.device_put(jnp.ones((8, 2)), NamedSharding(mesh, P("d")))
+  f = nnx.jit(lambda m, x: m(x), in_shardings=(None, NamedSharding(mesh, P("d"))))
+  y = f(m, x)
+  return [y, y.sharding.spec]
+
+
+@snippet
+def nnx_pure_fn_with_graphdef_in_jax_jit(nnx):
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  gdef, st = nnx.split(m)
+
+  @jax.jit
+  def f(st, x):
+    mm = nnx.merge(gdef, st)
+    return mm(x)
+
+  return [f(st, jnp.ones((1, 2))), (gdef.apply(st)(jnp.ones((1, 2))))[0]]
+
+
+@snippet
+def pmap_like_shard_map(nnx):
+  mesh = jax.make_mesh((8,), ("d",))
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+
+  @nnx.shard_map(mesh=mesh, in_specs=(P(), P("d")), out_specs=P("d"))
+  def f(m, x):
+    return m(x)
+
+  x = jax.device_put(jnp.ones((8, 2)), NamedSharding(mesh, P("d")))
+  return [f(m, x)]
 
 
 def test_unhashable_static_attribute_is_the_documented_error():
