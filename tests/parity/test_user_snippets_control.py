@@ -397,6 +397,92 @@ def pmap_like_shard_map(nnx):
   return [f(m, x)]
 
 
+# --- layer options ---
+
+
+@snippet
+def conv_transpose_options(nnx):
+  rngs = nnx.Rngs(0)
+  x = x_((1, 5, 5, 2))
+  a = nnx.ConvTranspose(2, 3, (3, 3), strides=2, padding="SAME", transpose_kernel=True, rngs=rngs)
+  b = nnx.ConvTranspose(2, 3, (3, 3), padding="CIRCULAR", rngs=rngs)
+  c = nnx.ConvTranspose(
+    2, 3, (2, 2), strides=(2, 1), padding="VALID", kernel_dilation=(1, 2), rngs=rngs
+  )
+  d = nnx.Conv(2, 3, (3, 3), mask=jnp.ones((3, 3, 2, 3)).at[1, 1].set(0), rngs=rngs)
+  return [a(x), b(x), c(x), d(x)]
+
+
+@snippet
+def rnn_options(nnx):
+  rngs = nnx.Rngs(0)
+  x = x_((2, 5, 3))
+  lens = jnp.array([5, 3])
+  rnn = nnx.RNN(nnx.SimpleCell(3, 4, rngs=rngs), return_carry=True)
+  c, y = rnn(x, seq_lengths=lens)
+  rev = nnx.RNN(nnx.OptimizedLSTMCell(3, 4, rngs=rngs), reverse=True, keep_order=True)
+  tm = nnx.RNN(nnx.GRUCell(3, 4, rngs=rngs), time_major=True)
+  bi = nnx.Bidirectional(
+    nnx.RNN(nnx.GRUCell(3, 2, rngs=rngs)), nnx.RNN(nnx.GRUCell(3, 2, rngs=rngs)), return_carry=True
+  )
+  bc, by = bi(x, seq_lengths=lens)
+  return [c, y, rev(x, seq_lengths=lens), tm(jnp.swapaxes(x, 0, 1)), bc, by]
+
+
+@snippet
+def pooling_options(nnx):
+  x = x_((1, 5, 5, 2))
+  return [
+    nnx.avg_pool(x, (3, 3), padding="SAME", count_include_pad=False),
+    nnx.min_pool(x, (2, 2), strides=(2, 2)),
+    nnx.pool(x, 0.0, jax.lax.add, (2, 2), (1, 1), "VALID"),
+    nnx.max_pool(x_((2, 7, 3)), (3,), strides=(2,)),
+  ]
+
+
+@snippet
+def masks(nnx):
+  q = jnp.array([[1, 1, 0]])
+  k = jnp.array([[1, 0, 1, 1]])
+  m1 = nnx.make_attention_mask(q, k)
+  m2 = nnx.make_causal_mask(jnp.ones((1, 3)))
+  m3 = nnx.combine_masks(m1[..., :3], m2)
+  m4 = nnx.make_attention_mask(q, k, pairwise_fn=jnp.greater_equal, extra_batch_dims=1)
+  return [m1, m2, m3, m4]
+
+
+@snippet
+def linear_general_batch_and_einsum_bias(nnx):
+  rngs = nnx.Rngs(0)
+  lg = nnx.LinearGeneral((2, 3), (4,), axis=(-2, -1), rngs=rngs)
+  es = nnx.Einsum("...ij,jk->...ik", (3, 5), (5,), rngs=rngs)
+  x = x_((2, 2, 3))
+  return [lg(x), es(x), es.bias.value.shape]
+
+
+@snippet
+def mha_view_decode(nnx):
+  mha = nnx.MultiHeadAttention(2, 4, qkv_features=4, decode=False, rngs=nnx.Rngs(0))
+  x = x_((1, 3, 4))
+  mha.init_cache((1, 3, 4))
+  ys = [mha(x[:, i : i + 1], decode=True) for i in range(3)]
+  return [
+    jnp.concatenate(ys, 1),
+    mha(x, mask=nnx.make_causal_mask(jnp.ones((1, 3)))),
+    paths(nnx, nnx.state(mha, nnx.Cache)),
+  ]
+
+
+@snippet
+def metrics_argname(nnx):
+  a = nnx.metrics.Average(argname="err")
+  a.update(err=jnp.array([1.0, 3.0]))
+  a.update(err=jnp.array([5.0]), other=1)
+  mm = nnx.MultiMetric(e=nnx.metrics.Average("err"), f=nnx.metrics.Average("f"))
+  mm.update(err=jnp.float32(2.0), f=jnp.float32(4.0))
+  return [a.compute(), mm.compute()]
+
+
 def test_unhashable_static_attribute_is_the_documented_error():
   """docs/migrating.md (Pytrees): flax keeps a plain dict attribute as static; pynnx needs
   static values to be hashable (they key the compile cache) and names the attribute."""
