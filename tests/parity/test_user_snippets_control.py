@@ -483,6 +483,89 @@ def metrics_argname(nnx):
   return [a.compute(), mm.compute()]
 
 
+# --- state updates through transforms (BatchNorm statistics, Dropout keys) ---
+
+
+def _block(nnx):
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(3, 3, rngs=rngs)
+      self.bn = nnx.BatchNorm(3, rngs=rngs)
+      self.d = nnx.Dropout(0.3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.d(nnx.relu(self.bn(self.l(x))))
+
+  return Block
+
+
+@snippet
+def scan_layers_with_batchnorm_and_dropout(nnx):
+  Block = _block(nnx)
+
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap
+  def make(rngs):
+    return Block(rngs)
+
+  stack = make(nnx.Rngs(0, dropout=1))
+
+  @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+  def fwd(x, b):
+    return b(x)
+
+  y = fwd(x_((4, 3)), stack)
+  return [
+    y,
+    stack.bn.mean.value,
+    stack.d.rngs.count.value,
+    jax.random.key_data(stack.d.rngs.key.value),
+  ]
+
+
+@snippet
+def remat_batchnorm(nnx):
+  Block = _block(nnx)
+  b = Block(nnx.Rngs(0, dropout=1))
+  f = nnx.remat(lambda b, x: b(x))
+  y = f(b, x_((4, 3)))
+  g = nnx.grad(lambda b: f(b, x_((4, 3))).sum())(b)
+  return [y, b.bn.mean.value, b.d.rngs.count.value, pure(nnx, nnx.state(g, nnx.Param))]
+
+
+@snippet
+def cond_mutates(nnx):
+  Block = _block(nnx)
+  b = Block(nnx.Rngs(0, dropout=1))
+
+  @nnx.jit
+  def f(b, x, flag):
+    return nnx.cond(flag, lambda b, x: b(x), lambda b, x: x, b, x)
+
+  y1 = f(b, x_((4, 3)), True)
+  y2 = f(b, x_((4, 3)), False)
+  return [y1, y2, b.bn.mean.value, b.d.rngs.count.value]
+
+
+@snippet
+def vmap_batchnorm_stats_per_member(nnx):
+  Block = _block(nnx)
+
+  @nnx.split_rngs(splits=2)
+  @nnx.vmap
+  def make(rngs):
+    return Block(rngs)
+
+  ens = make(nnx.Rngs(0, dropout=1))
+
+  @nnx.vmap(in_axes=(0, None))
+  def fwd(b, x):
+    return b(x)
+
+  y = fwd(ens, x_((4, 3)))
+  return [y, ens.bn.mean.value, ens.d.rngs.count.value]
+
+
 def test_unhashable_static_attribute_is_the_documented_error():
   """docs/migrating.md (Pytrees): flax keeps a plain dict attribute as static; pynnx needs
   static values to be hashable (they key the compile cache) and names the attribute."""
