@@ -566,6 +566,71 @@ def vmap_batchnorm_stats_per_member(nnx):
   return [y, ens.bn.mean.value, ens.d.rngs.count.value]
 
 
+# --- Flax graph-mode programs under nnx.set_graph_mode(True) ---
+
+
+def _graph_mode(nnx):
+  # Flax's default is graph mode; pynnx code opts in once (docs/migrating.md)
+  return nnx.set_graph_mode(True) if nnx is pynnx else contextlib.nullcontext()
+
+
+@snippet
+def graph_mode_program(nnx):
+  with _graph_mode(nnx):
+
+    class Model(nnx.Module):
+      def __init__(self, rngs):
+        self.enc = nnx.Linear(3, 4, rngs=rngs)
+        self.dec = nnx.Linear(4, 3, rngs=rngs)
+        self.shared = self.enc
+
+      def __call__(self, x):
+        h = nnx.relu(self.shared(x))
+        self.sow(nnx.Intermediate, "h", h)
+        return self.dec(h)
+
+    m = Model(nnx.Rngs(0))
+    opt = nnx.Optimizer(m, optax.sgd(0.1), wrt=nnx.Param)
+    x = x_((5, 3))
+
+    @nnx.jit
+    def step(m, opt, x):
+      def loss(m):
+        return ((m(x) - x) ** 2).mean()
+
+      loss_value, g = nnx.value_and_grad(loss)(m)
+      opt.update(m, g)
+      return loss_value, g
+
+    loss_value, g = step(m, opt, x)
+    inter = nnx.pop(m, nnx.Intermediate)
+    return [
+      loss_value,
+      g["enc"]["kernel"].value,
+      type(g).__name__,
+      paths(nnx, inter),
+      paths(nnx, nnx.state(m)),
+      m.enc.kernel.value,
+    ]
+
+
+@snippet
+def graph_mode_split_rngs_context(nnx):
+  with _graph_mode(nnx):
+
+    class M(nnx.Module):
+      def __init__(self, rngs):
+        self.d = nnx.Dropout(0.5, rngs=rngs)
+
+      def __call__(self, x):
+        return self.d(x)
+
+    m = M(nnx.Rngs(dropout=0))
+    with nnx.split_rngs(m, splits=4):
+      y = nnx.vmap(lambda m, x: m(x), in_axes=(0, None))(m, jnp.ones(6))
+    return [y, m.d.rngs.key.value.shape, m.d.rngs.count.value]
+
+
 def test_unhashable_static_attribute_is_the_documented_error():
   """docs/migrating.md (Pytrees): flax keeps a plain dict attribute as static; pynnx needs
   static values to be hashable (they key the compile cache) and names the attribute."""
