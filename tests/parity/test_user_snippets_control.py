@@ -631,6 +631,51 @@ def graph_mode_split_rngs_context(nnx):
     return [y, m.d.rngs.key.value.shape, m.d.rngs.count.value]
 
 
+# --- ensembles from keys, key-seeded Rngs, State iteration ---
+
+
+@snippet
+def ensemble_from_keys(nnx):
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def create(key):
+    return nnx.Linear(2, 3, rngs=nnx.Rngs(key))
+
+  keys = jax.random.split(jax.random.key(0), 4)
+  ens = create(keys)
+
+  @nnx.vmap(in_axes=(0, None))
+  def fwd(m, x):
+    return m(x)
+
+  return [ens.kernel.value, fwd(ens, jnp.ones((1, 2)))]
+
+
+@snippet
+def module_from_jax_random_key(nnx):
+  key = jax.random.PRNGKey(42)
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(params=key))
+  k1, k2 = jax.random.split(jax.random.key(1))
+  m2 = nnx.Linear(2, 2, rngs=nnx.Rngs(params=k1, dropout=k2))
+  return [m.kernel.value, m2.kernel.value]
+
+
+@snippet
+def iterate_state_items(nnx):
+  m = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), nnx.LayerNorm(2, rngs=nnx.Rngs(0)))
+  out = []
+  for path, v in nnx.state(m).flat_state():
+    out.append((tuple(str(p) for p in path), type(v).__name__, v.value.shape))
+  for k, v in nnx.state(m)["layers"].items():
+    out.append(str(k))
+  return [sorted(out, key=str)]
+
+
+@snippet
+def variable_repr_contains(nnx):
+  p = nnx.Param(jnp.ones(2))
+  return ["Param" in repr(p), "Param" in str(nnx.state(nnx.Linear(1, 1, rngs=nnx.Rngs(0))))]
+
+
 def test_unhashable_static_attribute_is_the_documented_error():
   """docs/migrating.md (Pytrees): flax keeps a plain dict attribute as static; pynnx needs
   static values to be hashable (they key the compile cache) and names the attribute."""
