@@ -1,0 +1,189 @@
+"""Differential tests, part 5: layer options and state updated through transforms (BatchNorm
+statistics, Dropout keys). See ``test_user_snippets.py`` for the helpers and conventions."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from test_user_snippets import paths, pure, run_both, same, x_
+
+SNIPPETS = {}
+
+
+def snippet(fn):
+  SNIPPETS[fn.__name__] = fn
+  return fn
+
+
+# --- layer options ---
+
+
+@snippet
+def conv_transpose_options(nnx):
+  rngs = nnx.Rngs(0)
+  x = x_((1, 5, 5, 2))
+  a = nnx.ConvTranspose(2, 3, (3, 3), strides=2, padding="SAME", transpose_kernel=True, rngs=rngs)
+  b = nnx.ConvTranspose(2, 3, (3, 3), padding="CIRCULAR", rngs=rngs)
+  c = nnx.ConvTranspose(
+    2, 3, (2, 2), strides=(2, 1), padding="VALID", kernel_dilation=(1, 2), rngs=rngs
+  )
+  d = nnx.Conv(2, 3, (3, 3), mask=jnp.ones((3, 3, 2, 3)).at[1, 1].set(0), rngs=rngs)
+  return [a(x), b(x), c(x), d(x)]
+
+
+@snippet
+def rnn_options(nnx):
+  rngs = nnx.Rngs(0)
+  x = x_((2, 5, 3))
+  lens = jnp.array([5, 3])
+  rnn = nnx.RNN(nnx.SimpleCell(3, 4, rngs=rngs), return_carry=True)
+  c, y = rnn(x, seq_lengths=lens)
+  rev = nnx.RNN(nnx.OptimizedLSTMCell(3, 4, rngs=rngs), reverse=True, keep_order=True)
+  tm = nnx.RNN(nnx.GRUCell(3, 4, rngs=rngs), time_major=True)
+  bi = nnx.Bidirectional(
+    nnx.RNN(nnx.GRUCell(3, 2, rngs=rngs)), nnx.RNN(nnx.GRUCell(3, 2, rngs=rngs)), return_carry=True
+  )
+  bc, by = bi(x, seq_lengths=lens)
+  return [c, y, rev(x, seq_lengths=lens), tm(jnp.swapaxes(x, 0, 1)), bc, by]
+
+
+@snippet
+def pooling_options(nnx):
+  x = x_((1, 5, 5, 2))
+  return [
+    nnx.avg_pool(x, (3, 3), padding="SAME", count_include_pad=False),
+    nnx.min_pool(x, (2, 2), strides=(2, 2)),
+    nnx.pool(x, 0.0, jax.lax.add, (2, 2), (1, 1), "VALID"),
+    nnx.max_pool(x_((2, 7, 3)), (3,), strides=(2,)),
+  ]
+
+
+@snippet
+def masks(nnx):
+  q = jnp.array([[1, 1, 0]])
+  k = jnp.array([[1, 0, 1, 1]])
+  m1 = nnx.make_attention_mask(q, k)
+  m2 = nnx.make_causal_mask(jnp.ones((1, 3)))
+  m3 = nnx.combine_masks(m1[..., :3], m2)
+  m4 = nnx.make_attention_mask(q, k, pairwise_fn=jnp.greater_equal, extra_batch_dims=1)
+  return [m1, m2, m3, m4]
+
+
+@snippet
+def linear_general_batch_and_einsum_bias(nnx):
+  rngs = nnx.Rngs(0)
+  lg = nnx.LinearGeneral((2, 3), (4,), axis=(-2, -1), rngs=rngs)
+  es = nnx.Einsum("...ij,jk->...ik", (3, 5), (5,), rngs=rngs)
+  x = x_((2, 2, 3))
+  return [lg(x), es(x), es.bias.value.shape]
+
+
+@snippet
+def mha_view_decode(nnx):
+  mha = nnx.MultiHeadAttention(2, 4, qkv_features=4, decode=False, rngs=nnx.Rngs(0))
+  x = x_((1, 3, 4))
+  mha.init_cache((1, 3, 4))
+  ys = [mha(x[:, i : i + 1], decode=True) for i in range(3)]
+  return [
+    jnp.concatenate(ys, 1),
+    mha(x, mask=nnx.make_causal_mask(jnp.ones((1, 3)))),
+    paths(nnx, nnx.state(mha, nnx.Cache)),
+  ]
+
+
+@snippet
+def metrics_argname(nnx):
+  a = nnx.metrics.Average(argname="err")
+  a.update(err=jnp.array([1.0, 3.0]))
+  a.update(err=jnp.array([5.0]), other=1)
+  mm = nnx.MultiMetric(e=nnx.metrics.Average("err"), f=nnx.metrics.Average("f"))
+  mm.update(err=jnp.float32(2.0), f=jnp.float32(4.0))
+  return [a.compute(), mm.compute()]
+
+
+# --- state updates through transforms (BatchNorm statistics, Dropout keys) ---
+
+
+def _block(nnx):
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(3, 3, rngs=rngs)
+      self.bn = nnx.BatchNorm(3, rngs=rngs)
+      self.d = nnx.Dropout(0.3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.d(nnx.relu(self.bn(self.l(x))))
+
+  return Block
+
+
+@snippet
+def scan_layers_with_batchnorm_and_dropout(nnx):
+  Block = _block(nnx)
+
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap
+  def make(rngs):
+    return Block(rngs)
+
+  stack = make(nnx.Rngs(0, dropout=1))
+
+  @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+  def fwd(x, b):
+    return b(x)
+
+  y = fwd(x_((4, 3)), stack)
+  return [
+    y,
+    stack.bn.mean.value,
+    stack.d.rngs.count.value,
+    jax.random.key_data(stack.d.rngs.key.value),
+  ]
+
+
+@snippet
+def remat_batchnorm(nnx):
+  Block = _block(nnx)
+  b = Block(nnx.Rngs(0, dropout=1))
+  f = nnx.remat(lambda b, x: b(x))
+  y = f(b, x_((4, 3)))
+  g = nnx.grad(lambda b: f(b, x_((4, 3))).sum())(b)
+  return [y, b.bn.mean.value, b.d.rngs.count.value, pure(nnx, nnx.state(g, nnx.Param))]
+
+
+@snippet
+def cond_mutates(nnx):
+  Block = _block(nnx)
+  b = Block(nnx.Rngs(0, dropout=1))
+
+  @nnx.jit
+  def f(b, x, flag):
+    return nnx.cond(flag, lambda b, x: b(x), lambda b, x: x, b, x)
+
+  y1 = f(b, x_((4, 3)), True)
+  y2 = f(b, x_((4, 3)), False)
+  return [y1, y2, b.bn.mean.value, b.d.rngs.count.value]
+
+
+@snippet
+def vmap_batchnorm_stats_per_member(nnx):
+  Block = _block(nnx)
+
+  @nnx.split_rngs(splits=2)
+  @nnx.vmap
+  def make(rngs):
+    return Block(rngs)
+
+  ens = make(nnx.Rngs(0, dropout=1))
+
+  @nnx.vmap(in_axes=(0, None))
+  def fwd(b, x):
+    return b(x)
+
+  y = fwd(ens, x_((4, 3)))
+  return [y, ens.bn.mean.value, ens.d.rngs.count.value]
+
+
+@pytest.mark.parametrize("name", sorted(SNIPPETS))
+def test_snippet(name):
+  f_out, p_out = run_both(SNIPPETS[name])
+  same(f_out, p_out)
