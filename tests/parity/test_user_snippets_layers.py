@@ -183,6 +183,53 @@ def vmap_batchnorm_stats_per_member(nnx):
   return [y, ens.bn.mean.value, ens.d.rngs.count.value]
 
 
+# --- Rngs held by a Module; a jitted sampling loop over an attention cache ---
+
+
+@snippet
+def rngs_stored_on_module(nnx):
+  class Noisy(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(2, 2, rngs=rngs)
+      self.rngs = rngs
+
+    def __call__(self, x):
+      noise = jax.random.normal(self.rngs.noise(), x.shape)
+      return self.l(x + noise)
+
+  m = Noisy(nnx.Rngs(0, noise=5))
+  f = nnx.jit(lambda m, x: m(x))
+  a = f(m, jnp.ones((1, 2)))
+  b = f(m, jnp.ones((1, 2)))
+  return [a, b, m.rngs.noise.count.value, paths(nnx, nnx.state(m, nnx.RngState))]
+
+
+@snippet
+def sampling_loop_with_cache(nnx):
+  class LM(nnx.Module):
+    def __init__(self, rngs):
+      self.embed = nnx.Embed(10, 8, rngs=rngs)
+      self.attn = nnx.MultiHeadAttention(2, 8, decode=True, rngs=rngs)
+      self.out = nnx.Linear(8, 10, rngs=rngs)
+
+    def __call__(self, t):
+      return self.out(self.attn(self.embed(t)))
+
+  m = LM(nnx.Rngs(0))
+  m.attn.init_cache((1, 5, 8))
+
+  @nnx.jit
+  def step(m, t):
+    return jnp.argmax(m(t), axis=-1)
+
+  tok = jnp.array([[1]])
+  toks = []
+  for _ in range(4):
+    tok = step(m, tok)
+    toks.append(tok)
+  return [jnp.concatenate(toks, 1), m.attn.cache_index.value]
+
+
 @pytest.mark.parametrize("name", sorted(SNIPPETS))
 def test_snippet(name):
   f_out, p_out = run_both(SNIPPETS[name])
