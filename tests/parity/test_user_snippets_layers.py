@@ -3,6 +3,7 @@ statistics, Dropout keys). See ``test_user_snippets.py`` for the helpers and con
 
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 from test_user_snippets import paths, pure, run_both, same, x_
 
@@ -228,6 +229,38 @@ def sampling_loop_with_cache(nnx):
     tok = step(m, tok)
     toks.append(tok)
   return [jnp.concatenate(toks, 1), m.attn.cache_index.value]
+
+
+# --- optax extras through nnx.Optimizer ---
+
+
+@snippet
+def optimizer_value_kwarg_and_hyperparams(nnx):
+  m = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+  tx = optax.chain(
+    optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+    optax.contrib.reduce_on_plateau(patience=1, factor=0.5),  # needs `value=` in update
+  )
+  opt = nnx.Optimizer(m, tx, wrt=nnx.Param)
+  x = x_((4, 2))
+  losses = []
+  for _ in range(4):
+    loss, g = nnx.value_and_grad(lambda m: (m(x) ** 2).mean())(m)
+    opt.update(m, g, value=loss)
+    losses.append(loss)
+  lr = opt.opt_state[0].hyperparams["learning_rate"]
+  return [losses, lr.value if hasattr(lr, "value") else lr, m.kernel.value]
+
+
+@snippet
+def schedule_and_step(nnx):
+  m = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+  sched = optax.warmup_cosine_decay_schedule(0.0, 0.1, 2, 10)
+  opt = nnx.Optimizer(m, optax.adamw(sched), wrt=nnx.Param)
+  x = x_((4, 2))
+  for _ in range(3):
+    opt.update(m, nnx.grad(lambda m: (m(x) ** 2).mean())(m))
+  return [opt.step.value, sched(opt.step.value), m.kernel.value]
 
 
 @pytest.mark.parametrize("name", sorted(SNIPPETS))
