@@ -21,6 +21,7 @@ from .errors import (
   LeakedTracerError,
   NotAVariableError,
   ShapeError,
+  StateMismatchError,
   TraceContextError,
   VariableInPlaceError,
 )
@@ -234,6 +235,42 @@ class Variable(Generic[A]):
 
   def copy(self) -> Variable[A]:
     return self.replace()
+
+  def has_metadata(self, name: str) -> bool:
+    """Whether ``name`` was set as metadata on this Variable (defaults do not count)."""
+    return name in self._metadata
+
+  def get_raw_value(self) -> A:
+    """The stored value, without the leaked-tracer check of ``get_value``."""
+    return self._raw_value
+
+  def set_raw_value(self, value: A) -> None:
+    """Stores ``value`` as is (same rules as ``set_value``)."""
+    self.set_value(value)
+
+  @property
+  def var_type(self) -> type:
+    return type(self)
+
+  def copy_from(self, other: Variable[A]) -> None:
+    """Takes ``other``'s value and metadata (``other`` must be of the same Variable type).
+
+    Example:
+      >>> a, b = nnx.Param(jnp.zeros(2), tag="a"), nnx.Param(jnp.ones(2), tag="b")
+      >>> a.copy_from(b)
+      >>> a[...], a.tag
+      (Array([1., 1.], dtype=float32), 'b')
+    """
+    if type(other) is not type(self):
+      raise StateMismatchError(
+        f"copy_from: a {type(self).__name__} can only copy another {type(self).__name__}, "
+        f"got {type(other).__name__}; use `variable[...] = other[...]` to copy the value only."
+      )
+    if other is self:
+      return
+    self.set_value(other.get_raw_value())
+    object.__setattr__(self, "_metadata", dict(other._metadata))
+    bump_structure()
 
   @property
   def type(self) -> type:

@@ -7,6 +7,10 @@ import optax
 import pytest
 from test_user_snippets import paths, pure, run_both, same, x_
 
+import pynnx
+
+fnnx = pytest.importorskip("flax.nnx")
+
 SNIPPETS = {}
 
 
@@ -261,6 +265,34 @@ def schedule_and_step(nnx):
   for _ in range(3):
     opt.update(m, nnx.grad(lambda m: (m(x) ** 2).mean())(m))
   return [opt.step.value, sched(opt.step.value), m.kernel.value]
+
+
+# --- Variable helper methods (model surgery) ---
+
+
+@snippet
+def variable_copy_from_and_metadata_checks(nnx):
+  pretrained = nnx.Linear(2, 3, rngs=nnx.Rngs(1))
+  model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  model.kernel.copy_from(pretrained.kernel)
+  model.bias.set_raw_value(model.bias.get_raw_value() + 1)
+  tagged = nnx.Param(jnp.ones(2), tag="x")
+  return [
+    model.kernel.value,
+    model.bias.value,
+    model(jnp.ones((1, 2))),
+    tagged.has_metadata("tag"),
+    tagged.has_metadata("missing"),
+    tagged.var_type.__name__,
+  ]
+
+
+def test_copy_from_another_variable_type_raises_like_flax():
+  f_raised = pytest.raises(ValueError)
+  with f_raised:
+    fnnx.Param(jnp.ones(2)).copy_from(fnnx.BatchStat(jnp.ones(2)))
+  with pytest.raises(pynnx.StateMismatchError, match=r"a Param can only copy another Param"):
+    pynnx.Param(jnp.ones(2)).copy_from(pynnx.BatchStat(jnp.ones(2)))
 
 
 @pytest.mark.parametrize("name", sorted(SNIPPETS))
