@@ -287,6 +287,59 @@ def variable_copy_from_and_metadata_checks(nnx):
   ]
 
 
+@snippet
+def python_scalar_variable(nnx):
+  class Count(nnx.Variable):
+    pass
+
+  class Counter(nnx.Module):
+    def __init__(self):
+      self.count = Count(0)
+      self.lr = nnx.Variable(0.5)
+
+    def __call__(self):
+      self.count.value += 1
+      return self.lr.value * 2
+
+  c = Counter()
+  c()
+  c()
+  eager = c.count.value
+  y = nnx.jit(lambda c: c())(c)
+  return [eager, type(eager).__name__, c.count.value, y, str(jnp.asarray(c.count.value).dtype)]
+
+
+@snippet
+def stateful_module_why_nnx(nnx):
+  class Count(nnx.Variable):
+    pass
+
+  class Linear(nnx.Module):
+    def __init__(self, din, dout, *, rngs):
+      self.w = nnx.Param(jax.random.uniform(rngs.params(), (din, dout)))
+      self.b = nnx.Param(jnp.zeros((dout,)))
+      self.count = Count(jnp.array(0))
+
+    def __call__(self, x):
+      self.count.value += 1
+      return x @ self.w + self.b
+
+  model = Linear(2, 5, rngs=nnx.Rngs(params=0))
+  y = model(x=jnp.ones((1, 2)))
+  graphdef, params, counts = nnx.split(model, nnx.Param, Count)
+
+  @jax.jit
+  def fwd(graphdef, params, counts, x):
+    m = nnx.merge(graphdef, params, counts)
+    y = m(x)
+    _, _, counts = nnx.split(m, nnx.Param, Count)
+    return y, counts
+
+  y2, counts = fwd(graphdef, params, counts, jnp.ones((1, 2)))
+  nnx.update(model, counts)
+  return [y, y2, model.count.value]
+
+
 def test_copy_from_another_variable_type_raises_like_flax():
   f_raised = pytest.raises(ValueError)
   with f_raised:
