@@ -340,6 +340,47 @@ def stateful_module_why_nnx(nnx):
   return [y, y2, model.count.value]
 
 
+# --- unbound methods, vjp, DiffState(Param) ---
+
+
+@snippet
+def unbound_methods_transformed(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(3, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l(x)
+
+    def energy(self, x):
+      return (self(x) ** 2).sum()
+
+  m = M(nnx.Rngs(0))
+  x = x_((4, 3))
+  y = nnx.jit(M.__call__)(m, x)
+  yv = nnx.vmap(M.__call__, in_axes=(None, 0))(m, x)
+  g, aux = nnx.grad(lambda m, x: (M.energy(m, x), x.sum()), has_aux=True)(m, x)
+  return [y, yv, pure(nnx, nnx.state(g, nnx.Param)), aux]
+
+
+@snippet
+def vjp_jvp(nnx):
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  x = jnp.ones((1, 2))
+  out, vjp_fn = nnx.vjp(lambda m, x: m(x), m, x, graph=False)  # flax: graph mode unsupported
+  gm, gx = vjp_fn(jnp.ones((1, 2)))
+  return [out, pure(nnx, nnx.state(gm, nnx.Param)), gx]
+
+
+@snippet
+def value_and_grad_diffstate_param(nnx):
+  m = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.BatchNorm(3, rngs=nnx.Rngs(0)))
+  loss, g = nnx.value_and_grad(lambda m: m(x_((4, 2))).sum(), argnums=nnx.DiffState(0, nnx.Param))(
+    m
+  )
+  return [loss, pure(nnx, nnx.state(g, nnx.Param)), m.layers[1].mean.value]
+
+
 def test_copy_from_another_variable_type_raises_like_flax():
   f_raised = pytest.raises(ValueError)
   with f_raised:
