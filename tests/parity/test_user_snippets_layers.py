@@ -381,6 +381,49 @@ def value_and_grad_diffstate_param(nnx):
   return [loss, pure(nnx, nnx.state(g, nnx.Param)), m.layers[1].mean.value]
 
 
+# --- subclassing built-in layers, properties and extra methods ---
+
+
+@snippet
+def subclass_builtin_layer(nnx):
+  class ScaledLinear(nnx.Linear):
+    def __init__(self, din, dout, *, rngs):
+      super().__init__(din, dout, rngs=rngs)
+      self.scale = nnx.Param(jnp.full((dout,), 2.0))
+
+    def __call__(self, x):
+      return super().__call__(x) * self.scale
+
+  class Wide(nnx.Sequential):
+    pass
+
+  m = ScaledLinear(3, 2, rngs=nnx.Rngs(0))
+  w = Wide(m, nnx.relu)
+  return [m(x_((2, 3))), w(x_((2, 3))), paths(nnx, nnx.state(w))]
+
+
+@snippet
+def module_with_methods_and_properties(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.enc = nnx.Linear(3, 2, rngs=rngs)
+      self.dec = nnx.Linear(2, 3, rngs=rngs)
+
+    @property
+    def latent_dim(self):
+      return self.enc.out_features
+
+    def encode(self, x):
+      return self.enc(x)
+
+    def __call__(self, x):
+      return self.dec(self.encode(x))
+
+  m = M(nnx.Rngs(0))
+  z = nnx.jit(M.encode)(m, x_((1, 3)))
+  return [m.latent_dim, z, m(x_((1, 3))), m.enc.in_features, m.enc.use_bias]
+
+
 def test_copy_from_another_variable_type_raises_like_flax():
   f_raised = pytest.raises(ValueError)
   with f_raised:
