@@ -1,6 +1,9 @@
 """Differential tests, part 5: layer options and state updated through transforms (BatchNorm
 statistics, Dropout keys). See ``test_user_snippets.py`` for the helpers and conventions."""
 
+import copy
+import pickle
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -422,6 +425,38 @@ def module_with_methods_and_properties(nnx):
   m = M(nnx.Rngs(0))
   z = nnx.jit(M.encode)(m, x_((1, 3)))
   return [m.latent_dim, z, m(x_((1, 3))), m.enc.in_features, m.enc.use_bias]
+
+
+# --- copies: deepcopy target networks, pickle ---
+
+
+@snippet
+def target_network_deepcopy(nnx):
+  q = nnx.Sequential(
+    nnx.Linear(2, 4, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(4, 1, rngs=nnx.Rngs(1))
+  )
+  target = copy.deepcopy(q)
+  opt = nnx.Optimizer(q, optax.sgd(0.1), wrt=nnx.Param)
+  opt.update(q, nnx.grad(lambda m: m(jnp.ones((1, 2))).sum())(q))
+  # soft (Polyak) update of the target network
+  tau = 0.5
+  new = jax.tree.map(
+    lambda t, s: t * (1 - tau) + s * tau, nnx.state(target, nnx.Param), nnx.state(q, nnx.Param)
+  )
+  nnx.update(target, new)
+  shallow = copy.copy(q)
+  return [
+    target.layers[0].kernel.value,
+    q.layers[0].kernel.value,
+    shallow.layers[0].kernel is q.layers[0].kernel,
+  ]
+
+
+@snippet
+def pickle_roundtrip(nnx):
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  m2 = pickle.loads(pickle.dumps(m))
+  return [m2(jnp.ones((1, 2))), m2.kernel.value]
 
 
 def test_copy_from_another_variable_type_raises_like_flax():
