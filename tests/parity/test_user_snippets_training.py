@@ -459,6 +459,8 @@ def test_error_classes_are_the_ones_flax_raises():
       _builtin_classes(lambda: layer.missing),
       _builtin_classes(lambda: nnx.merge(nnx.graphdef(layer))),
       _builtin_classes(iadd),
+      _builtin_classes(lambda: nnx.Rngs("abc")),
+      _builtin_classes(lambda: nnx.Rngs(params=None)),
       _builtin_classes(
         lambda: nnx.Conv(3, 4, kernel_size=(3, 3), rngs=nnx.Rngs(0))(jnp.ones((1, 5, 5, 2)))
       ),
@@ -471,6 +473,8 @@ def test_error_classes_are_the_ones_flax_raises():
   layer = pynnx.Linear(2, 3, rngs=pynnx.Rngs(0))
   with pytest.raises(pynnx.MissingStateError, match=r"nnx.merge\(graphdef, state\)"):
     pynnx.merge(pynnx.graphdef(layer))
+  with pytest.raises(pynnx.RngError, match=r"needs an int seed or a PRNG key, got NoneType None"):
+    pynnx.Rngs(params=None)
   kernel = layer.kernel
   with pytest.raises(pynnx.VariableInPlaceError, match=r"variable\[\.\.\.\] \+= x"):
     kernel *= 2
