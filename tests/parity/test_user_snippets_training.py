@@ -461,6 +461,7 @@ def test_error_classes_are_the_ones_flax_raises():
       _builtin_classes(iadd),
       _builtin_classes(lambda: nnx.Rngs("abc")),
       _builtin_classes(lambda: nnx.Rngs(params=None)),
+      _builtin_classes(lambda: nnx.Conv(2, 3, kernel_size=(3.0, 3), rngs=nnx.Rngs(0))),
       _builtin_classes(
         lambda: nnx.Conv(3, 4, kernel_size=(3, 3), rngs=nnx.Rngs(0))(jnp.ones((1, 5, 5, 2)))
       ),
@@ -475,6 +476,8 @@ def test_error_classes_are_the_ones_flax_raises():
     pynnx.merge(pynnx.graphdef(layer))
   with pytest.raises(pynnx.RngError, match=r"needs an int seed or a PRNG key, got NoneType None"):
     pynnx.Rngs(params=None)
+  with pytest.raises(pynnx.ConfigError, match=r"Conv: kernel_size must be an int or a sequence"):
+    pynnx.Conv(2, 3, kernel_size="x", rngs=pynnx.Rngs(0))
   kernel = layer.kernel
   with pytest.raises(pynnx.VariableInPlaceError, match=r"variable\[\.\.\.\] \+= x"):
     kernel *= 2
