@@ -6,6 +6,7 @@ import pickle
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from test_user_snippets import paths, pure, run_both, same, x_
@@ -457,6 +458,33 @@ def pickle_roundtrip(nnx):
   m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
   m2 = pickle.loads(pickle.dumps(m))
   return [m2(jnp.ones((1, 2))), m2.kernel.value]
+
+
+# --- NumPy (float64 / int64) inputs, a wrong rngs argument ---
+
+
+@snippet
+def numpy_inputs(nnx):
+  rngs = nnx.Rngs(0)
+  lin = nnx.Linear(3, 2, rngs=rngs)
+  emb = nnx.Embed(5, 3, rngs=rngs)
+  conv = nnx.Conv(1, 2, (2, 2), rngs=rngs)
+  ln = nnx.LayerNorm(3, rngs=rngs)
+  x64 = np.random.default_rng(0).normal(size=(2, 3))
+  idx = np.array([0, 4], dtype=np.int64)
+  img = np.ones((1, 4, 4, 1), dtype=np.float64)
+  bn = nnx.BatchNorm(3, rngs=rngs)
+  rms = nnx.RMSNorm(3, rngs=rngs)
+  return [lin(x64), emb(idx), conv(img), ln(x64), bn(x64), rms(x64)]
+
+
+@snippet
+def int_rngs_argument_error(nnx):
+  try:
+    nnx.Linear(2, 3, rngs=0)
+    return ["ok"]
+  except Exception as e:
+    return [[c.__name__ for c in type(e).__mro__ if c.__module__ == "builtins"][0]]
 
 
 def test_copy_from_another_variable_type_raises_like_flax():
