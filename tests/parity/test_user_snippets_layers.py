@@ -487,6 +487,34 @@ def int_rngs_argument_error(nnx):
     return [[c.__name__ for c in type(e).__mro__ if c.__module__ == "builtins"][0]]
 
 
+# --- metrics: binary accuracy, metric state, updates under jit ---
+
+
+@snippet
+def binary_accuracy_and_metric_state(nnx):
+  acc = nnx.metrics.Accuracy(threshold=0.5)
+  acc.update(logits=jnp.array([0.2, 0.7, 0.9]), labels=jnp.array([0, 1, 0]))
+  avg = nnx.metrics.Average()
+  avg.update(values=jnp.ones((2, 3)))
+  mm = nnx.MultiMetric(a=nnx.metrics.Average("x"))
+  mm.update(x=jnp.float32(1.0))
+  st = nnx.state(mm)
+  return [acc.compute(), avg.compute(), paths(nnx, st)]
+
+
+@snippet
+def metrics_in_jit_with_state_split(nnx):
+  mm = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), acc=nnx.metrics.Accuracy())
+
+  @nnx.jit
+  def upd(mm, logits, labels):
+    mm.update(loss=jnp.mean(logits), logits=logits, labels=labels)
+
+  for i in range(3):
+    upd(mm, x_((4, 3), i), jnp.array([0, 1, 2, 0]))
+  return [mm.compute(), type(mm.acc).__name__]
+
+
 def test_copy_from_another_variable_type_raises_like_flax():
   f_raised = pytest.raises(ValueError)
   with f_raised:
