@@ -515,6 +515,39 @@ def metrics_in_jit_with_state_split(nnx):
   return [mm.compute(), type(mm.acc).__name__]
 
 
+# --- custom rng collections, more initializers ---
+
+
+@snippet
+def custom_rng_collection(nnx):
+  d = nnx.Dropout(0.5, rng_collection="noise", rngs=nnx.Rngs(noise=4))
+  mha = nnx.MultiHeadAttention(2, 4, dropout_rate=0.5, decode=False, rngs=nnx.Rngs(0, dropout=2))
+  x = jnp.ones((1, 3, 4))
+  return [
+    d(jnp.ones(8)),
+    d(jnp.ones(8)),
+    paths(nnx, nnx.state(d)),
+    mha(x, deterministic=False),
+    mha(x, deterministic=False, rngs=nnx.Rngs(dropout=9)),
+  ]
+
+
+@snippet
+def initializers_more(nnx):
+  k = jax.random.key(3)
+  init = nnx.initializers
+  return [
+    init.glorot_uniform()(k, (3, 4)),
+    init.kaiming_uniform()(k, (3, 4)),
+    init.lecun_uniform()(k, (3, 4)),
+    init.he_normal()(k, (3, 4)),
+    init.uniform(0.5)(k, (3,)),
+    init.zeros_init()(k, (2,)),
+    init.constant(3)(k, (2,), jnp.int32),
+    init.normal(1.0)(k, (2,), jnp.bfloat16),
+  ]
+
+
 def test_copy_from_another_variable_type_raises_like_flax():
   f_raised = pytest.raises(ValueError)
   with f_raised:
