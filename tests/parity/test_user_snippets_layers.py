@@ -548,6 +548,19 @@ def initializers_more(nnx):
   ]
 
 
+@snippet
+def jit_keyword_module_and_donate_argnames(nnx):
+  m = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+
+  @nnx.jit(donate_argnames=("model",))
+  def f(x, *, model):
+    return model(x)
+
+  y = f(x_((4, 3)), model=m)
+  y2 = f(x=x_((4, 3), 1), model=m)
+  return [y, y2, m.mean.value]
+
+
 def test_copy_from_another_variable_type_raises_like_flax():
   f_raised = pytest.raises(ValueError)
   with f_raised:
