@@ -26,6 +26,7 @@ from ._core.errors import GraphModeRequiredError as GraphModeRequiredError
 from ._core.errors import LayerArgumentError as LayerArgumentError
 from ._core.errors import LeakedTracerError as LeakedTracerError
 from ._core.errors import MetricArgumentError as MetricArgumentError
+from ._core.errors import MissingStateError as MissingStateError
 from ._core.errors import NotAVariableError as NotAVariableError
 from ._core.errors import PynnxError as PynnxError
 from ._core.errors import RngCallError as RngCallError
@@ -40,6 +41,7 @@ from ._core.errors import TraceContextError as TraceContextError
 from ._core.errors import TransformArgumentError as TransformArgumentError
 from ._core.errors import TreeStructureError as TreeStructureError
 from ._core.errors import UnsupportedOptionError as UnsupportedOptionError
+from ._core.errors import VariableInPlaceError as VariableInPlaceError
 from ._core.filters import All as All
 from ._core.filters import Any_ as Any  # noqa: F401  (Flax name)
 from ._core.filters import Everything as Everything

@@ -28,6 +28,14 @@ class StateMismatchError(PynnxError, ValueError):
   """A State does not fit the GraphDef / Module it is merged into or updates."""
 
 
+class MissingStateError(StateMismatchError, TypeError):
+  """``nnx.merge(graphdef)`` was called without a State (a ``TypeError`` in flax too)."""
+
+
+class VariableInPlaceError(PynnxError, NotImplementedError):
+  """``variable += x`` (an augmented assignment on the Variable itself), as in flax."""
+
+
 class NotAVariableError(PynnxError, TypeError):
   """A non-Variable value was given where a Variable is expected."""
 

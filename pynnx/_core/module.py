@@ -213,12 +213,43 @@ class Sequential(Module):
     self.layers = List(fns)
 
   def __call__(self, *args: Any, rngs: Any = None, **kwargs: Any) -> Any:
-    output: Any = args
+    """Calls the layers in order, as flax does.
+
+    The first layer gets ``*args, **kwargs``. A later layer gets the previous output
+    unpacked: a tuple as positional arguments, a dict as keyword arguments, anything else as
+    the single argument. ``rngs`` (when given) goes to every layer that takes an ``rngs``
+    keyword. With no layers the input comes back (one argument as itself, several as a tuple,
+    keywords as a dict, nothing as ``None``).
+    """
+    if not self.layers:
+      return args[0] if len(args) == 1 else args or (kwargs or None)
+    output: Any = None
     for i, f in enumerate(self.layers):
       if not callable(f):
         raise TypeError(f"Sequential.layers[{i}] is not callable: {f!r}")
-      output = f(*output, **kwargs) if i == 0 and isinstance(output, tuple) else f(output)
+      if i > 0:
+        args, kwargs = _as_call_arguments(output)
+      if rngs is not None and _takes_keyword(f, "rngs"):
+        kwargs = {**kwargs, "rngs": rngs}
+      output = f(*args, **kwargs)
     return output
+
+
+def _as_call_arguments(output: Any) -> tuple[tuple, dict]:
+  if isinstance(output, tuple):
+    return output, {}
+  if isinstance(output, dict):
+    return (), output
+  return (output,), {}
+
+
+def _takes_keyword(f: Callable[..., Any], name: str) -> bool:
+  try:
+    params = inspect.signature(f).parameters.values()
+  except (TypeError, ValueError):  # builtins without a signature
+    return False
+  kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+  return any(p.name == name and p.kind in kinds for p in params)
 
 
 def view(

@@ -44,7 +44,13 @@ SplitSpec = int | tuple[int, ...]
 def _as_key(value: Any) -> jax.Array:
   if isinstance(value, int):
     return jax.random.key(value)
-  value = jnp.asarray(value)
+  try:
+    value = jnp.asarray(value)
+  except (TypeError, ValueError):  # a string, None, an object: not something JAX can hold
+    raise RngError(
+      f"An rng stream needs an int seed or a PRNG key, got {type(value).__name__} {value!r}: "
+      "pass e.g. `nnx.Rngs(0)` or `nnx.Rngs(params=jax.random.key(0))`."
+    ) from None
   if jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
     return value
   if value.dtype == jnp.uint32 and value.shape[-1:] == (2,):

@@ -18,6 +18,7 @@ from .config import resolve_graph
 from .errors import (
   FilterError,
   GraphModeRequiredError,
+  MissingStateError,
   NotAVariableError,
   SharedReferenceError,
   StateMismatchError,
@@ -274,7 +275,7 @@ def split_graph_states(args: tuple) -> tuple[Any, tuple]:
     else:
       states.append(s)
   if not states:
-    raise StateMismatchError(
+    raise MissingStateError(
       "merge needs at least one State after the GraphDef: `nnx.merge(graphdef, state)`."
     )
   return graphdef, tuple(states)

@@ -17,7 +17,14 @@ import jax.extend.core as jex_core
 import numpy as np
 
 from . import eager
-from .errors import LeakedTracerError, NotAVariableError, ShapeError, TraceContextError
+from .errors import (
+  LeakedTracerError,
+  NotAVariableError,
+  ShapeError,
+  StateMismatchError,
+  TraceContextError,
+  VariableInPlaceError,
+)
 from .reprs import variable_repr
 
 A = TypeVar("A")
@@ -229,6 +236,42 @@ class Variable(Generic[A]):
   def copy(self) -> Variable[A]:
     return self.replace()
 
+  def has_metadata(self, name: str) -> bool:
+    """Whether ``name`` was set as metadata on this Variable (defaults do not count)."""
+    return name in self._metadata
+
+  def get_raw_value(self) -> A:
+    """The stored value, without the leaked-tracer check of ``get_value``."""
+    return self._raw_value
+
+  def set_raw_value(self, value: A) -> None:
+    """Stores ``value`` as is (same rules as ``set_value``)."""
+    self.set_value(value)
+
+  @property
+  def var_type(self) -> type:
+    return type(self)
+
+  def copy_from(self, other: Variable[A]) -> None:
+    """Takes ``other``'s value and metadata (``other`` must be of the same Variable type).
+
+    Example:
+      >>> a, b = nnx.Param(jnp.zeros(2), tag="a"), nnx.Param(jnp.ones(2), tag="b")
+      >>> a.copy_from(b)
+      >>> a[...], a.tag
+      (Array([1., 1.], dtype=float32), 'b')
+    """
+    if type(other) is not type(self):
+      raise StateMismatchError(
+        f"copy_from: a {type(self).__name__} can only copy another {type(self).__name__}, "
+        f"got {type(other).__name__}; use `variable[...] = other[...]` to copy the value only."
+      )
+    if other is self:
+      return
+    self.set_value(other.get_raw_value())
+    object.__setattr__(self, "_metadata", dict(other._metadata))
+    bump_structure()
+
   @property
   def type(self) -> type:
     return type(self)
@@ -432,6 +475,17 @@ def _binary(op: Callable, reflected: bool = False):
   return method
 
 
+def _no_inplace(variable: Variable, name: str) -> Any:
+  # Without this, Python falls back to `v = v + x`: the name is rebound to a plain array and
+  # the Variable silently keeps its old value.
+  kind = type(variable).__name__
+  raise VariableInPlaceError(
+    f"In-place operator `__i{name}__` on a {kind} Variable itself is not supported (it would "
+    f"rebind the name to a plain array and leave the {kind} unchanged). Update its contents: "
+    f"`variable[...] += x` or `variable.value = variable.value + x`."
+  )
+
+
 for _name, _op in [
   ("add", operator.add),
   ("sub", operator.sub),
@@ -450,6 +504,8 @@ for _name, _op in [
 ]:
   setattr(Variable, f"__{_name}__", _binary(_op))
   setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
+  if _name != "divmod":  # divmod has no augmented form
+    setattr(Variable, f"__i{_name}__", (lambda n: lambda self, x: _no_inplace(self, n))(_name))
 for _name, _op in [
   ("lt", operator.lt),
   ("le", operator.le),

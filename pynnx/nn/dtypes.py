@@ -93,7 +93,12 @@ def to_tuple(layer: str, name: str, value: Any, rank: int, *, default: int = 1) 
   if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
     out = (int(value),) * rank
   else:
-    out = tuple(int(v) for v in value)
+    try:
+      out = tuple(_as_int(v) for v in value)
+    except TypeError:
+      raise nnx.ConfigError(
+        f"{layer}: {name} must be an int or a sequence of ints, got {value!r}."
+      ) from None
   if len(out) != rank:
     raise LayerArgumentError(
       f"{layer}: {name} needs one entry per spatial dimension ({rank}), got {value!r}."
@@ -101,6 +106,12 @@ def to_tuple(layer: str, name: str, value: Any, rank: int, *, default: int = 1) 
   for v in out:
     check_size(layer, name, v)
   return out
+
+
+def _as_int(v: Any) -> int:
+  if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+    raise TypeError(v)
+  return int(v)
 
 
 def normalize_axes(axes: int | Sequence[int], ndim: int) -> tuple[int, ...]:

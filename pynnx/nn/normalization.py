@@ -33,7 +33,10 @@ _NO_METADATA: Mapping[str, Any] = {}
 
 def _stats_dtype(x: jax.Array, dtype: Any) -> Any:
   with jax.numpy_dtype_promotion("standard"):
-    return jnp.promote_types(x.dtype if dtype is None else dtype, jnp.float32)
+    # canonical: a NumPy float64 input computes in float32 without x64 (no truncation warning)
+    return jax.dtypes.canonicalize_dtype(
+      jnp.promote_types(x.dtype if dtype is None else dtype, jnp.float32)
+    )
 
 
 def _abs_sq(x: jax.Array) -> jax.Array:

@@ -81,12 +81,14 @@ class RNNCellBase(nnx.Module):
   def _one_carry(self, batch_dims: tuple[int, ...], rngs: Any, carry_init: Any) -> jax.Array:
     init = carry_init if carry_init is not None else self.carry_init
     shape = (*batch_dims, self.hidden_features)
-    if init is None:  # the default zeros need no random key
-      return jnp.zeros(shape, self.param_dtype)
     if rngs is None:
       rngs = self.rngs
     if isinstance(rngs, nnx.Rngs):
       rngs = rngs.carry
+    if init is None:  # the default zeros need no key, but a given stream advances as in flax
+      if rngs is not None:
+        rngs()
+      return jnp.zeros(shape, self.param_dtype)
     if rngs is None:
       raise nnx.RngError(
         f"{type(self).__name__}.initialize_carry: a carry_init was given, and it needs a random "

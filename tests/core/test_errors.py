@@ -35,6 +35,8 @@ BUILTINS = {
   "UnsupportedOptionError": ValueError,
   "BridgeError": TypeError,
   "TransformArgumentError": ValueError,
+  "MissingStateError": (ValueError, TypeError),
+  "VariableInPlaceError": NotImplementedError,
 }
 
 
