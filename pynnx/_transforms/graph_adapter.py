@@ -365,7 +365,8 @@ def _transplant(orig: Any, new: Any) -> None:
   """Makes ``orig`` (the caller's object) take the structure of ``new`` (from the transform).
 
   Existing Variables keep their identity (their values were written back by the lift);
-  attributes that appeared are adopted, those that vanished are removed.
+  attributes that appeared are adopted, those that vanished are removed, changed static
+  attributes (``model.eval()`` inside the transform) are set.
   """
   if not (isinstance(orig, Pytree) and type(orig) is type(new)):
     return
@@ -382,6 +383,8 @@ def _transplant(orig: Any, new: Any) -> None:
     elif isinstance(ov, Variable) and type(ov) is type(nv):
       continue
     elif isinstance(ov, (Pytree, Variable)) or isinstance(nv, (Pytree, Variable)):
+      orig._pynnx_setattr(k, nv)
+    elif ov is not nv and ov != nv:  # a static attribute, e.g. `deterministic` set by eval()
       orig._pynnx_setattr(k, nv)
   stale: list[Any] = [k for k, _ in orig._pynnx_items() if k not in nd]
   for k in stale:
