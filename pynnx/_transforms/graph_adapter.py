@@ -35,6 +35,7 @@ from .._core.variables import STRUCTURE, Variable
 from .._graph import api as graph_api
 from .._graph.api import GraphNode
 from .._graph.flatten import plan as graph_plan
+from .._graph.graphdef import ContainerDef, NodeDef, StaticDef
 
 __all__ = ["DiffState", "StateAxes", "StateSharding"]
 
@@ -282,21 +283,28 @@ def enter(
     changes = {}
     new_nodes = _nodes(graph_api.to_tree(slots))
     for i, (old, new) in enumerate(zip(in_nodes, new_nodes)):
-      if old.graphdef != new.graphdef:
-        if carry or fixed or not key.graph_updates:
-          why = (
-            f"but {key.api.split('(')[0]} maps, scans or loops over it, so its structure must "
-            f"stay fixed; create the Variables before the transform (e.g. call init_cache "
-            f"first)"
-            if carry or fixed
-            else "but graph_updates=False. Pass graph_updates=True to propagate structural "
-            "changes, or keep the structure fixed"
-          )
-          raise StructureChangeError(
-            f"{key.api}: the function changed the structure of argument root {i} (Variables "
-            f"or sub-Modules were added, removed or replaced) {why}."
-          )
-        changes[i] = new
+      if old.graphdef == new.graphdef:
+        continue
+      if _layout(old.graphdef.root) == _layout(new.graphdef.root):
+        # only static attributes changed (model.eval() inside): set on the caller with
+        # graph_updates, as Flax does; a carry keeps its input form, so nothing to carry
+        if key.graph_updates and not carry:
+          changes[i] = new
+        continue
+      if carry or fixed or not key.graph_updates:
+        why = (
+          f"but {key.api.split('(')[0]} maps, scans or loops over it, so its structure must "
+          f"stay fixed; create the Variables before the transform (e.g. call init_cache "
+          f"first)"
+          if carry or fixed
+          else "but graph_updates=False. Pass graph_updates=True to propagate structural "
+          "changes, or keep the structure fixed"
+        )
+        raise StructureChangeError(
+          f"{key.api}: the function changed the structure of argument root {i} (Variables "
+          f"or sub-Modules were added, removed or replaced) {why}."
+        )
+      changes[i] = new
     return changes
 
   def finish(out: Any) -> Any:
@@ -312,6 +320,17 @@ def enter(
     return graph_api.to_tree(out), structural_changes()
 
   return slots, finish
+
+
+def _layout(d: Any) -> Any:
+  """A graph definition without its static values: what Variables and nodes sit where."""
+  if isinstance(d, NodeDef):
+    return (d.type, d.index, d.meta.data_keys, tuple(map(_layout, d.children)))
+  if isinstance(d, ContainerDef):
+    return (d.treedef, d.keys, tuple(map(_layout, d.children)))
+  if isinstance(d, StaticDef):
+    return StaticDef
+  return d
 
 
 def _is_graph_node(x: Any) -> bool:
