@@ -287,8 +287,9 @@ def enter(
         continue
       if _layout(old.graphdef.root) == _layout(new.graphdef.root):
         # only static attributes changed (model.eval() inside): set on the caller with
-        # graph_updates, as Flax does; a carry keeps its input form, so nothing to carry
-        if key.graph_updates and not carry:
+        # graph_updates, as Flax does. Mapped, sharded, branched and looped transforms have
+        # no output for them (their outputs are mapped / per-branch): ignored there.
+        if key.graph_updates and not (carry or fixed):
           changes[i] = new
         continue
       if carry or fixed or not key.graph_updates:
