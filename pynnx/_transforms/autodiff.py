@@ -8,7 +8,6 @@ statistics and dropout just work. Their updates are written back like in any tra
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,26 +35,24 @@ def _inexact(value: Any, allow_int: bool) -> bool:
   return allow_int and jnp.issubdtype(dtype, jnp.integer)
 
 
-def diff_mask(plan: Any, values: Sequence[Any], allow_int: bool) -> tuple[bool, ...]:
-  """Which leaves of an argument are differentiated: inexact Params and plain leaves."""
-  out = []
-  for kind, value in zip(plan.kinds, values):
-    if kind is None:
-      out.append(_inexact(value, allow_int))
-    else:
-      out.append(issubclass(kind[0], Param) and _inexact(value, allow_int))
-  return tuple(out)
+def diff_mask(call: Call, s: int, allow_int: bool, params_only: bool = False) -> tuple[bool, ...]:
+  """Which leaves of slot ``s`` are differentiated: inexact plain leaves, and inexact
+  Variables the call selects (``Call.selected``: Params, or graph mode's filtered substate),
+  only Params among them with ``params_only``."""
+  selected = call.selected(s)
+  return tuple(
+    _inexact(value, allow_int)
+    and (kind is None or (selected(cell) and (not params_only or issubclass(kind[0], Param))))
+    for kind, value, cell in zip(call.flat.plans[s].kinds, call.flat.values[s], call.flat.cells[s])
+  )
 
 
-def grad_like(plan: Any, mask: Sequence[bool], grads: Sequence[Any], graph: bool) -> Any:
-  """The gradient shaped like the argument: Variables keep their type, non-diff hold None.
-
-  ``graph``: graph mode's form, the State of the differentiated substate.
-  """
+def grad_like(plan: Any, mask: Sequence[bool], grads: Sequence[Any], form: Callable) -> Any:
+  """The gradient shaped like the argument: Variables keep their type, non-diff hold None;
+  ``form`` (``Call.user_grad``) gives it the form the user gets."""
   values = merge_masked([None] * len(mask), mask, grads)
   leaves = [g if kind is None else new_var(kind, g) for kind, g in zip(plan.kinds, values)]
-  tree = plan.treedef.unflatten(leaves)
-  return graph_adapter.selected_state(tree) if graph else tree
+  return form(plan.treedef.unflatten(leaves))
 
 
 def select_masked(values: Sequence[Any], mask: Sequence[bool]) -> list:
@@ -133,29 +130,15 @@ class GradWrapped(Transform):
         )
     call = self.bind(args, kwargs)
     flat = call.flat
-    inexact = functools.partial(_inexact, allow_int=self.allow_int)
-    if call.graph is None:
-      masks = {i: diff_mask(flat.plans[i], flat.values[i], self.allow_int) for i in argnums}
-    else:
-      masks = {
-        i: tuple(  # the selected substate of each graph root, and plain arrays outside roots
-          sel or (kind is None and plain)
-          for sel, kind, plain in zip(
-            graph_adapter.selected_mask(call.slots[i], flat.cells[i], flat.values[i], inexact),
-            flat.plans[i].kinds,
-            diff_mask(flat.plans[i], flat.values[i], self.allow_int),
-          )
-        )
-        for i in argnums
-      }
+    masks = {i: diff_mask(call, i, self.allow_int) for i in argnums}
     diff = tuple(select_masked(flat.values[i], masks[i]) for i in argnums)
     inner = _lifted(self, call, masks, self.has_aux)
     (value, (aux, updates)), grads = jax.value_and_grad(
       lambda d: inner(*d), has_aux=True, holomorphic=self.holomorphic, allow_int=self.allow_int
     )(diff)
     aux = call.finish(aux, updates)
-    graph = call.graph is not None
-    shaped = tuple(grad_like(flat.plans[i], masks[i], g, graph) for i, g in zip(argnums, grads))
+    form = call.user_grad()
+    shaped = tuple(grad_like(flat.plans[i], masks[i], g, form) for i, g in zip(argnums, grads))
     g_out = shaped if isinstance(self.argnums, (list, tuple)) else shaped[0]
     return self.result(value, aux, g_out)
 
@@ -220,9 +203,7 @@ Example:
 
 
 def _masks(call: Call) -> dict:
-  return {
-    s: diff_mask(p, v, False) for s, (p, v) in enumerate(zip(call.flat.plans, call.flat.values))
-  }
+  return {s: diff_mask(call, s, False) for s in range(len(call.slots))}
 
 
 class _ShapeCotangents:
@@ -232,13 +213,13 @@ class _ShapeCotangents:
   can be passed into ``jax.jit`` / ``nnx.jit`` like JAX's own ``vjp_fn``.
   """
 
-  __slots__ = ("plans", "masks", "graph", "_key", "_hash")
+  __slots__ = ("plans", "masks", "form", "_key", "_hash")
 
-  def __init__(self, plans: tuple, masks: tuple, graph: bool):
+  def __init__(self, plans: tuple, masks: tuple, form: Callable):
     self.plans = plans
     self.masks = masks
-    self.graph = graph  # graph mode: a Module's cotangent is the State of its Params
-    self._key = (plans, masks, graph)
+    self.form = form  # Call.user_grad: graph mode's cotangent of a Module is a State
+    self._key = (plans, masks, form)
     self._hash = hash(self._key)
 
   def __hash__(self) -> int:
@@ -249,7 +230,7 @@ class _ShapeCotangents:
 
   def __call__(self, jax_vjp_fn: Callable, cotangent: Any) -> tuple:
     cts = jax_vjp_fn(cotangent)
-    return tuple(grad_like(p, m, c, self.graph) for p, m, c in zip(self.plans, self.masks, cts))
+    return tuple(grad_like(p, m, c, self.form) for p, m, c in zip(self.plans, self.masks, cts))
 
 
 def _tangent_values(
@@ -294,7 +275,7 @@ class VjpWrapped(_Linearized):
       _lifted(self, call, masks, self.has_aux), *diff, has_aux=True
     )
     aux = call.finish(aux, updates)
-    shape = _ShapeCotangents(call.static.plans, tuple(masks.values()), call.graph is not None)
+    shape = _ShapeCotangents(call.static.plans, tuple(masks.values()), call.user_grad())
     vjp_fn = jax.tree_util.Partial(shape, jax_vjp_fn)
     return (out, vjp_fn, aux) if self.has_aux else (out, vjp_fn)
 
@@ -319,9 +300,7 @@ class JvpWrapped(_Linearized):
         "per primal."
       )
     call = self.bind(tuple(primals), {})
-    if call.graph is not None:
-      filters = [self.graph_filters(k, len(primals)) for k in call.static.layout]
-      tangents, _ = graph_adapter.to_tree(tangents, filters, api, self.graph_updates)
+    tangents = call.slot_form(tangents)
     masks = _masks(call)
     diff, tans = [], []
     flat = call.flat

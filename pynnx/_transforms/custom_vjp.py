@@ -1,6 +1,7 @@
-"""``nnx.custom_vjp``: ``jax.custom_vjp`` over the lift (tree mode).
+"""``nnx.custom_vjp``: ``jax.custom_vjp`` over the lift.
 
-Tree mode follows ``jax.custom_vjp``: ``fwd(*args)`` returns ``(out, residuals)`` and
+Graph mode differs only in what ``bwd`` receives and returns (States of the DiffState-selected
+substates with graph_updates: ``graph_adapter.custom_vjp_bwd``). Tree mode follows ``jax.custom_vjp``: ``fwd(*args)`` returns ``(out, residuals)`` and
 ``bwd(*nondiff_args, residuals, g)`` receives the output cotangent ``g`` and returns one
 cotangent per differentiable argument, shaped like it (a Module for a Module, e.g.
 ``nnx.clone(m)`` with its Params set).
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,10 +36,7 @@ from .._core.errors import (
   StructureChangeError,
   TraceContextError,
 )
-from .._core.pytree import Pytree
-from .._core.variables import Param, Variable, is_variable
-from .._graph import api as graph_api
-from .._graph.api import GraphNode
+from .._core.variables import Variable, is_variable
 from . import graph_adapter
 from .autodiff import diff_mask, merge_masked, select_masked
 from .lift import MISSING, Call, Inner, Transform, rebuild_arg, wrap_or_decorate, write_back
@@ -49,48 +47,10 @@ __all__ = ["custom_vjp", "CustomVjp", "custom_vjp_tree"]
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 
 
-def _graph_bwd(cvjp: CustomVjp, call: Call, nondiff: tuple, states: bool) -> Callable:
-  """Graph mode: ``bwd``'s cotangents turned into cotangents of the GraphNode-wrapped
-  arguments. With ``states`` (graph_updates) ``bwd(*nondiff, res, (input_updates_g, out_g))``
-  returns States; without, ``bwd(*nondiff, res, out_g)`` returns Module-shaped cotangents as
-  in tree mode."""
-  wargs = call.slots
-  diff_args = [i for i in range(len(wargs)) if i not in nondiff]
-
-  def bwd(*rest: Any) -> Any:
-    *nd, res, out_g = rest
-    if states:
-      out_g = (tuple(graph_adapter.zero_state(wargs[i]) for i in diff_args), out_g)
-    cts = cast(Callable, cvjp.bwd)(*_nodes_to_modules(nd), res, out_g)
-    ok = isinstance(cts, (tuple, list)) and len(cts) == len(diff_args)
-    if not states:  # a mismatch is named by custom_vjp_tree
-      return tuple(_as_node(wargs[i], ct) for i, ct in zip(diff_args, cts)) if ok else cts
-    if not ok:
-      raise StructureChangeError(
-        f"{cvjp.api}: bwd must return a tuple with one cotangent per differentiable argument "
-        f"({len(diff_args)}), got {type(cts).__name__}."
-      )
-    return tuple(
-      graph_adapter.cotangent_node(cvjp.api, wargs[i], ct) for i, ct in zip(diff_args, cts)
-    )
-
-  return bwd
-
-
-def _as_node(warg: Any, ct: Any) -> Any:
-  if isinstance(warg, GraphNode) and isinstance(ct, (Pytree, Variable)):
-    return graph_api.to_tree(ct, filters=(...,))
-  return ct
-
-
-def _nodes_to_modules(nd: Sequence[Any]) -> list:
-  return [graph_api.from_tree(x) if isinstance(x, GraphNode) else x for x in nd]
-
-
 class _Layout:
   """Where every leaf of every argument goes: ``diff``, ``other`` or static."""
 
-  def __init__(self, flat: Any, nondiff: frozenset, masks: Sequence[Any] | None = None):
+  def __init__(self, flat: Any, nondiff: frozenset, masks: Sequence[Any]):
     self.plans = flat.plans
     self.n = len(flat.plans)
     self.diff_args = tuple(i for i in range(self.n) if i not in nondiff)
@@ -98,12 +58,7 @@ class _Layout:
     self.other = []  # (arg, leaf) of dynamic leaves that are not differentiated
     self.static: dict = {}  # (arg, leaf) -> value
     for i, (plan, vals) in enumerate(zip(flat.plans, flat.values)):
-      if i in nondiff:
-        mask = (False,) * len(vals)
-      elif masks is not None:
-        mask = masks[i]
-      else:
-        mask = diff_mask(plan, vals, False)
+      mask = (False,) * len(vals) if i in nondiff else masks[i]
       self.masks.append(mask)
       for j, (kind, v, m) in enumerate(zip(plan.kinds, vals, mask)):
         if m:
@@ -143,12 +98,11 @@ def custom_vjp_tree(
   call: Call,
   nondiff_argnums: Sequence[int],
   api: str,
-  masks: Sequence[Any] | None = None,
+  masks: Sequence[Any],
 ) -> Any:
   """The core: ``fun(*args)`` of a bound call with the custom rule ``(fwd, bwd)``.
 
-  ``masks`` may choose the differentiated leaves of each argument (graph mode uses the
-  DiffState-selected substate); by default inexact Params and plain arrays.
+  ``masks[i]`` marks the differentiated leaves of argument ``i``.
 
   Differentiable arguments' Variables get cotangents from ``bwd``; the updates made to the
   other Variables are written back into the caller's Variables.
@@ -279,7 +233,7 @@ class CustomVjp(Transform):
       self._sig: inspect.Signature | None = inspect.signature(self.f)
     except (TypeError, ValueError):
       self._sig = None
-    self._rule: list = [None, None, False]  # fwd, bwd, symbolic_zeros: set by defvjp
+    self._rule: list = [None, None]  # fwd, bwd: set by defvjp
 
   @property
   def fwd(self) -> Callable | None:
@@ -291,7 +245,12 @@ class CustomVjp(Transform):
 
   def defvjp(self, fwd: Callable, bwd: Callable, symbolic_zeros: bool = False) -> None:
     """Sets the rule: ``fwd(*args) -> (out, res)`` and ``bwd(*nondiff, res, g) -> cts``."""
-    self._rule[:] = [fwd, bwd, symbolic_zeros]
+    if symbolic_zeros:
+      raise ConfigError(
+        f"{self.api}.defvjp(..., symbolic_zeros=True) is not supported: bwd receives plain "
+        f"(zero-filled) cotangents. Drop symbolic_zeros."
+      )
+    self._rule[:] = [fwd, bwd]
 
   def graph_filters(self, key: int | str, n_pos: int) -> tuple:
     # Graph mode: each differentiable Module splits into (selected substate, rest).
@@ -326,31 +285,10 @@ class CustomVjp(Transform):
           f"{len(args)} positional arguments."
         )
     call = self.bind(args, {})
-    if call.graph is None:
-      if self._rule[2]:
-        raise ConfigError(
-          f"{self.api}: defvjp(..., symbolic_zeros=True) is not supported in tree mode."
-        )
-      return custom_vjp_tree(self.f, self.fwd, self.bwd, call, self.nondiff, self.api)
-    if not call.graph.key.graph_updates:
-      if self.wrt:
-        raise GraphModeRequiredError(
-          f"{self.api}: DiffState in nondiff_argnums needs graph_updates=True (the bwd rule "
-          f"then receives and returns States). Pass graph_updates=True, or use integer "
-          f"nondiff_argnums."
-        )
-      bwd = _graph_bwd(self, call, self.nondiff, states=False)
-      return custom_vjp_tree(self.f, self.fwd, bwd, call, self.nondiff, self.api)
-    # The selected substate's Params get cotangents; other Variables (BatchStat...) carry
-    # updates that are written back, as in tree mode.
-    masks = [
-      tuple(
-        m and (isinstance(c, Param) or not isinstance(c, Variable))
-        for m, c in zip(graph_adapter.selected_mask(w, cells, vals, lambda v: True), cells)
-      )
-      for w, cells, vals in zip(call.slots, call.flat.cells, call.flat.values)
-    ]
-    bwd = _graph_bwd(self, call, self.nondiff, states=True)
+    # Differentiated: the selected substate's inexact Params (and inexact plain arrays);
+    # the other Variables (BatchStat...) carry updates that are written back.
+    masks = [diff_mask(call, s, False, params_only=True) for s in range(len(call.slots))]
+    bwd = graph_adapter.custom_vjp_bwd(call.graph, call.slots, self, self.bwd)
     return custom_vjp_tree(self.f, self.fwd, bwd, call, self.nondiff, self.api, masks)
 
 

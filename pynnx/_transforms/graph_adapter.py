@@ -437,20 +437,13 @@ def spec_filters(spec: Any) -> tuple:
   return ()
 
 
-def selected_mask(
-  warg: Any, cells: Sequence[Any], values: Sequence[Any], inexact: Callable[[Any], bool]
-) -> tuple[bool, ...]:
-  """Differentiated leaves of a wrapped argument: Variables in a GraphNode's first
-  (selected) State, and plain inexact leaves (as in tree mode)."""
-  selected = {
+def selected_ids(warg: Any) -> frozenset[int]:
+  """The ids of the Variables in the first (selected) State of each GraphNode in ``warg``."""
+  return frozenset(
     id(leaf)
     for node in jax.tree.leaves(warg, is_leaf=_is_graph_node)
     if isinstance(node, GraphNode)
     for leaf in jax.tree.leaves(node.states[0], is_leaf=lambda x: isinstance(x, Variable))
-  }
-  return tuple(
-    inexact(v) and (id(c) in selected if isinstance(c, Variable) else True)
-    for c, v in zip(cells, values)
   )
 
 
@@ -518,6 +511,51 @@ def cotangent_node(api: str, warg: Any, ct: Any) -> Any:
 
   first = State.from_flat_path([(p, v.replace(value(given[p]))) for p, v in selected.flat_state()])
   return GraphNode(warg.graphdef, (first, *warg.states[1:]))
+
+
+def custom_vjp_bwd(
+  graph: GraphCall | None, wargs: Sequence[Any], cvjp: Any, bwd: Callable
+) -> Callable:
+  """custom_vjp's ``bwd`` as its tree-mode core calls it: ``bwd`` itself in tree mode.
+
+  Graph mode turns ``bwd``'s cotangents into cotangents of the GraphNode-wrapped arguments.
+  With graph_updates ``bwd(*nondiff, res, (input_updates_g, out_g))`` returns States (the
+  DiffState-selected substates); without, ``bwd(*nondiff, res, out_g)`` returns
+  Module-shaped cotangents as in tree mode.
+  """
+  if graph is None:
+    return bwd
+  api, states = cvjp.api, graph.key.graph_updates
+  if cvjp.wrt and not states:
+    raise GraphModeRequiredError(
+      f"{api}: DiffState in nondiff_argnums needs graph_updates=True (the bwd rule then "
+      f"receives and returns States). Pass graph_updates=True, or use integer nondiff_argnums."
+    )
+  diff_args = [i for i in range(len(wargs)) if i not in cvjp.nondiff]
+
+  def graph_bwd(*rest: Any) -> Any:
+    *nd, res, out_g = rest
+    if states:
+      out_g = (tuple(zero_state(wargs[i]) for i in diff_args), out_g)
+    modules = [graph_api.from_tree(x) if isinstance(x, GraphNode) else x for x in nd]
+    cts = bwd(*modules, res, out_g)
+    ok = isinstance(cts, (tuple, list)) and len(cts) == len(diff_args)
+    if not states:  # a mismatch is named by the tree-mode core
+      return tuple(_as_node(wargs[i], ct) for i, ct in zip(diff_args, cts)) if ok else cts
+    if not ok:
+      raise StructureChangeError(
+        f"{api}: bwd must return a tuple with one cotangent per differentiable argument "
+        f"({len(diff_args)}), got {type(cts).__name__}."
+      )
+    return tuple(cotangent_node(api, wargs[i], ct) for i, ct in zip(diff_args, cts))
+
+  return graph_bwd
+
+
+def _as_node(warg: Any, ct: Any) -> Any:
+  if isinstance(warg, GraphNode) and isinstance(ct, (Pytree, Variable)):
+    return graph_api.to_tree(ct, filters=(...,))
+  return ct
 
 
 def _spec_for(spec: Any, path: tuple, var: Variable) -> Any:

@@ -57,7 +57,6 @@ class JitWrapped(Transform):
       return out, updates + [None] if scope.marked else updates
 
     self._jit_kw = dict(
-      out_shardings=(out_shardings, None) if out_shardings is not None else None,
       keep_unused=self.keep_unused,
       device=self.device,
       backend=self.backend,
@@ -102,11 +101,13 @@ class JitWrapped(Transform):
           list(broadcast_prefix(s, a, p, self.api, n, what="in_shardings"))
           for s, a, p, n in zip(specs, call.slots, static.plans, call.names)
         )
+    out_sh = self.out_shardings
     jitted = jax.jit(
       # The call structure is bound, not a static argument: no hashing on the hot path.
       functools.partial(self._inner, static),
       donate_argnums=donate,
       in_shardings=in_sh,
+      out_shardings=None if out_sh is None else (call.out_prefix(out_sh, None), None),
       **self._jit_kw,
     )
     if len(self._by_layout) > 32:
@@ -134,9 +135,7 @@ class JitWrapped(Transform):
     """Shapes and dtypes of the outputs, without running anything."""
     call = self.bind(args, kwargs)
     out = self._jitted(call).eval_shape(*call.flat.values)[0]
-    if call.graph is not None:  # graph form (tree, structural changes): rebuild, change nothing
-      out = graph_adapter.exit(call.graph, (out[0], {}))
-    return out
+    return call.finish(out, [], structural=False)
 
 
 def _donated(key: int | str, donate: tuple) -> bool:

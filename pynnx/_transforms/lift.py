@@ -45,6 +45,7 @@ from .._core.tree import (
 from .._core.variables import (
   FRAMES,
   STRUCTURE,
+  Param,
   Variable,
   is_variable,
   meta_from_aux,
@@ -327,6 +328,14 @@ def write_back(flat: Flat, updates: Sequence[dict[int, Any]]) -> None:
 # --- the call ---------------------------------------------------------------------------------
 
 
+def _is_param(cell: Any) -> bool:
+  return isinstance(cell, Param)
+
+
+def _same(tree: Any) -> Any:
+  return tree
+
+
 class CallStatic:
   """The hashable half of one call: what the inner function needs besides the values.
 
@@ -404,10 +413,13 @@ class Call:
     """The user-facing names of the slots (for error messages)."""
     return self.transform.slot_names(self.static.layout)
 
-  def finish(self, out: Any, updates: Sequence[dict], *, carry: bool = False) -> Any:
+  def finish(
+    self, out: Any, updates: Sequence[dict], *, carry: bool = False, structural: bool = True
+  ) -> Any:
     """Writes updates back, runs the graph exit and resolves returned inputs.
 
     ``carry``: the output was produced in carry form (scan / loops: no InputRefs).
+    ``structural=False``: graph mode's structural changes are dropped (abstract evaluation).
     """
     write_back(self.flat, updates)
     tables = None
@@ -418,10 +430,45 @@ class Call:
         else [object_table(s) for s in self.slots]
       )
     if self.graph is not None:
+      if not (carry or structural):
+        out = (out[0], {})
       out = graph_adapter.exit(self.graph, out, carry=carry)
     if tables is not None:
       out = resolve_inputs(out, tables)
     return out
+
+  # -- graph-mode hooks a transform calls without knowing the mode --------------------------
+  def out_prefix(self, prefix: Any, empty: Any) -> Any:
+    """A prefix for the output that leaves the JAX call (``out_axes``, ``out_specs``...).
+
+    Graph mode's output carries its structural changes beside the user's output (always
+    empty where the transform forbids them): that part takes ``empty``.
+    """
+    return prefix if self.graph is None else (prefix, empty)
+
+  def selected(self, s: int) -> Callable[[Any], bool]:
+    """Which Variables of slot ``s`` are selected for differentiation: Params in tree mode;
+    in graph mode those in each root's first State (the transform's filters choose it)."""
+    if self.graph is None:
+      return _is_param
+    ids = graph_adapter.selected_ids(self.slots[s])
+    return lambda cell: id(cell) in ids
+
+  def user_grad(self) -> Callable[[Any], Any]:
+    """What turns a gradient shaped like a slot into the form the user gets: the same tree
+    in tree mode, the State of the selected substate in graph mode (hashable)."""
+    return _same if self.graph is None else graph_adapter.selected_state
+
+  def slot_form(self, trees: Sequence[Any]) -> list:
+    """Trees given per slot (jvp's tangents) in the slots' form: graph mode splits their
+    Modules like the slots'."""
+    if self.graph is None:
+      return list(trees)
+    n = self.static.n_pos
+    filters = [self.transform.graph_filters(k, n) for k in self.static.layout]
+    return graph_adapter.to_tree(trees, filters, self.transform.api, self.graph.key.graph_updates)[
+      0
+    ]
 
 
 class Inner:

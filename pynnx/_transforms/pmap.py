@@ -64,7 +64,7 @@ class PmapWrapped(AxesTransform):
       self.named(inner),
       axis_name=self.axis_name,
       in_axes=tuple(list(s) for s in specs),
-      out_axes=(self.out_axes, 0, None),
+      out_axes=(call.out_prefix(self.out_axes, 0), 0, None),
       donate_argnums=tuple(s for s, d in enumerate(donated) if d),
       **self._pmap_kw,
     )

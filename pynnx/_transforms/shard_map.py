@@ -106,7 +106,7 @@ class ShardMapWrapped(AxesTransform):
       for specs, values in zip(self.leaf_specs(call), flat.values, strict=True)
     )
     var_specs = [[in_specs[a][i] for i in plan.var_idx] for a, plan in enumerate(flat.plans)]
-    out_specs = (_none_to_replicated(self.out_specs), var_specs)
+    out_specs = (call.out_prefix(_none_to_replicated(self.out_specs), PartitionSpec()), var_specs)
     f = self.f
 
     def inner(*values: Any):

@@ -50,9 +50,7 @@ class VmapWrapped(AxesTransform):
         f"have the partition name added, or drop transform_metadata."
       )
     side: dict = {}  # StateAxes outputs: their GraphDefs, by output path
-    out_spec = jax_out_axes(self.out_axes)
-    if call.graph is not None:
-      out_spec = (out_spec, 0)  # graph mode's output is (tree, structural changes)
+    out_spec = call.out_prefix(jax_out_axes(self.out_axes), 0)
 
     def inner(values: tuple):
       with Inner(static, values, "vmap", fixed=True, call=call) as scope:
