@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from .._core.errors import ConfigError, StructureChangeError
 from .._core.variables import Param, Variable, is_variable
 from . import graph_adapter
-from .lift import MISSING, Call, Inner, Transform, new_var, wrap_or_decorate
+from .flat import new_var
+from .lift import MISSING, Call, Inner, Transform, wrap_or_decorate
 
 __all__ = ["grad", "value_and_grad", "vjp", "jvp"]
 
@@ -103,6 +104,10 @@ class GradWrapped(Transform):
   """
 
   transform = "grad"
+  argnums: Any
+  has_aux: bool
+  holomorphic: bool
+  allow_int: bool
   spec_options = ("argnums",)
 
   def setup(self) -> None:
@@ -155,7 +160,7 @@ class ValueAndGradWrapped(GradWrapped):
     return ((value, aux), grads) if self.has_aux else (value, grads)
 
 
-def _make(cls: type):
+def _make(cls: type[GradWrapped]):
   def transform(
     f: Callable = MISSING,
     *,
@@ -171,7 +176,7 @@ def _make(cls: type):
       raise ConfigError(
         f"pynnx.{cls.transform}: reduce_axes is deprecated in JAX and not supported; drop it."
       )
-    options = dict(f=f, argnums=argnums, has_aux=has_aux, holomorphic=holomorphic)
+    options: dict[str, Any] = dict(f=f, argnums=argnums, has_aux=has_aux, holomorphic=holomorphic)
     options.update(allow_int=allow_int, graph=graph, graph_updates=graph_updates)
     return wrap_or_decorate(cls, options)
 
@@ -254,6 +259,7 @@ class _Linearized(Transform):
   """Shared by vjp and jvp: positional primals, Params differentiated in graph mode too."""
 
   keywords = "reject"
+  has_aux: bool
 
   def graph_filters(self, key: int | str, n_pos: int) -> tuple:
     return (Param, ...)  # graph mode: a Module's cotangent is the State of its Params

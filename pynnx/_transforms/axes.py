@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from .._core.errors import AxisSpecError
 from .._core.sharding import sharding_key
 from .._core.variables import Variable, aux_from_meta, is_variable, meta_from_aux
-from .lift import ArgPlan, CallStatic, Flat, Transform, flatten_args
+from .flat import ArgPlan, Flat, flatten_args
+from .lift import CallStatic, Transform
 from .outputs import leaf_paths
 from .prefix import broadcast_prefix
 
@@ -62,6 +63,8 @@ class AxesTransform(Transform):
   """
 
   spec_options = ("in_axes", "out_axes")
+  in_axes: Any
+  out_axes: Any
   keyword_axis: Any = 0  # keyword arguments are mapped along their leading axis, as in jax.vmap
   transform_metadata: Mapping[str, Any] = EMPTY  # an option of vmap, pmap and scan
 

@@ -12,7 +12,7 @@ import jax
 from .._core.errors import StructureChangeError
 from .._core.paths import format_path, jax_path_to_parts
 from .._core.variables import Variable, is_variable
-from .lift import _get_raw, _kind
+from .flat import _get_raw, _kind
 from .outputs import keep_callers, leaf_paths
 
 

@@ -25,7 +25,8 @@ import jax
 
 from .._core.errors import StructureChangeError, TraceContextError
 from .carry import aval_str, check_kept, final_carry, next_carry, same_type
-from .lift import Inner, Transform, all_values, changed
+from .flat import all_values, changed
+from .lift import Inner, Transform
 from .outputs import leaf_paths
 
 __all__ = ["cond", "switch", "while_loop", "fori_loop"]
@@ -38,6 +39,7 @@ class _Operands(Transform):
   """The operands of cond / switch / while_loop / fori_loop, bound like any transform's."""
 
   check_bound = False
+  what: str
 
   def setup(self) -> None:  # options: transform (its public name), what (the operands' name)
     self.api = self.check.api = f"pynnx.{self.transform}"

@@ -39,7 +39,8 @@ from .._core.errors import (
 from .._core.variables import Variable, is_variable
 from . import graph_adapter
 from .autodiff import diff_mask, merge_masked, select_masked
-from .lift import MISSING, Call, Inner, Transform, rebuild_arg, wrap_or_decorate, write_back
+from .flat import rebuild_arg, write_back
+from .lift import MISSING, Call, Inner, Transform, wrap_or_decorate
 from .outputs import leaf_paths
 
 __all__ = ["custom_vjp", "CustomVjp", "custom_vjp_tree"]
@@ -213,6 +214,7 @@ class CustomVjp(Transform):
   transform = "custom_vjp"
 
   spec_options = ("nondiff_argnums",)
+  nondiff_argnums: tuple
 
   def __init__(self, fun: Callable, *, nondiff_argnums: Sequence[Any], **options: Any):
     if any(not isinstance(n, int) for n in nondiff_argnums) and options.get("graph") is False:

@@ -19,7 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from .._core.sharding import sharding_names
 from .._core.variables import Variable, is_variable
-from .lift import _RAW, Transform, _get_raw
+from .flat import _RAW, _get_raw
+from .lift import Transform
 
 __all__ = ["eval_shape"]
 

@@ -228,7 +228,9 @@ def _fast_to_tree(slots: list, filters: Sequence[tuple]) -> tuple | None:
 
   Returns None (the general path) for nested roots, bare Variables or shared objects.
   """
-  wslots, roots, root_filters = [], [], []
+  wslots: list[Any] = []
+  roots: list[Any] = []
+  root_filters: list[tuple] = []
   seen: frozenset[int] = frozenset()
   for slot, fs in zip(slots, filters):
     if isinstance(slot, Pytree):
@@ -275,7 +277,7 @@ def enter(
   (vmap, cond...): structural changes raise, the output is converted as usual.
   """
   in_nodes = _nodes(list(slots))
-  slots = graph_api.from_tree(list(slots))
+  slots = list(graph_api.from_tree(list(slots)))
   roots = _roots(slots)
   index = {id(r): i for i, r in enumerate(roots)}
 

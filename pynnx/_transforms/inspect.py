@@ -84,6 +84,7 @@ class CheckifyWrapped(Transform):
   """A function transformed by ``nnx.checkify``: calling it returns ``(error, out)``."""
 
   transform = "checkify"
+  errors: Any
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)

@@ -17,7 +17,8 @@ import jax
 
 from .._core.errors import AxisSpecError, ConfigError
 from . import graph_adapter
-from .lift import MISSING, Inner, Transform, all_values, changed, resolve_static, wrap_or_decorate
+from .flat import all_values, changed
+from .lift import MISSING, Inner, Transform, resolve_static, wrap_or_decorate
 from .prefix import broadcast_prefix, is_spec_leaf
 
 __all__ = ["jit", "JitWrapped"]
@@ -28,6 +29,14 @@ class JitWrapped(Transform):
 
   transform = "jit"
   spec_options = ("in_shardings",)
+  in_shardings: Any
+  out_shardings: Any
+  donate_argnums: Any
+  donate_argnames: Any
+  keep_unused: bool
+  device: Any
+  backend: str | None
+  inline: bool
 
   def setup(self) -> None:
     in_shardings, out_shardings = self.in_shardings, self.out_shardings

@@ -22,6 +22,7 @@ class TransformMetadataWrapped(AxesTransform):
   """A function wrapped by ``nnx.transform_metadata``; call it like the original."""
 
   transform = "transform_metadata"
+  partition: Any
 
   def setup(self) -> None:
     super().setup()

@@ -23,7 +23,8 @@ from .axes import (
   split_by_axis,
   unstack_updates,
 )
-from .lift import MISSING, Inner, all_values, changed, resolve_static, wrap_or_decorate
+from .flat import all_values, changed
+from .lift import MISSING, Inner, resolve_static, wrap_or_decorate
 
 __all__ = ["pmap"]
 
@@ -32,6 +33,11 @@ class PmapWrapped(AxesTransform):
   """A function transformed by ``nnx.pmap``; call it like the original."""
 
   transform = "pmap"
+  axis_name: Any
+  axis_size: int | None
+  devices: Any
+  backend: str | None
+  donate_argnums: Any
 
   def __init__(self, f: Callable, *, static_broadcasted_argnums: Any, **options: Any):
     super().__init__(f, static_argnums=static_broadcasted_argnums, **options)

@@ -24,7 +24,7 @@ from .._core.variables import Variable, is_variable
 __all__ = ["broadcast_prefix", "is_spec_leaf"]
 
 
-_LEAF = jax.tree_util.tree_structure(0)
+_LEAF: Any = jax.tree_util.tree_structure(0)
 
 
 def _is_node(x: Any) -> bool:
@@ -79,7 +79,7 @@ def broadcast_prefix(
   Args:
     prefix: an int / None / other spec leaf for the whole argument, or a pytree prefix of it.
     arg: the argument the plan was computed from (used to walk the prefix).
-    plan: its :class:`~pynnx._transforms.lift.ArgPlan`; the result has ``len(plan.kinds)``
+    plan: its :class:`~pynnx._transforms.flat.ArgPlan`; the result has ``len(plan.kinds)``
       entries.
     api: the transform, for error messages (``"pynnx.vmap(f)"``).
     argname: the argument's name, the root of paths in error messages.

@@ -22,6 +22,8 @@ class RematWrapped(Transform):
   """A function transformed by ``nnx.remat``; call it like the original."""
 
   transform = "remat"
+  prevent_cse: bool
+  policy: Any
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)

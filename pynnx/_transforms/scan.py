@@ -29,7 +29,8 @@ from .axes import (
   unstack_updates,
 )
 from .carry import final_carry, next_carry
-from .lift import MISSING, Inner, flatten_args, new_var, wrap_or_decorate
+from .flat import flatten_args, new_var
+from .lift import MISSING, Inner, wrap_or_decorate
 from .outputs import leaf_paths
 from .prefix import broadcast_prefix
 from .state_out_axes import join_outputs, split_outputs, uses_state_out_axes
@@ -108,6 +109,10 @@ class ScanWrapped(AxesTransform):
   """
 
   transform = "scan"
+  length: int | None
+  reverse: bool
+  unroll: Any
+  _split_transpose: bool
   keyword_axis = None
 
   def setup(self) -> None:

@@ -17,7 +17,8 @@ from jax.sharding import PartitionSpec
 
 from .._core.errors import AxisSpecError
 from .axes import AxesTransform
-from .lift import MISSING, Inner, _get_raw, wrap_or_decorate
+from .flat import _get_raw
+from .lift import MISSING, Inner, wrap_or_decorate
 from .prefix import broadcast_prefix
 
 __all__ = ["shard_map"]
@@ -59,6 +60,11 @@ class ShardMapWrapped(AxesTransform):
   transform = "shard_map"
   keywords = "reject"
   spec_options = ("in_specs", "out_specs")
+  mesh: Any
+  in_specs: Any
+  out_specs: Any
+  check_vma: bool
+  axis_names: Any
 
   def setup(self) -> None:
     super().setup()
@@ -74,7 +80,7 @@ class ShardMapWrapped(AxesTransform):
           f"{self.api}: in_specs has {len(specs)} entries but the function was called with "
           f"{n_pos} positional arguments. Give one spec (or spec tree) per argument."
         )
-      return specs[key]
+      return specs[key]  # type: ignore[index]  # keywords are rejected: key is a position
     raise AxisSpecError(
       f"{self.api}: in_specs must be a PartitionSpec, None, or a tuple with one spec per "
       f"argument; got {type(specs).__name__}."

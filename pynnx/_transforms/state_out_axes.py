@@ -26,7 +26,7 @@ uses_state_out_axes = uses_graph_specs  # whether out_axes holds a StateAxes any
 
 
 def _partition(api: str, node: GraphNode, spec: StateAxes, where: str) -> tuple:
-  entries = []
+  entries: list[Any] = []
   for s in node.states:
     if not isinstance(s, State):
       raise AxisSpecError(
@@ -65,8 +65,8 @@ def split_outputs(api: str, spec: Any, out: Any, side: dict, path: tuple = ()) -
     parts = [split_outputs(api, s, o, side, (*path, i)) for i, (s, o) in enumerate(zip(spec, out))]
     return type(out)(p[0] for p in parts), type(out)(p[1] for p in parts)
   if isinstance(spec, dict) and isinstance(out, dict) and set(spec) == set(out):
-    parts = {k: split_outputs(api, spec[k], out[k], side, (*path, k)) for k in out}
-    return {k: p[0] for k, p in parts.items()}, {k: p[1] for k, p in parts.items()}
+    by_key = {k: split_outputs(api, spec[k], out[k], side, (*path, k)) for k in out}
+    return {k: p[0] for k, p in by_key.items()}, {k: p[1] for k, p in by_key.items()}
   if uses_graph_specs(spec):
     raise AxisSpecError(
       f"{api}: out_axes={spec!r} does not fit the output at {where} "

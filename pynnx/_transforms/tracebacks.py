@@ -16,7 +16,7 @@ from typing import Any
 try:  # the documented exception: JAX's traceback filter has no public registration API
   from jax._src import traceback_util as _traceback_util
 except ImportError:  # pragma: no cover - only on a JAX that moved the module
-  _traceback_util = None
+  _traceback_util = None  # type: ignore[assignment]
 
 
 def api_boundary(fn: Any) -> Any:

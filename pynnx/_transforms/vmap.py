@@ -35,6 +35,9 @@ class VmapWrapped(AxesTransform):
   """A function transformed by ``nnx.vmap``; call it like the original."""
 
   transform = "vmap"
+  axis_name: Any
+  axis_size: int | None
+  spmd_axis_name: Any
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     call = self.bind(args, kwargs)

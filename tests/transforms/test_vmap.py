@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pynnx as nnx
-from pynnx._transforms.lift import flatten_args
+from pynnx._transforms.flat import flatten_args
 from pynnx._transforms.prefix import broadcast_prefix
 
 
