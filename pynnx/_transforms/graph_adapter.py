@@ -155,13 +155,36 @@ class GraphKey:
 
 
 class GraphCall:
-  """A graph-mode call, outside: its key and the caller's graph roots (for :func:`exit`)."""
+  """A graph-mode call, outside: its key and the caller's graph roots (for :func:`exit`).
 
-  __slots__ = ("key", "roots")
+  ``statics``: the static-only changes (``model.eval()``) a fixed transform's function made,
+  ``{root index: new GraphDef}``, reported while tracing (their outputs are mapped or
+  per-branch, so these travel beside them); None until reported.
+  """
+
+  __slots__ = ("key", "roots", "statics")
 
   def __init__(self, key: GraphKey, roots: tuple):
     self.key = key
     self.roots = roots
+    self.statics: dict | None = None
+
+  def report_statics(self, statics: dict) -> None:
+    """Every trace of the function (each branch of a cond) must make the same change."""
+    if self.statics is None:
+      self.statics = statics
+      return
+    if statics.keys() != self.statics.keys() or any(statics[i] != self.statics[i] for i in statics):
+      differ = sorted(
+        set(statics) ^ set(self.statics)
+        | {i for i in set(statics) & set(self.statics) if statics[i] != self.statics[i]}
+      )
+      raise StructureChangeError(
+        f"{self.key.api}: the branches change static attributes of argument root "
+        f"{', '.join(map(str, differ))} differently (e.g. one calls model.eval() and another "
+        f"does not). A static attribute has one value after the call, so make the same change "
+        f"in every branch, or make it before the call."
+      )
 
 
 def _is_root(x: Any) -> bool:
@@ -266,7 +289,12 @@ def inner_tables(slots: Sequence[Any]) -> list[list]:
 
 
 def enter(
-  key: GraphKey, slots: Sequence[Any], *, carry: bool = False, fixed: bool = False
+  key: GraphKey,
+  slots: Sequence[Any],
+  *,
+  carry: bool = False,
+  fixed: bool = False,
+  outer: GraphCall | None = None,
 ) -> tuple[list, Callable]:
   """Inside the transform: rebuild Modules around the fresh Variables.
 
@@ -274,7 +302,8 @@ def enter(
   ``carry=True`` (loop and scan carries) the output comes back in its input form — an input
   root as a GraphNode with its filters, so the carry keeps its structure — and structural
   changes raise; otherwise ``finish`` returns ``(out, structural_changes)``. ``fixed``
-  (vmap, cond...): structural changes raise, the output is converted as usual.
+  (vmap, cond...): structural changes raise, the output is converted as usual, and
+  static-only changes are reported to ``outer`` (the call's GraphCall).
   """
   in_nodes = _nodes(list(slots))
   slots = list(graph_api.from_tree(list(slots)))
@@ -282,17 +311,17 @@ def enter(
   index = {id(r): i for i, r in enumerate(roots)}
 
   def structural_changes() -> dict:
-    changes = {}
+    changes, statics = {}, {}
     new_nodes = _nodes(graph_api.to_tree(slots))
     for i, (old, new) in enumerate(zip(in_nodes, new_nodes)):
       if old.graphdef == new.graphdef:
         continue
       if _layout(old.graphdef.root) == _layout(new.graphdef.root):
         # only static attributes changed (model.eval() inside): set on the caller with
-        # graph_updates, as Flax does. Mapped, sharded, branched and looped transforms have
-        # no output for them (their outputs are mapped / per-branch): ignored there.
-        if key.graph_updates and not (carry or fixed):
-          changes[i] = new
+        # graph_updates, as Flax does: through the output, or beside it where the output is
+        # mapped or per-branch (fixed). Loop carries must keep their structure: ignored.
+        if key.graph_updates and not carry:
+          (statics if fixed else changes)[i] = new if not fixed else new.graphdef
         continue
       if carry or fixed or not key.graph_updates:
         why = (
@@ -308,6 +337,8 @@ def enter(
           f"or sub-Modules were added, removed or replaced) {why}."
         )
       changes[i] = new
+    if fixed and outer is not None and key.graph_updates:
+      outer.report_statics(statics)
     return changes
 
   def finish(out: Any) -> Any:
@@ -361,6 +392,9 @@ def exit(call: GraphCall, out: Any, *, carry: bool = False) -> Any:
     out, structural = out
   for i, node in structural.items():
     _transplant(roots[i], graph_api.from_tree(node))
+  for i, graphdef in (call.statics or {}).items():
+    states = graph_api.to_tree(roots[i]).states
+    _transplant(roots[i], graph_api.from_tree(GraphNode(graphdef, states)))
   treedef: jax.tree_util.PyTreeDef  # jaxlib ships no stub for it: this reads as Any
   leaves, treedef = jax.tree_util.tree_flatten(out, is_leaf=_is_graph_node)
   if not any(isinstance(x, GraphNode) for x in leaves):

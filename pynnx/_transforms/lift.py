@@ -260,8 +260,9 @@ class Inner:
     self.slots = [a for a, _ in self.rebuilt]
     self._finish = None
     if static.graph is not None:
+      outer = self.owner.graph if self.owner is not None else None
       self.slots, self._finish = graph_adapter.enter(
-        static.graph, self.slots, carry=self.carry, fixed=self.fixed
+        static.graph, self.slots, carry=self.carry, fixed=self.fixed, outer=outer
       )
     return self
 

@@ -788,3 +788,27 @@ def test_static_marked_attribute_holding_a_variable_raises_value_error():
   assert isinstance(res["pynnx"], pynnx.StaticAttributeError)
   with pytest.raises(pynnx.StaticAttributeError, match=r"S\.f is marked static.*holds data"):
     snippet(pynnx)
+
+
+@pytest.mark.parametrize("transform", ["vmap", "cond", "switch"])
+def test_static_attribute_change_inside_mapped_or_branched_transform(transform):
+  # Flax's graph mode sets model.eval() made inside vmap / cond on the caller's Module
+  def snippet(nnx):
+    m = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), nnx.Dropout(0.5, rngs=nnx.Rngs(1)))
+
+    def evaluate(m, x):
+      m.eval()
+      return m(x)
+
+    x = jnp.ones((3, 2))
+    if transform == "vmap":
+      y = nnx.vmap(evaluate, in_axes=(None, 0), graph=True)(m, x)
+    elif transform == "cond":
+      y = nnx.cond(True, evaluate, evaluate, m, x, graph=True)
+    else:
+      y = nnx.switch(0, [evaluate, evaluate], m, x, graph=True)
+    return y, m.layers[1].deterministic
+
+  res = both(snippet)
+  assert_same(res)
+  assert res["flax"][1] is True and res["pynnx"][1] is True

@@ -399,13 +399,57 @@ def test_static_attribute_changes_inside_graph_mode_transforms():
   assert nnx.jit(apply, graph=True)(m, jnp.ones(2)).shape == (2,) and m.deterministic
   m = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
   out = nnx.vmap(apply, in_axes=(None, 0), graph=True)(m, jnp.ones((3, 2)))
-  assert out.shape == (3, 2) and not m.deterministic  # mapped: no output for it (migrating.md)
+  assert out.shape == (3, 2) and m.deterministic  # reported beside the mapped output
+  m = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+  nnx.vmap(apply, in_axes=(None, 0), graph=True, graph_updates=False)(m, jnp.ones((3, 2)))
+  assert not m.deterministic
   m = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
   nnx.jit(apply, graph=True, graph_updates=False)(m, jnp.ones(2))
   assert not m.deterministic  # graph_updates=False: nothing reaches the caller
   m = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
   nnx.jit(apply)(m, jnp.ones(2))
   assert not m.deterministic  # tree mode: nothing reaches the caller (docs/migrating.md)
+
+
+def test_static_attribute_changes_through_fixed_transforms():
+  # vmap, shard_map, pmap, cond/switch: the change is reported while tracing and set after
+  def apply(m, x):
+    m.eval()
+    return m(x)
+
+  mesh = jax.sharding.Mesh(jax.devices()[:1], ("d",))
+  runs = {
+    "vmap": lambda m, x: nnx.vmap(apply, in_axes=(None, 0), graph=True)(m, x),
+    "pmap": lambda m, x: nnx.pmap(apply, in_axes=(None, 0), graph=True)(m, x[:1]),
+    "shard_map": lambda m, x: nnx.shard_map(
+      apply, mesh=mesh, in_specs=(P(), P()), out_specs=P(), graph=True
+    )(m, x),
+    "cond": lambda m, x: nnx.cond(True, apply, apply, m, x, graph=True),
+    "switch": lambda m, x: nnx.switch(1, [apply, apply], m, x, graph=True),
+  }
+  for name, run in runs.items():
+    m = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+    run(m, jnp.ones((2, 3)))
+    assert m.deterministic, name
+  # inside an outer jit: the vmap sets it on jit's rebuilt Module, and jit on the caller's
+  m = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+  nnx.jit(runs["vmap"], graph=True)(m, jnp.ones((2, 3)))
+  assert m.deterministic
+
+
+def test_static_attribute_changes_in_one_branch_only_raise():
+  def evaluate(m, x):
+    m.eval()
+    return m(x)
+
+  m = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+  with pytest.raises(
+    nnx.StructureChangeError,
+    match=r"pynnx.cond.*change static attributes of argument root 0 differently.*"
+    r"make the same change in every branch, or make it before the call",
+  ):
+    nnx.cond(True, evaluate, lambda m, x: m(x), m, jnp.ones(2), graph=True)
+  assert not m.deterministic
 
 
 # --- 6. bound methods -----------------------------------------------------------------------
