@@ -311,7 +311,8 @@ def enter(
   index = {id(r): i for i, r in enumerate(roots)}
 
   def structural_changes() -> dict:
-    changes, statics = {}, {}
+    changes: dict[int, GraphNode] = {}
+    statics: dict[int, Any] = {}  # fixed transforms: root index -> new GraphDef
     new_nodes = _nodes(graph_api.to_tree(slots))
     for i, (old, new) in enumerate(zip(in_nodes, new_nodes)):
       if old.graphdef == new.graphdef:
@@ -321,7 +322,10 @@ def enter(
         # graph_updates, as Flax does: through the output, or beside it where the output is
         # mapped or per-branch (fixed). Loop carries must keep their structure: ignored.
         if key.graph_updates and not carry:
-          (statics if fixed else changes)[i] = new if not fixed else new.graphdef
+          if fixed:
+            statics[i] = new.graphdef
+          else:
+            changes[i] = new
         continue
       if carry or fixed or not key.graph_updates:
         why = (
