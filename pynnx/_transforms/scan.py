@@ -7,7 +7,9 @@ Each positional argument is one of three kinds, given by ``in_axes``:
   ``Carry``. The final carry is written into the caller's Variables.
 * an int (or a prefix of ints / None) — scanned along that axis: each step sees one slice.
   Variables the body updates come back stacked on the same axis and are written back.
-* ``None`` — broadcast: every step sees the same value; its Variables are read-only.
+* ``None`` — broadcast: every step sees the same value. A broadcast Variable the body
+  updates (a Dropout's rng count, running statistics) is threaded through the steps like a
+  carry, and its final value written back, as Flax's tree mode does.
 
 Outputs marked with an int in ``out_axes`` are stacked along that axis.
 """
@@ -36,6 +38,14 @@ from .prefix import broadcast_prefix
 from .state_out_axes import join_outputs, split_outputs, uses_state_out_axes
 
 __all__ = ["scan", "Carry"]
+
+
+class _Thread(Exception):
+  """Raised while tracing: the body updated broadcast Variables ``leaves`` (retrace with
+  them in the carry)."""
+
+  def __init__(self, leaves: list):
+    self.leaves = leaves
 
 
 class Carry:
@@ -105,7 +115,7 @@ def _validate(in_axes: Any, out_axes: Any, api: str) -> None:
 class ScanWrapped(AxesTransform):
   """A function transformed by ``nnx.scan``; call it like the original.
 
-  Keyword arguments are broadcast (every step sees them whole) and read-only.
+  Keyword arguments are broadcast (every step sees them whole; Variable updates are threaded).
   """
 
   transform = "scan"
@@ -182,26 +192,35 @@ class ScanWrapped(AxesTransform):
           xs.append(vals[i] if s == 0 else jnp.moveaxis(vals[i], s, 0))
           x_pos.append((a, i))
     carry_init = list(flat.values[carry_idx]) if carry_idx is not None else []
+    n_carry = len(carry_init)
     record: dict = {}
     side: dict = {}  # StateAxes outputs: their GraphDefs, by output path
     f, base = self.f, flat.values
+    threaded: list = []  # (slot, leaf) of broadcast Variables the body updates
 
     def body(carry: list, x: list):
       values = [list(v) for v in base]
       if carry_idx is not None:
-        values[carry_idx] = list(carry)
+        values[carry_idx] = list(carry[:n_carry])
+      for (a, i), v in zip(threaded, carry[n_carry:]):
+        values[a][i] = v
       for (a, i), xv in zip(x_pos, x):
         values[a][i] = xv
       with Inner(static, values, "scan", carry=True) as scope:
         out = scope.output(scope.call(f))
-        updates = {}
+        updates, bcast, found = {}, {}, []
         for a, upd in enumerate(scope.updates()):
           if a == carry_idx:
             continue
           for i, new in upd.items():
-            if specs[a][i] is None:
-              self._broadcast_error(leaf_paths(slots[a], names[a])[i])
-            updates[(a, i)] = new
+            if specs[a][i] is not None:
+              updates[(a, i)] = new
+            elif (a, i) in threaded:
+              bcast[(a, i)] = self._same_aval(new, values[a][i], slots[a], names[a], i)
+            else:
+              found.append((a, i))
+        if found:
+          raise _Thread(found)
         carry_out, ys, ys_axes = self._split_out(out)
         if ys_axes is not None and uses_state_out_axes(ys_axes):  # new Modules by substate
           record["state_axes"] = ys_axes
@@ -213,6 +232,7 @@ class ScanWrapped(AxesTransform):
           new_carry = next_carry(
             self.api, "the scan body", plan, fresh, values[carry_idx], rebuilt, carry_out, root
           )
+        new_carry = [*new_carry, *(bcast.get(k, values[k[0]][k[1]]) for k in threaded)]
         yflat = flatten_args([ys])
         yplan = yflat.plans[0]
         yspecs = (
@@ -232,22 +252,30 @@ class ScanWrapped(AxesTransform):
         record["ys"] = (yplan, yspecs)
       return new_carry, (yflat.values[0], updates)
 
-    try:
-      carry_final, (ys_vals, updates) = jax.lax.scan(
+    def run() -> Any:
+      return jax.lax.scan(
         self.named(body),
-        carry_init,
+        [*carry_init, *(base[a][i] for a, i in threaded)],
         xs,
         length=self.length,
         reverse=self.reverse,
         unroll=self.unroll,
         _split_transpose=self._split_transpose,
       )
+
+    try:
+      try:
+        carry_final, (ys_vals, updates) = run()
+      except _Thread as t:  # retrace with the updated broadcast Variables in the carry
+        threaded.extend(t.leaves)
+        carry_final, (ys_vals, updates) = run()
     except (ValueError, IndexError) as e:  # JAX's errors about xs: name the leaf instead
       if not isinstance(e, PynnxError):
         scanned = [() if a == carry_idx else s for a, s in enumerate(specs)]
         self.check_mapped_axes(call, scanned, "scanned", self.length)
       raise
-    per_slot = unstack_updates(specs, updates)
+    per_slot = unstack_updates(specs, updates, dict(zip(threaded, carry_final[n_carry:])))
+    carry_final = carry_final[:n_carry]
     carry = None
     if carry_idx is not None:
       carry, per_slot[carry_idx] = final_carry(
@@ -269,13 +297,17 @@ class ScanWrapped(AxesTransform):
     out = self._join_out(carry, ys_tree)
     return call.finish(out, per_slot, carry=True)
 
-  def _broadcast_error(self, path: str) -> None:
-    raise AxisSpecError(
-      f"{self.api}: the broadcast (in_axes=None) Variable {path} was updated in the loop body. "
-      f"Broadcast Variables are read-only in scan: every step sees the same value. Put it in "
-      f"the nnx.Carry argument to thread the update through the steps, or scan it (an int in "
-      f"in_axes) to keep one value per step."
-    )
+  def _same_aval(self, new: Any, old: Any, slot: Any, name: str, i: int) -> Any:
+    """A threaded broadcast Variable's new value, which must keep its shape and dtype."""
+    if jnp.shape(new) != jnp.shape(old) or jnp.result_type(new) != jnp.result_type(old):
+      raise AxisSpecError(
+        f"{self.api}: the broadcast (in_axes=None) Variable {leaf_paths(slot, name)[i]} was "
+        f"updated from {jnp.result_type(old)}{list(jnp.shape(old))} to "
+        f"{jnp.result_type(new)}{list(jnp.shape(new))} in the loop body. Its update is carried "
+        f"from step to step, so it must keep its shape and dtype; scan it instead (an int in "
+        f"in_axes) to keep one value per step."
+      )
+    return jax.lax.convert_element_type(new, jnp.result_type(old))  # drop a weak type
 
 
 def scan(

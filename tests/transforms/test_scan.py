@@ -346,16 +346,47 @@ def test_scan_output_not_a_matching_tuple_raises():
     f(jnp.zeros(()), jnp.ones(3))
 
 
-def test_scan_broadcast_variable_update_raises():
+def test_scan_threads_updates_of_broadcast_variables(graph):
+  # as Flax's tree mode: each step sees the previous step's value, the last one is written back
   m = Counter()
 
-  @nnx.scan(in_axes=(nnx.Carry, None, 0), out_axes=nnx.Carry)
+  @nnx.scan(in_axes=(nnx.Carry, None, 0), out_axes=(nnx.Carry, 0), graph=graph)
   def f(c, model, x):
+    seen = model.count[...]
+    model.count[...] += x
+    return c + jnp.sum(model.w[...]), seen
+
+  c, seen = f(jnp.zeros(()), m, jnp.arange(1.0, 4.0))
+  assert jnp.allclose(m.count[...], 6.0)  # 1 + 2 + 3 on each entry
+  assert jnp.allclose(seen[:, 0], jnp.array([0.0, 1.0, 3.0]))  # threaded from step to step
+  assert jnp.allclose(c, 9.0)
+
+  # keyword arguments are broadcast too
+  def g(c, x, *, model):
     model.count[...] += x
     return c
 
-  with pytest.raises(nnx.AxisSpecError, match=r"broadcast .*Variable model\.count .*read-only"):
+  nnx.scan(g, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, graph=graph)(
+    jnp.zeros(()), jnp.ones(2), model=m
+  )
+  assert jnp.allclose(m.count[...], 8.0)
+
+
+def test_scan_broadcast_variable_update_must_keep_its_shape(graph):
+  m = Counter()
+
+  @nnx.scan(in_axes=(nnx.Carry, None, 0), out_axes=nnx.Carry, graph=graph)
+  def f(c, model, x):
+    model.count.value = jnp.zeros(4)
+    return c
+
+  with pytest.raises(
+    nnx.AxisSpecError,
+    match=r"broadcast \(in_axes=None\) Variable model\.count was updated from float32\[3\] to "
+    r"float32\[4\].*must keep its shape and dtype",
+  ):
     f(jnp.zeros(()), m, jnp.arange(3.0))
+  assert m.count[...].shape == (3,)
 
 
 def test_scan_carry_shape_change_raises_with_path():
