@@ -264,10 +264,12 @@ class _PytreeMeta(type):
       BUILD.depth -= 1
       if BUILD.depth == 0:
         pending, BUILD.pending = BUILD.pending, []
-        if ok:
-          for o in pending:
-            if not o.__dict__.get("_pynnx_frozen", False):
+        for o in pending:
+          if not o.__dict__.get("_pynnx_frozen", False):
+            if ok:
               o._pynnx_freeze()
+            else:  # the constructor raised: an object that escaped must not stay mutable
+              o.__dict__["_pynnx_frozen"] = True  # (its description is computed when asked)
     return obj
 
 
