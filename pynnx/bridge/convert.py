@@ -42,6 +42,18 @@ def _set(eqx: Any, module: Any, **values: Any) -> Any:
   )
 
 
+def _put(var: nnx.Variable | None, value: Any) -> None:
+  """``var[...] = value`` for an optional Variable (bias, scale) the layer was built with."""
+  assert var is not None
+  var[...] = value
+
+
+def _get(var: nnx.Variable | None) -> Any:
+  """The value of an optional Variable (bias, scale) the layer has."""
+  assert var is not None
+  return var[...]
+
+
 def _refuse(layer: Any, what: str, fix: str) -> LayerArgumentError:
   return LayerArgumentError(
     f"nnx.bridge.convert_weights({type(layer).__name__}): {what} has no counterpart in the "
@@ -60,7 +72,7 @@ def _linear_to_nnx(eqx: Any, m: Any) -> nnx.Linear:
   )
   out.kernel[...] = m.weight.T
   if m.use_bias:
-    out.bias[...] = m.bias
+    _put(out.bias, m.bias)
   return out
 
 
@@ -83,7 +95,7 @@ def _conv_to_nnx(eqx: Any, m: Any) -> nnx.Conv:
   n = m.num_spatial_dims
   out.kernel[...] = jnp.transpose(m.weight, (*range(2, n + 2), 1, 0))
   if m.use_bias:
-    out.bias[...] = m.bias.reshape(-1)
+    _put(out.bias, m.bias.reshape(-1))
   return out
 
 
@@ -117,7 +129,7 @@ def _conv_transpose_to_nnx(eqx: Any, m: Any) -> nnx.ConvTranspose:
   n = m.num_spatial_dims
   out.kernel[...] = jnp.transpose(m.weight, (*range(2, n + 2), 1, 0))
   if m.use_bias:
-    out.bias[...] = m.bias.reshape(-1)
+    _put(out.bias, m.bias.reshape(-1))
   return out
 
 
@@ -141,9 +153,9 @@ def _layernorm_to_nnx(eqx: Any, m: Any) -> nnx.LayerNorm:
     rngs=_rngs(),
   )
   if m.use_weight:
-    out.scale[...] = m.weight
+    _put(out.scale, m.weight)
   if m.use_bias:
-    out.bias[...] = m.bias
+    _put(out.bias, m.bias)
   return out
 
 
@@ -155,7 +167,7 @@ def _rmsnorm_to_nnx(eqx: Any, m: Any) -> nnx.RMSNorm:
     _one_axis(m), epsilon=m.eps, use_scale=m.use_weight, param_dtype=dtype, rngs=_rngs()
   )
   if m.use_weight:
-    out.scale[...] = m.weight
+    _put(out.scale, m.weight)
   return out
 
 
@@ -172,8 +184,8 @@ def _groupnorm_to_nnx(eqx: Any, m: Any) -> nnx.GroupNorm:
     rngs=_rngs(),
   )
   if affine:
-    out.scale[...] = m.weight
-    out.bias[...] = m.bias
+    _put(out.scale, m.weight)
+    _put(out.bias, m.bias)
   return out
 
 
@@ -191,7 +203,7 @@ def _lstm_to_nnx(eqx: Any, m: Any) -> nnx.LSTMCell:
     rows = slice(g * h, (g + 1) * h)
     getattr(out, i_name).kernel[...] = m.weight_ih[rows].T
     getattr(out, h_name).kernel[...] = m.weight_hh[rows].T
-    getattr(out, h_name).bias[...] = bias[rows]
+    _put(getattr(out, h_name).bias, bias[rows])
   return out
 
 
@@ -206,7 +218,7 @@ def _gru_to_nnx(eqx: Any, m: Any) -> nnx.GRUCell:
   h = m.hidden_size
   out = nnx.GRUCell(m.input_size, h, param_dtype=m.weight_ih.dtype, rngs=_rngs())
   out.dense_i.kernel[...] = m.weight_ih.T
-  out.dense_i.bias[...] = m.bias if m.use_bias else jnp.zeros((3 * h,), m.weight_ih.dtype)
+  _put(out.dense_i.bias, m.bias if m.use_bias else jnp.zeros((3 * h,), m.weight_ih.dtype))
   out.dense_h.kernel[...] = m.weight_hh.T
   return out
 
@@ -238,10 +250,10 @@ def _mha_to_nnx(eqx: Any, m: Any) -> nnx.MultiHeadAttention:
     layer = getattr(out, name)
     layer.kernel[...] = proj.weight.T.reshape(proj.weight.shape[1], heads, d)
     if use_bias:
-      layer.bias[...] = proj.bias.reshape(heads, d)
+      _put(layer.bias, proj.bias.reshape(heads, d))
   out.out.kernel[...] = m.output_proj.weight.T.reshape(heads, d, m.output_size)
   if use_bias:
-    out.out.bias[...] = m.output_proj.bias
+    _put(out.out.bias, m.output_proj.bias)
   return out
 
 
@@ -271,8 +283,8 @@ def _batchnorm_to_nnx(eqx: Any, m: Any, state: Any) -> nnx.BatchNorm:
     rngs=_rngs(),
   )
   if affine:
-    out.scale[...] = m.weight
-    out.bias[...] = m.bias
+    _put(out.scale, m.weight)
+    _put(out.bias, m.bias)
   out.mean[...] = mean.astype(out.mean.dtype)
   out.var[...] = var.astype(out.var.dtype)
   return out
@@ -285,7 +297,7 @@ def _linear_to_eqx(eqx: Any, m: nnx.Linear) -> Any:
   out = eqx.nn.Linear(
     m.in_features, m.out_features, use_bias=m.use_bias, dtype=m.kernel.dtype, key=_ekey()
   )
-  return _set(eqx, out, weight=m.kernel[...].T, **({"bias": m.bias[...]} if m.use_bias else {}))
+  return _set(eqx, out, weight=m.kernel[...].T, **({"bias": _get(m.bias)} if m.use_bias else {}))
 
 
 def _conv_to_eqx(eqx: Any, m: nnx.Conv) -> Any:
@@ -313,7 +325,7 @@ def _conv_to_eqx(eqx: Any, m: nnx.Conv) -> Any:
   weight = jnp.transpose(m.kernel[...], (n + 1, n, *range(n)))
   values = {"weight": weight}
   if m.use_bias:
-    values["bias"] = m.bias[...].reshape(-1, *([1] * n))
+    values["bias"] = _get(m.bias).reshape(-1, *([1] * n))
   return _set(eqx, out, **values)
 
 
@@ -341,16 +353,16 @@ def _conv_transpose_to_eqx(eqx: Any, m: nnx.ConvTranspose) -> Any:
   )
   values = {"weight": jnp.transpose(m.kernel[...], (n + 1, n, *range(n)))}
   if m.use_bias:
-    values["bias"] = m.bias[...].reshape(-1, *([1] * n))
+    values["bias"] = _get(m.bias).reshape(-1, *([1] * n))
   return _set(eqx, out, **values)
 
 
 def _norm_params(m: Any) -> dict:
   values = {}
   if m.use_scale:
-    values["weight"] = m.scale[...]
+    values["weight"] = _get(m.scale)
   if getattr(m, "use_bias", False):
-    values["bias"] = m.bias[...]
+    values["bias"] = _get(m.bias)
   return values
 
 
@@ -395,7 +407,7 @@ def _gru_to_eqx(eqx: Any, m: nnx.GRUCell) -> Any:
     out,
     weight_ih=w_ih,
     weight_hh=m.dense_h.kernel[...].T,
-    bias=m.dense_i.bias[...],
+    bias=_get(m.dense_i.bias),
     bias_n=jnp.zeros((m.hidden_features,), w_ih.dtype),
   )
 
@@ -433,7 +445,7 @@ def _mha_to_eqx(eqx: Any, m: nnx.MultiHeadAttention) -> Any:
     values[proj] = new
   out_values = {"weight": m.out.kernel[...].reshape(heads * d, m.out_features).T}
   if use_bias:
-    out_values["bias"] = m.out.bias[...]
+    out_values["bias"] = _get(m.out.bias)
   values["output_proj"] = _set(eqx, out.output_proj, **out_values)
   return _set(eqx, out, **values)
 
@@ -452,14 +464,14 @@ def _batchnorm_to_eqx(eqx: Any, m: nnx.BatchNorm) -> tuple[Any, Any]:
     mode="ema",
   )
   if m.use_scale:
-    out = _set(eqx, out, weight=m.scale[...], bias=m.bias[...])
+    out = _set(eqx, out, weight=_get(m.scale), bias=_get(m.bias))
   state = state.set(out.ema_first_time_index, jnp.array(False))
   state = state.set(out.ema_state_index, (m.mean[...], m.var[...]))
   return out, state
 
 
 def _tables(eqx: Any) -> tuple[list[tuple[type, Callable]], list[tuple[type, Callable]]]:
-  to_nnx = [
+  to_nnx: list[tuple[type, Callable]] = [
     (eqx.nn.Linear, _linear_to_nnx),
     (eqx.nn.ConvTranspose, _conv_transpose_to_nnx),
     (eqx.nn.Conv, _conv_to_nnx),
@@ -471,7 +483,7 @@ def _tables(eqx: Any) -> tuple[list[tuple[type, Callable]], list[tuple[type, Cal
     (eqx.nn.GRUCell, _gru_to_nnx),
     (eqx.nn.MultiheadAttention, _mha_to_nnx),
   ]
-  to_eqx = [
+  to_eqx: list[tuple[type, Callable]] = [
     (nnx.Linear, _linear_to_eqx),
     (nnx.ConvTranspose, _conv_transpose_to_eqx),
     (nnx.Conv, _conv_to_eqx),
