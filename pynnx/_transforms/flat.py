@@ -175,6 +175,8 @@ class SharingCheck:
 
 
 _ARRAY_PLAN = ArgPlan(jax.tree_util.tree_structure(0), (None,), [0])
+_ARRAY_IMPL = type(jax.numpy.zeros(()))
+_NO_DICT: dict = {}
 
 
 def flatten_args(args: Sequence[Any]) -> Flat:
@@ -187,14 +189,18 @@ def flatten_args(args: Sequence[Any]) -> Flat:
   entries: list[_Entry | None] = []
   stamp = STRUCTURE.writes
   holders, repeats, serials = 0, False, []
+  epoch = STRUCTURE.epoch
   for arg in args:
-    if isinstance(arg, jax.Array):  # the common bare-array argument: a constant plan
-      plans.append(_ARRAY_PLAN)
+    # the common cases first, without ABC isinstance checks (about 0.2 µs each)
+    if type(arg) is _ARRAY_IMPL or (not isinstance(arg, Pytree) and isinstance(arg, jax.Array)):
+      plans.append(_ARRAY_PLAN)  # a bare array: a constant plan
       cells.append([arg])
       values.append([arg])
       entries.append(None)
       continue
-    entry = _entry_of(arg) if isinstance(arg, (Pytree, GraphNode)) else None
+    entry = getattr(arg, "__dict__", _NO_DICT).get("_pynnx_lift_plan")
+    if entry is None or entry.epoch != epoch:  # not cached (yet), or the structure moved
+      entry = _entry_of(arg) if isinstance(arg, (Pytree, GraphNode)) else None
     if entry is None:
       leaves, plan = _plan_of(arg)
       vals = _values(leaves, plan) if plan.var_idx else leaves
