@@ -13,6 +13,7 @@ helpers that walk a whole Module (``split_rngs``, ``fork_rngs``, ``reseed``...) 
 from __future__ import annotations
 
 import inspect
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -24,6 +25,10 @@ from . import filters as filterlib
 from .errors import RngCallError, RngError, RngStreamNotFoundError
 from .pytree import Pytree
 from .variables import RngCount, RngKey
+
+# Drawing a key reads and bumps the stream's counter; this lock makes that one step, so threads
+# sharing an Rngs never draw the same key or lose a count.
+_DRAW_LOCK = threading.Lock()
 
 # The jax.random samplers and jax.nn.initializers constructors both classes expose as methods.
 SAMPLERS = (
@@ -115,9 +120,10 @@ class RngStream(Pytree):
 
   def __call__(self, *args: Any, **kwargs: Any) -> jax.Array:
     _no_arguments("RngStream", self.tag, args, kwargs)
-    key = _fold(self.key.get_value(), self.count.get_value())
-    self.count.set_value(self.count.get_value() + 1)
-    return key
+    with _DRAW_LOCK:
+      count = self.count.get_value()
+      self.count.set_value(count + 1)
+    return _fold(self.key.get_value(), count)
 
   def split(self, k: SplitSpec) -> RngStream:
     """A new stream whose key is this stream's next key split into shape ``k``."""

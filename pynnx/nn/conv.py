@@ -16,7 +16,7 @@ from jaxtyping import Array, Inexact
 
 import pynnx as nnx
 
-from .dtypes import LayerArgumentError, check_size, promote_dtype, to_tuple
+from .dtypes import LayerArgumentError, check_rngs, check_size, promote_dtype, to_tuple
 from .linear import default_bias_init, default_kernel_init
 
 _NO_METADATA: Mapping[str, Any] = {}
@@ -168,6 +168,7 @@ class Conv(_ConvBase):
     kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("Conv", rngs)
     check_size("Conv", "in_features", in_features)
     check_size("Conv", "out_features", out_features)
     check_size("Conv", "feature_group_count", feature_group_count)
@@ -302,6 +303,7 @@ class ConvTranspose(_ConvBase):
     kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("ConvTranspose", rngs)
     check_size("ConvTranspose", "in_features", in_features)
     check_size("ConvTranspose", "out_features", out_features)
     kernel_size = to_tuple(

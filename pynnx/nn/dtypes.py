@@ -22,6 +22,7 @@ Dtype = Any
 
 
 LayerArgumentError = nnx.LayerArgumentError
+ArgumentTypeError = nnx.ArgumentTypeError
 
 
 class InputShapeError(nnx.ShapeError, TypeError):
@@ -84,6 +85,15 @@ def check_size(layer: str, name: str, value: Any, *, minimum: int = 1) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
     raise LayerArgumentError(f"{layer}: {name} must be an integer >= {minimum}, got {value!r}.")
   return int(value)
+
+
+def check_rngs(layer: str, rngs: Any) -> None:
+  """``rngs`` must be an ``nnx.Rngs`` (the layer draws its initial parameters from it)."""
+  if not isinstance(rngs, nnx.Rngs):
+    raise ArgumentTypeError(
+      f"{layer}: rngs must be an nnx.Rngs to draw the initial parameters from, got "
+      f"{type(rngs).__name__} {rngs!r:.40}. Pass e.g. `rngs=nnx.Rngs(0)`."
+    )
 
 
 def to_tuple(layer: str, name: str, value: Any, rank: int, *, default: int = 1) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ from jaxtyping import Array, Inexact
 import pynnx as nnx
 
 from . import initializers
-from .dtypes import InputShapeError, LayerArgumentError, check_size, promote_dtype
+from .dtypes import InputShapeError, LayerArgumentError, check_rngs, check_size, promote_dtype
 
 default_kernel_init = initializers.lecun_normal()
 default_bias_init = initializers.zeros_init()
@@ -75,6 +75,7 @@ class Linear(nnx.Module):
     kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("Linear", rngs)
     check_size("Linear", "in_features", in_features)
     check_size("Linear", "out_features", out_features)
     self.kernel = nnx.Param(
@@ -164,6 +165,7 @@ class LinearGeneral(nnx.Module):
     kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("LinearGeneral", rngs)
     in_features, out_features, axis = (
       _as_tuple(in_features),
       _as_tuple(out_features),
@@ -302,6 +304,7 @@ class Einsum(nnx.Module):
     kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("Einsum", rngs)
     einsum_str = _check_einsum("Einsum", einsum_str)
     kernel_shape = tuple(int(s) for s in kernel_shape)
     self.kernel = nnx.Param(
