@@ -13,6 +13,7 @@ helpers that walk a whole Module (``split_rngs``, ``fork_rngs``, ``reseed``...) 
 from __future__ import annotations
 
 import inspect
+import operator
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -87,7 +88,16 @@ def _no_arguments(owner: str, tag: str, args: tuple, kwargs: dict) -> None:
 
 
 def _shape(k: SplitSpec) -> tuple[int, ...]:
-  return (k,) if isinstance(k, int) else tuple(k)
+  try:
+    shape = tuple(map(operator.index, k)) if hasattr(k, "__iter__") else (operator.index(k),)
+  except TypeError:
+    shape = (-1,)
+  if any(n < 0 for n in shape):
+    raise RngError(
+      f"An rng stream is split into a shape of non-negative ints, got {k!r}: e.g. "
+      "`rngs.split(4)` or `rngs.params.split((2, 3))`."
+    )
+  return shape
 
 
 def _warn_fork_split() -> None:
@@ -127,7 +137,7 @@ class RngStream(Pytree):
 
   def split(self, k: SplitSpec) -> RngStream:
     """A new stream whose key is this stream's next key split into shape ``k``."""
-    return type(self)(jax.random.split(self(), k), tag=self.tag)
+    return type(self)(jax.random.split(self(), _shape(k)), tag=self.tag)
 
   def broadcast(self, k: SplitSpec) -> RngStream:
     """A new stream whose key is this stream's next key repeated into shape ``k``."""
