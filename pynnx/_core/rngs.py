@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from . import filters as filterlib
-from .errors import RngCallError, RngError, RngStreamNotFoundError
+from .errors import ArgumentTypeError, RngCallError, RngError, RngStreamNotFoundError
 from .pytree import Pytree
 from .variables import RngCount, RngKey
 
@@ -91,7 +91,10 @@ def _shape(k: SplitSpec) -> tuple[int, ...]:
   try:
     shape = tuple(map(operator.index, k)) if hasattr(k, "__iter__") else (operator.index(k),)
   except TypeError:
-    shape = (-1,)
+    raise ArgumentTypeError(
+      f"An rng stream is split into a shape of ints, got {k!r}: e.g. `rngs.split(4)` or "
+      "`rngs.params.split((2, 3))`."
+    ) from None
   if any(n < 0 for n in shape):
     raise RngError(
       f"An rng stream is split into a shape of non-negative ints, got {k!r}: e.g. "
