@@ -414,6 +414,7 @@ def update(node: Any, *states: Any) -> None:
   """Writes the values of ``states`` into ``node``'s Variables (paths must exist)."""
   flat, _ = flatten_with_paths(node)
   targets = dict(flat)
+  writes = []  # every path is checked before any is written: a failed update changes nothing
   for s in states:
     if isinstance(s, State):
       items = s.flat_state()
@@ -430,7 +431,9 @@ def update(node: Any, *states: Any) -> None:
           f"update: {format_path(path)} holds a plain {type(target).__name__}, not a Variable, "
           "so it cannot be updated in place; store it in a Variable."
         )
-      target.set_value(leaf.get_value() if isinstance(leaf, Variable) else leaf)
+      writes.append((target, leaf.get_value() if isinstance(leaf, Variable) else leaf))
+  for target, value in writes:
+    target.set_value(value)
 
 
 def clone(node: Any) -> Any:

@@ -312,8 +312,20 @@ class MultiMetric(Metric):
       getattr(self, name).reset()
 
   def update(self, **updates: Any) -> None:
-    for name in self._metric_names:
-      getattr(self, name).update(**updates)
+    # All metrics or none: if one metric rejects the batch, those before it are rolled back.
+    cells = [
+      v
+      for v in jax.tree.leaves(self, is_leaf=lambda x: isinstance(x, Variable))
+      if isinstance(v, Variable)
+    ]
+    saved = [v.get_value() for v in cells]
+    try:
+      for name in self._metric_names:
+        getattr(self, name).update(**updates)
+    except BaseException:
+      for v, value in zip(cells, saved, strict=True):
+        v.set_value(value)
+      raise
 
   def compute(self) -> dict[str, Any]:
     return {name: getattr(self, name).compute() for name in self._metric_names}

@@ -188,3 +188,24 @@ def test_metric_update_with_bad_values_keeps_totals():
     avg.update(values=None)
   assert int(avg.count[...]) == 2
   assert float(avg.compute()) == 2.0
+
+
+def test_failed_update_writes_nothing(graph):
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  kernel = np.asarray(model.kernel[...])
+  with pytest.raises(nnx.StateMismatchError, match=r"model\.ghost is not"):
+    nnx.update(model, {"bias": jnp.ones(2), "kernel": jnp.ones((2, 2)), "ghost": 1.0}, graph=graph)
+  np.testing.assert_array_equal(model.bias[...], jnp.zeros(2))
+  np.testing.assert_array_equal(model.kernel[...], kernel)
+
+
+def test_multimetric_update_is_all_or_nothing():
+  metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
+  good = dict(loss=jnp.ones(3), logits=jnp.ones((3, 2)), labels=jnp.ones(3, jnp.int32))
+  metrics.update(**good)
+  with pytest.raises(nnx.ShapeError, match=r"do not fit labels of shape \(4,\)"):
+    metrics.update(loss=jnp.ones(3), logits=jnp.ones((3, 2)), labels=jnp.ones(4, jnp.int32))
+  assert int(metrics.loss.count[...]) == 3
+  assert int(metrics.accuracy.count[...]) == 3
+  nnx.jit(lambda m: m.update(**good))(metrics)
+  assert int(metrics.loss.count[...]) == 6
