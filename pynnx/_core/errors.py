@@ -127,7 +127,7 @@ class TransformArgumentError(PynnxError, ValueError):
   ``jit_partial``'s runtime arguments, ``sow`` of a new Variable inside a tree-mode transform)."""
 
 
-class ArgumentTypeError(PynnxError, TypeError, AttributeError):
+class ArgumentTypeError(PynnxError, AttributeError, TypeError):
   """An argument is not of the kind the API takes (``None`` where a Module, an Rngs, a State,
   an optax transformation or an array is expected).
 

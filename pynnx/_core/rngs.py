@@ -29,7 +29,7 @@ from .variables import RngCount, RngKey
 
 # Drawing a key reads and bumps the stream's counter; this lock makes that one step, so threads
 # sharing an Rngs never draw the same key or lose a count.
-_DRAW_LOCK = threading.Lock()
+_DRAW_LOCK = threading.RLock()
 
 # The jax.random samplers and jax.nn.initializers constructors both classes expose as methods.
 SAMPLERS = (
