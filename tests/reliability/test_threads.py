@@ -208,3 +208,35 @@ def test_eval_shape_construction_in_threads():
   assert not errors
   assert {r[0] for r in results} == {(3, 1)}
   assert all(issubclass(r[1], jax.Array) for r in results)
+
+
+class _MaybeFails(nnx.Module):
+  def __init__(self, fail, rngs):
+    self.head = nnx.Linear(3, 1, rngs=rngs)
+    time.sleep(0.001)
+    if fail:
+      raise RuntimeError("constructor failed")
+    self.tag = 0
+
+
+def test_a_constructor_failing_in_one_thread_does_not_disturb_the_others():
+  def work(i):
+    built = []
+    for k in range(10):
+      if (i + k) % 2:
+        try:
+          _MaybeFails(True, nnx.Rngs(i))
+        except RuntimeError:
+          continue
+        raise AssertionError("the constructor should have raised")
+      m = _MaybeFails(False, nnx.Rngs(i))
+      try:
+        m.tag = 1
+        built.append("not frozen")
+      except nnx.FrozenModuleError:
+        built.append("frozen")
+    return built
+
+  results, errors = run_threads(work)
+  assert not errors
+  assert all(r == ["frozen"] * 5 for r in results)
