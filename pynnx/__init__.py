@@ -14,10 +14,12 @@ from ._core.eager import logical_axis_rules as logical_axis_rules
 from ._core.eager import use_eager_sharding as use_eager_sharding
 from ._core.eager import using_eager_sharding as using_eager_sharding
 from ._core.eager import var_defaults as var_defaults
+from ._core.errors import ArgumentTypeError as ArgumentTypeError
 from ._core.errors import AttributeNotFoundError as AttributeNotFoundError
 from ._core.errors import AxisSpecError as AxisSpecError
 from ._core.errors import BoundMethodError as BoundMethodError
 from ._core.errors import BridgeError as BridgeError
+from ._core.errors import CheckpointArgumentError as CheckpointArgumentError
 from ._core.errors import CloneArgumentError as CloneArgumentError
 from ._core.errors import ConfigError as ConfigError
 from ._core.errors import FilterError as FilterError

@@ -7,7 +7,7 @@ tree-mode implementation (``_core/tree.py``) or the graph-mode one (``_graph/api
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from ._core import tree
 from ._core.config import resolve_graph
-from ._core.errors import CloneArgumentError
+from ._core.errors import ArgumentTypeError, CloneArgumentError
 from ._core.state import FlatState, State
 from ._core.variables import Variable
 from ._graph import api as graph_api
@@ -48,6 +48,12 @@ def merge(graphdef_or_graphstate: Any, /, *states: Any, copy: bool = False) -> A
     >>> type(nnx.merge(graphdef, state)).__name__
     'Linear'
   """
+  if not isinstance(graphdef_or_graphstate, (tree.GraphDef, tree.GraphState)):
+    raise ArgumentTypeError(
+      "pynnx.merge: the first argument must be a GraphDef (or a GraphState), got "
+      f"{type(graphdef_or_graphstate).__name__} {graphdef_or_graphstate!r:.40}. Pass what "
+      "nnx.split returned: `graphdef, state = nnx.split(model); nnx.merge(graphdef, state)`."
+    )
   graphdef, all_states = tree.split_graph_states((graphdef_or_graphstate, *states))
   if isinstance(graphdef, tree.TreeGraphDef):
     return tree.merge(graphdef, *all_states, copy=copy)
@@ -88,10 +94,26 @@ def graphdef(node: Any, *, graph: bool | None = None) -> Any:
 
 def update(node: Any, state: Any, /, *states: Any, graph: bool | None = None) -> None:
   """Writes the values of ``states`` (States or GraphStates) into ``node``'s Variables."""
-  plain = [s._state if isinstance(s, tree.GraphState) else s for s in (state, *states)]
+  plain = [_update_state(node, s) for s in (state, *states)]
   if resolve_graph(graph):
     return graph_api.update(node, *plain)
   return tree.update(node, *plain)
+
+
+def _update_state(node: Any, s: Any) -> Any:
+  """One of ``update``'s states as a State or FlatState; a nested dict of values is accepted,
+  as in Flax."""
+  if isinstance(s, tree.GraphState):
+    return s._state
+  if isinstance(s, (State, FlatState)) or isinstance(node, Variable):
+    return s
+  if isinstance(s, Mapping):
+    return State(s)
+  raise ArgumentTypeError(
+    f"pynnx.update: expected a State (or a nested dict of values) to write into the "
+    f"{type(node).__name__}, got {type(s).__name__} {s!r:.40}. Pass e.g. "
+    "`nnx.update(model, nnx.state(other_model))`."
+  )
 
 
 def clone(

@@ -21,9 +21,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._core.errors import ConfigError, StateMismatchError
-from ._core.module import Module
+from ._core.errors import CheckpointArgumentError, ConfigError, StateMismatchError
 from ._core.paths import format_path, key_to_part
+from ._core.pytree import Pytree
 from ._core.variables import Variable, is_variable
 from ._functional import merge, split, state
 
@@ -41,7 +41,7 @@ def _checkpointer() -> Any:
 
 
 def _as_tree(tree: Any) -> Any:
-  return state(tree) if isinstance(tree, Module) else tree
+  return state(tree) if isinstance(tree, Pytree) else tree  # Modules, Rngs, Optimizers...
 
 
 # Typed PRNG keys (the values of RngKey Variables) have no on-disk dtype: they are stored as
@@ -84,6 +84,27 @@ def _decode(restored: Any, target: Any) -> Any:
   return jax.tree.map(decode, restored, target)
 
 
+def _check_args(api: str, directory: Any, tree: Any, what: str, allowed: tuple) -> None:
+  """Rejects a folder that is not a path and a tree with no array leaves or a non-array one."""
+  if not isinstance(directory, (str, pathlib.PurePath)):
+    raise CheckpointArgumentError(
+      f"pynnx.checkpoint.{api}: the folder must be a str or a pathlib.Path, got "
+      f"{type(directory).__name__} {directory!r:.40}."
+    )
+  leaves = jax.tree.leaves(_as_tree(tree))
+  bad = next((x for x in leaves if not isinstance(x, allowed)), None)
+  if not leaves or bad is not None:
+    got = "no arrays" if not leaves else f"a {type(bad).__name__} leaf ({bad!r:.40})"
+    raise CheckpointArgumentError(
+      f"pynnx.checkpoint.{api}: the {what} must be a Module, a State or a pytree of arrays, "
+      f"but {type(tree).__name__} {tree!r:.40} has {got}. Pass e.g. the model itself or "
+      "`nnx.state(model)`."
+    )
+
+
+_ARRAYS = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)
+
+
 def save(directory: str | pathlib.Path, tree: Any, *, force: bool = False) -> pathlib.Path:
   """Writes ``tree`` (a Module's state, a State or a pytree of arrays) to ``directory``.
 
@@ -109,6 +130,7 @@ def save(directory: str | pathlib.Path, tree: Any, *, force: bool = False) -> pa
     >>> bool(jnp.array_equal(restored.kernel[...], model.kernel[...]))
     True
   """
+  _check_args("save", directory, tree, "tree to save", (*_ARRAYS, int, float, complex))
   path = pathlib.Path(directory).absolute()
   if path.exists() and not force:
     raise ConfigError(
@@ -200,8 +222,9 @@ def restore(directory: str | pathlib.Path, target: Any) -> Any:
     StateMismatchError: the checkpoint cannot be read, or its paths, shapes or dtypes differ
       from the target's; the message names the first differing path.
   """
+  _check_args("restore", directory, target, "target", _ARRAYS)
   path = pathlib.Path(directory).absolute()
-  is_module = isinstance(target, Module)
+  is_module = isinstance(target, Pytree)
   tree = _as_tree(target)
   root = "model" if is_module else "state"
   checkpointer = _checkpointer()

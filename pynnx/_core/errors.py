@@ -125,3 +125,16 @@ class BridgeError(PynnxError, TypeError):
 class TransformArgumentError(PynnxError, ValueError):
   """An argument or option a transform cannot accept in that place (e.g. a Variable among
   ``jit_partial``'s runtime arguments, ``sow`` of a new Variable inside a tree-mode transform)."""
+
+
+class ArgumentTypeError(PynnxError, AttributeError, TypeError):
+  """An argument is not of the kind the API takes (``None`` where a Module, an Rngs, a State,
+  an optax transformation or an array is expected).
+
+  Also an ``AttributeError``: Flax fails on these deep inside, with one.
+  """
+
+
+class CheckpointArgumentError(ArgumentTypeError, ValueError):
+  """``nnx.checkpoint`` was given something it cannot save or restore into (no arrays, a
+  string leaf, a folder that is not a path). A ``ValueError`` as orbax raises for these."""

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .errors import FilterError
+from .errors import ArgumentTypeError, FilterError
 
 Predicate = Callable[[tuple, Any], bool]
 Filter = Any
@@ -46,6 +46,12 @@ class OfType:
   """Matches instances of ``type`` (also Variables whose declared ``type`` it is)."""
 
   type: type
+
+  def __post_init__(self) -> None:
+    if not isinstance(self.type, type):
+      raise ArgumentTypeError(
+        f"nnx.OfType takes a class (e.g. nnx.OfType(nnx.Param)), got {self.type!r}."
+      )
 
   def __call__(self, path: tuple, x: Any) -> bool:
     return isinstance(x, self.type) or (

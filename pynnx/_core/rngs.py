@@ -13,6 +13,8 @@ helpers that walk a whole Module (``split_rngs``, ``fork_rngs``, ``reseed``...) 
 from __future__ import annotations
 
 import inspect
+import operator
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -21,9 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from . import filters as filterlib
-from .errors import RngCallError, RngError, RngStreamNotFoundError
+from .errors import ArgumentTypeError, RngCallError, RngError, RngStreamNotFoundError
 from .pytree import Pytree
 from .variables import RngCount, RngKey
+
+# Drawing a key reads and bumps the stream's counter; this lock makes that one step, so threads
+# sharing an Rngs never draw the same key or lose a count.
+_DRAW_LOCK = threading.RLock()
 
 # The jax.random samplers and jax.nn.initializers constructors both classes expose as methods.
 SAMPLERS = (
@@ -82,7 +88,19 @@ def _no_arguments(owner: str, tag: str, args: tuple, kwargs: dict) -> None:
 
 
 def _shape(k: SplitSpec) -> tuple[int, ...]:
-  return (k,) if isinstance(k, int) else tuple(k)
+  try:
+    shape = tuple(map(operator.index, k)) if hasattr(k, "__iter__") else (operator.index(k),)
+  except TypeError:
+    raise ArgumentTypeError(
+      f"An rng stream is split into a shape of ints, got {k!r}: e.g. `rngs.split(4)` or "
+      "`rngs.params.split((2, 3))`."
+    ) from None
+  if any(n < 0 for n in shape):
+    raise RngError(
+      f"An rng stream is split into a shape of non-negative ints, got {k!r}: e.g. "
+      "`rngs.split(4)` or `rngs.params.split((2, 3))`."
+    )
+  return shape
 
 
 def _warn_fork_split() -> None:
@@ -115,13 +133,14 @@ class RngStream(Pytree):
 
   def __call__(self, *args: Any, **kwargs: Any) -> jax.Array:
     _no_arguments("RngStream", self.tag, args, kwargs)
-    key = _fold(self.key.get_value(), self.count.get_value())
-    self.count.set_value(self.count.get_value() + 1)
-    return key
+    with _DRAW_LOCK:
+      count = self.count.get_value()
+      self.count.set_value(count + 1)
+    return _fold(self.key.get_value(), count)
 
   def split(self, k: SplitSpec) -> RngStream:
     """A new stream whose key is this stream's next key split into shape ``k``."""
-    return type(self)(jax.random.split(self(), k), tag=self.tag)
+    return type(self)(jax.random.split(self(), _shape(k)), tag=self.tag)
 
   def broadcast(self, k: SplitSpec) -> RngStream:
     """A new stream whose key is this stream's next key repeated into shape ``k``."""

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from .errors import ArgumentTypeError
 from .variables import Variable, is_variable
 
 SHARDING_KEYS = ("out_sharding", "sharding_names")
@@ -97,6 +98,11 @@ def get_partition_spec(tree: Any) -> Any:
 
 def get_named_sharding(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   """``tree`` with each value replaced by a NamedSharding on ``mesh`` from its metadata."""
+  if not isinstance(mesh, (jax.sharding.Mesh, jax.sharding.AbstractMesh)):
+    raise ArgumentTypeError(
+      f"nnx.get_named_sharding(tree, mesh) needs a jax.sharding.Mesh, got "
+      f"{type(mesh).__name__} {mesh!r:.40}; build one with `jax.make_mesh(...)`."
+    )
 
   def named(x: Any) -> Any:
     spec = _spec(x)

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 
 from . import filters as filterlib
-from .errors import FilterError, StateMismatchError
+from .errors import ArgumentTypeError, FilterError, StateMismatchError
 from .paths import format_path
 from .reprs import indent, mapping_repr
 from .variables import Variable
@@ -289,6 +289,11 @@ def to_pure_dict(state: State, extract_fn: Callable[[Path, Any], Any] | None = N
     >>> nnx.to_pure_dict(nnx.State({'w': nnx.Param(jnp.ones(1))}))
     {'w': Array([1.], dtype=float32)}
   """
+  if not isinstance(state, State):
+    raise ArgumentTypeError(
+      f"pynnx.to_pure_dict takes a State, got {type(state).__name__} {state!r:.40}; for a "
+      "Module pass its state: `nnx.to_pure_dict(nnx.state(model))`."
+    )
   return state.to_pure_dict(extract_fn)
 
 

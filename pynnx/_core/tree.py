@@ -321,7 +321,7 @@ def split(node: Any, *filters: Any, api: str = "pynnx.split") -> tuple:
   check_no_sharing(flat, api)
   graphdef = TreeGraphDef(treedef, tuple(p for p, _ in flat), tuple(_leaf_type(v) for _, v in flat))
   if not filters:
-    return graphdef, State.from_flat_path(flat)
+    return graphdef, _as_state(flat)
   preds = filterlib.filters_to_predicates(filters)
   buckets: list[list] = [[] for _ in preds]
   unmatched = []
@@ -339,17 +339,28 @@ def split(node: Any, *filters: Any, api: str = "pynnx.split") -> tuple:
       + (" ..." if len(unmatched) > 8 else "")
       + ". Every Variable must go to some State; add `...` as the last filter to collect the rest."
     )
-  return (graphdef, *(State.from_flat_path(b) for b in buckets))
+  return (graphdef, *(_as_state(b) for b in buckets))
+
+
+def _as_state(flat: list) -> Any:
+  """A State of ``(path, leaf)`` pairs; a root that is itself a leaf (a Variable passed to
+  ``split``) is its own state, as in graph mode and Flax."""
+  if len(flat) == 1 and flat[0][0] == ():
+    return flat[0][1]
+  return State.from_flat_path(flat)
 
 
 def merge(graphdef: TreeGraphDef, state: Any, /, *states: Any, copy: bool = False) -> Any:
   """Tree-mode ``merge``: rebuilds the Module from its GraphDef and States."""
   flat: dict[Path, Any] = {}
+  leaf_root = graphdef.paths == ((),)
   for s in (state, *states):
     if isinstance(s, FlatState):
       flat.update(s)
     elif isinstance(s, State):
       flat.update(s.flat_state())
+    elif leaf_root and () not in flat:  # a Variable (or leaf) split on its own
+      flat[()] = s
     else:
       raise StateMismatchError(
         f"merge expects States after the GraphDef, got a {type(s).__name__}."
@@ -386,6 +397,12 @@ def merge(graphdef: TreeGraphDef, state: Any, /, *states: Any, copy: bool = Fals
 def state(node: Any, *filters: Any) -> Any:
   """The State of ``node``; with filters, one State per filter (unmatched leaves left out)."""
   _, full = split(node, api="pynnx.state")
+  if not isinstance(full, State):  # a leaf root (a Variable): the leaf, or empty if filtered out
+    if not filters:
+      return full
+    preds = filterlib.filters_to_predicates(filters)
+    out = tuple(full if p((), full) else State({}) for p in preds)
+    return out[0] if len(out) == 1 else out
   return full.filter(*filters) if filters else full
 
 
@@ -397,8 +414,12 @@ def update(node: Any, *states: Any) -> None:
   """Writes the values of ``states`` into ``node``'s Variables (paths must exist)."""
   flat, _ = flatten_with_paths(node)
   targets = dict(flat)
+  writes = []  # every path is checked before any is written: a failed update changes nothing
   for s in states:
-    items = s.flat_state() if isinstance(s, State) else s
+    if isinstance(s, State):
+      items = s.flat_state()
+    else:  # a FlatState, or the new value of a Variable updated on its own
+      items = s if isinstance(s, FlatState) else [((), s)]
     for path, leaf in items:
       target = targets.get(path)
       if target is None:
@@ -410,7 +431,9 @@ def update(node: Any, *states: Any) -> None:
           f"update: {format_path(path)} holds a plain {type(target).__name__}, not a Variable, "
           "so it cannot be updated in place; store it in a Variable."
         )
-      target.set_value(leaf.get_value() if isinstance(leaf, Variable) else leaf)
+      writes.append((target, leaf.get_value() if isinstance(leaf, Variable) else leaf))
+  for target, value in writes:
+    target.set_value(value)
 
 
 def clone(node: Any) -> Any:

@@ -170,6 +170,7 @@ def update(node: Any, state: Any, /, *states: Any) -> None:
   """Writes the values of ``states`` into the Variables of ``node`` at the same paths."""
   p = plan(node)
   targets = dict(p.flat)
+  writes = []  # every path is checked before any is written: a failed update changes nothing
   for path, leaf in _collect_flat(p.graphdef, (state, *states), "pynnx.update").items():
     target = targets.get(path)
     if target is None:
@@ -185,7 +186,9 @@ def update(node: Any, state: Any, /, *states: Any) -> None:
         f"update: {format_path(path)} holds a plain {type(target).__name__}, not a Variable, "
         "so it cannot be updated in place; store it in a Variable."
       )
-    target.set_value(leaf.get_value() if isinstance(leaf, Variable) else leaf)
+    writes.append((target, leaf.get_value() if isinstance(leaf, Variable) else leaf))
+  for target, value in writes:
+    target.set_value(value)
 
 
 def clone(node: Any) -> Any:

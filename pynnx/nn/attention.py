@@ -20,7 +20,7 @@ import numpy as np
 import pynnx as nnx
 
 from . import initializers
-from .dtypes import InputShapeError, LayerArgumentError, check_size, promote_dtype
+from .dtypes import InputShapeError, LayerArgumentError, check_rngs, check_size, promote_dtype
 from .linear import LinearGeneral, default_kernel_init
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
@@ -366,6 +366,7 @@ class MultiHeadAttention(nnx.Module):
     query_ln_scale_metadata: Mapping[str, Any] = _NO_METADATA,
     key_ln_scale_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("MultiHeadAttention", rngs)
     name = "MultiHeadAttention"
     self.num_heads = check_size(name, "num_heads", num_heads)
     self.in_features = check_size(name, "in_features", in_features)

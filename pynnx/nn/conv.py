@@ -16,12 +16,29 @@ from jaxtyping import Array, Inexact
 
 import pynnx as nnx
 
-from .dtypes import LayerArgumentError, check_size, promote_dtype, to_tuple
+from .dtypes import LayerArgumentError, check_rngs, check_size, promote_dtype, to_tuple
 from .linear import default_bias_init, default_kernel_init
 
 _NO_METADATA: Mapping[str, Any] = {}
 _PAD_MODES = ("SAME", "SAME_LOWER", "VALID", "CIRCULAR", "CAUSAL", "REFLECT")
 PaddingLike = Any
+
+
+def _entries(layer: str, padding: Any) -> list:
+  try:
+    return list(padding)
+  except TypeError:
+    raise LayerArgumentError(
+      f"{layer}: padding must be a string, an int or a sequence, got {padding!r}."
+    ) from None
+
+
+def _is_int_pair(p: Any) -> bool:
+  return (
+    isinstance(p, (tuple, list))
+    and len(p) == 2
+    and all(isinstance(v, (int, np.integer)) for v in p)
+  )
 
 
 def _canonical_padding(layer: str, padding: PaddingLike, rank: int) -> Any:
@@ -37,12 +54,16 @@ def _canonical_padding(layer: str, padding: PaddingLike, rank: int) -> Any:
   if isinstance(padding, (int, np.integer)):
     return ((int(padding), int(padding)),) * rank
   pairs = []
-  for p in padding:
+  for p in _entries(layer, padding):
     if isinstance(p, (int, np.integer)):
       pairs.append((int(p), int(p)))
+    elif _is_int_pair(p):
+      pairs.append((int(p[0]), int(p[1])))
     else:
-      lo, hi = p
-      pairs.append((int(lo), int(hi)))
+      raise LayerArgumentError(
+        f"{layer}: padding {padding!r} has the entry {p!r}; each spatial dimension takes an "
+        "int or a (low, high) pair of ints, e.g. padding=((1, 1), (0, 2))."
+      )
   if len(pairs) != rank:
     raise LayerArgumentError(
       f"{layer}: padding {padding!r} needs one entry per spatial dimension ({rank})."
@@ -168,6 +189,7 @@ class Conv(_ConvBase):
     kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("Conv", rngs)
     check_size("Conv", "in_features", in_features)
     check_size("Conv", "out_features", out_features)
     check_size("Conv", "feature_group_count", feature_group_count)
@@ -302,6 +324,7 @@ class ConvTranspose(_ConvBase):
     kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("ConvTranspose", rngs)
     check_size("ConvTranspose", "in_features", in_features)
     check_size("ConvTranspose", "out_features", out_features)
     kernel_size = to_tuple(

@@ -22,6 +22,7 @@ Dtype = Any
 
 
 LayerArgumentError = nnx.LayerArgumentError
+ArgumentTypeError = nnx.ArgumentTypeError
 
 
 class InputShapeError(nnx.ShapeError, TypeError):
@@ -84,6 +85,31 @@ def check_size(layer: str, name: str, value: Any, *, minimum: int = 1) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
     raise LayerArgumentError(f"{layer}: {name} must be an integer >= {minimum}, got {value!r}.")
   return int(value)
+
+
+def as_input_array(layer: str, x: Any) -> Any:
+  """``x`` as an array (lists and numpy arrays are converted, as ``jnp.asarray`` does); an
+  input that holds no numbers raises ``ArgumentTypeError``."""
+  if isinstance(x, jax.Array):
+    return x
+  try:
+    array = jnp.asarray(x)
+  except (TypeError, ValueError):
+    array = None
+  if array is None or not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
+    raise ArgumentTypeError(
+      f"{layer} takes an array of numbers as input, got {type(x).__name__} {x!r:.40}."
+    )
+  return array
+
+
+def check_rngs(layer: str, rngs: Any) -> None:
+  """``rngs`` must be an ``nnx.Rngs`` (the layer draws its initial parameters from it)."""
+  if not isinstance(rngs, nnx.Rngs):
+    raise ArgumentTypeError(
+      f"{layer}: rngs must be an nnx.Rngs to draw the initial parameters from, got "
+      f"{type(rngs).__name__} {rngs!r:.40}. Pass e.g. `rngs=nnx.Rngs(0)`."
+    )
 
 
 def to_tuple(layer: str, name: str, value: Any, rank: int, *, default: int = 1) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from jaxtyping import Array, Inexact
 import pynnx as nnx
 
 from . import initializers
-from .dtypes import InputShapeError, check_size, promote_dtype
+from .dtypes import InputShapeError, check_rngs, check_size, promote_dtype
 
 default_embed_init = initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
 
@@ -48,6 +48,7 @@ class Embed(nnx.Module):
     rngs: nnx.Rngs,
     embedding_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("Embed", rngs)
     check_size("Embed", "num_embeddings", num_embeddings)
     check_size("Embed", "features", features)
     self.embedding = nnx.Param(

@@ -13,7 +13,14 @@ from jaxtyping import Array, Inexact
 import pynnx as nnx
 
 from . import initializers
-from .dtypes import InputShapeError, LayerArgumentError, check_size, promote_dtype
+from .dtypes import (
+  InputShapeError,
+  LayerArgumentError,
+  as_input_array,
+  check_rngs,
+  check_size,
+  promote_dtype,
+)
 
 default_kernel_init = initializers.lecun_normal()
 default_bias_init = initializers.zeros_init()
@@ -75,6 +82,7 @@ class Linear(nnx.Module):
     kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("Linear", rngs)
     check_size("Linear", "in_features", in_features)
     check_size("Linear", "out_features", out_features)
     self.kernel = nnx.Param(
@@ -101,11 +109,17 @@ class Linear(nnx.Module):
     # The kernel's own first axis, not in_features: inside shard_map a sharded kernel and
     # its input are both local shards.
     expected = jnp.shape(self.kernel[...])[0]
-    if jnp.ndim(inputs) == 0 or jnp.shape(inputs)[-1] != expected:
+    inputs = as_input_array("Linear", inputs)
+    if inputs.ndim == 0:
       raise InputShapeError(
-        f"Linear was built for {expected} input features (last axis) but got an input "
-        f"of shape {jnp.shape(inputs)} ({jnp.shape(inputs)[-1:] or 'no'} features). Reshape the "
-        f"input or build Linear({jnp.shape(inputs)[-1:] and jnp.shape(inputs)[-1]}, ...)."
+        f"Linear was built for {expected} input features (last axis) but got a scalar input; "
+        f"pass an array of shape (..., {expected})."
+      )
+    if inputs.shape[-1] != expected:
+      raise InputShapeError(
+        f"Linear was built for {expected} input features (last axis) but got an input of "
+        f"shape {inputs.shape} ({inputs.shape[-1]} features). Reshape the input or build "
+        f"Linear({inputs.shape[-1]}, ...)."
       )
     bias = self.bias[...] if self.bias is not None else None
     x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], bias), dtype=self.dtype)
@@ -164,6 +178,7 @@ class LinearGeneral(nnx.Module):
     kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("LinearGeneral", rngs)
     in_features, out_features, axis = (
       _as_tuple(in_features),
       _as_tuple(out_features),
@@ -302,6 +317,7 @@ class Einsum(nnx.Module):
     kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("Einsum", rngs)
     einsum_str = _check_einsum("Einsum", einsum_str)
     kernel_shape = tuple(int(s) for s in kernel_shape)
     self.kernel = nnx.Param(

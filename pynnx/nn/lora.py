@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import pynnx as nnx
 
 from . import initializers
-from .dtypes import InputShapeError, LayerArgumentError, check_size, promote_dtype
+from .dtypes import InputShapeError, LayerArgumentError, check_rngs, check_size, promote_dtype
 from .linear import Linear
 
 default_a_initializer = initializers.he_uniform()
@@ -82,6 +82,7 @@ class LoRA(nnx.Module):
     a_metadata: Mapping[str, Any] = MappingProxyType({}),
     b_metadata: Mapping[str, Any] = MappingProxyType({}),
   ):
+    check_rngs("LoRA", rngs)
     check_size("LoRA", "in_features", in_features)
     check_size("LoRA", "lora_rank", lora_rank)
     check_size("LoRA", "out_features", out_features)
@@ -164,6 +165,7 @@ class LoRALinear(Linear):
     b_metadata: Mapping[str, Any] = MappingProxyType({}),
     **kwargs: Any,
   ):
+    check_rngs("LoRALinear", rngs)
     super().__init__(in_features, out_features, rngs=rngs, **kwargs)
     self.lora = LoRA(
       in_features,

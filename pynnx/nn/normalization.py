@@ -23,6 +23,7 @@ from .dtypes import (
   InputShapeError,
   LayerArgumentError,
   canonicalize_dtype,
+  check_rngs,
   check_size,
   normalize_axes,
 )
@@ -217,6 +218,7 @@ class BatchNorm(_Norm):
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
     scale_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("BatchNorm", rngs)
     if not 0.0 <= momentum <= 1.0:
       raise LayerArgumentError(f"BatchNorm: momentum must be in [0, 1], got {momentum!r}.")
     self._build(
@@ -324,6 +326,7 @@ class LayerNorm(_Norm):
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
     scale_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("LayerNorm", rngs)
     self._build(
       "LayerNorm",
       num_features,
@@ -395,6 +398,7 @@ class RMSNorm(_Norm):
     rngs: nnx.Rngs,
     scale_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("RMSNorm", rngs)
     self._build(
       "RMSNorm",
       num_features,
@@ -473,6 +477,7 @@ class GroupNorm(_Norm):
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
     scale_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("GroupNorm", rngs)
     check_size("GroupNorm", "num_features", num_features)
     if (num_groups is None) == (group_size is None):
       raise LayerArgumentError(
@@ -599,6 +604,7 @@ class InstanceNorm(_Norm):
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
     scale_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("InstanceNorm", rngs)
     self._build(
       "InstanceNorm",
       num_features,

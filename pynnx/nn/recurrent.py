@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import pynnx as nnx
 
 from . import initializers
-from .dtypes import LayerArgumentError, check_size, promote_dtype
+from .dtypes import LayerArgumentError, check_rngs, check_size, promote_dtype
 from .linear import Linear
 
 default_kernel_init = initializers.lecun_normal()
@@ -183,6 +183,7 @@ class LSTMCell(RNNCellBase):
     recurrent_kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("LSTMCell", rngs)
     self._init_cell(
       in_features, hidden_features, dtype, param_dtype, carry_init, promote_dtype, keep_rngs, rngs
     )
@@ -269,6 +270,7 @@ class OptimizedLSTMCell(RNNCellBase):
     recurrent_kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("OptimizedLSTMCell", rngs)
     self._init_cell(
       in_features, hidden_features, dtype, param_dtype, carry_init, promote_dtype, keep_rngs, rngs
     )
@@ -337,6 +339,7 @@ class SimpleCell(RNNCellBase):
     recurrent_kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("SimpleCell", rngs)
     self._init_cell(
       in_features, hidden_features, dtype, param_dtype, carry_init, promote_dtype, keep_rngs, rngs
     )
@@ -406,6 +409,7 @@ class GRUCell(RNNCellBase):
     recurrent_kernel_metadata: Mapping[str, Any] = _NO_METADATA,
     bias_metadata: Mapping[str, Any] = _NO_METADATA,
   ):
+    check_rngs("GRUCell", rngs)
     self._init_cell(
       in_features, hidden_features, dtype, param_dtype, carry_init, promote_dtype, keep_rngs, rngs
     )

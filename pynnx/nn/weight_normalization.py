@@ -17,7 +17,7 @@ import pynnx as nnx
 
 from .._core.paths import format_path
 from . import initializers
-from .dtypes import LayerArgumentError, canonicalize_dtype, normalize_axes
+from .dtypes import LayerArgumentError, canonicalize_dtype, check_rngs, normalize_axes
 from .dtypes import promote_dtype as default_promote_dtype
 
 __all__ = ["SpectralNorm", "WeightNorm"]
@@ -81,6 +81,7 @@ class SpectralNorm(nnx.Module):
     update_stats: bool = True,
     rngs: nnx.Rngs,
   ):
+    check_rngs("SpectralNorm", rngs)
     self.layer_instance = layer_instance
     self.n_steps = n_steps
     self.epsilon = epsilon
@@ -191,6 +192,7 @@ class WeightNorm(nnx.Module):
     promote_dtype: Callable[..., Any] = default_promote_dtype,
     rngs: nnx.Rngs,
   ):
+    check_rngs("WeightNorm", rngs)
     self.layer_instance = layer_instance
     self.feature_axes = () if feature_axes is None else feature_axes
     self.use_scale = use_scale

@@ -8,13 +8,15 @@ are written back) and ``reset`` zeroes the totals in place without changing the 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from .. import _functional
-from .._core.errors import MetricArgumentError, ShapeError
+from .._core.errors import ArgumentTypeError, MetricArgumentError, ShapeError
 from .._core.module import module_repr
 from .._core.pytree import Pytree
 from .._core.variables import Variable
@@ -35,6 +37,21 @@ class MetricState(Variable):
   """A Variable holding a metric's running total (a count, a sum, a mean...)."""
 
 
+# update() and reset() read and write several totals; one lock makes each call a single step,
+# so threads sharing a metric lose no batch (re-entrant: MultiMetric.update calls its metrics').
+_UPDATE_LOCK = threading.RLock()
+
+
+def _serialized(method: Any) -> Any:
+  @functools.wraps(method)
+  def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+    with _UPDATE_LOCK:
+      return method(self, *args, **kwargs)
+
+  locked._pynnx_serialized = True  # type: ignore[attr-defined]
+  return locked
+
+
 class Metric(Pytree):
   """Base class of metrics: subclasses implement ``update``, ``compute`` and ``reset``.
 
@@ -51,6 +68,13 @@ class Metric(Pytree):
     >>> m = Maximum(); m.update(values=jnp.array([1.0, 3.0])); m.compute()
     Array(3., dtype=float32)
   """
+
+  def __init_subclass__(cls, **kwargs: Any):
+    super().__init_subclass__(**kwargs)
+    for name in ("update", "reset"):
+      method = cls.__dict__.get(name)
+      if callable(method) and not getattr(method, "_pynnx_serialized", False):
+        setattr(cls, name, _serialized(method))
 
   def update(self, **kwargs: Any) -> None:
     """Accumulates one batch."""
@@ -79,7 +103,18 @@ def _argument(metric: Metric, kwargs: dict, name: str) -> Any:
       f"but got {sorted(kwargs)}. Call `metric.update({name}=...)`, or build the metric "
       f"with the argname you pass: `{type(metric).__name__}(argname=...)`."
     )
-  return kwargs[name]
+  value = kwargs[name]
+  try:
+    array = jnp.asarray(value)
+  except (TypeError, ValueError):
+    array = None
+  if array is None or not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
+    raise ArgumentTypeError(
+      f"{type(metric).__name__}.update({name}=...) needs numbers (an array or a scalar), "
+      f"got {type(value).__name__} {value!r:.60}. Pass the batch's values, e.g. "
+      f"`metric.update({name}=loss)`."
+    )
+  return array
 
 
 class Average(Metric):
@@ -277,8 +312,20 @@ class MultiMetric(Metric):
       getattr(self, name).reset()
 
   def update(self, **updates: Any) -> None:
-    for name in self._metric_names:
-      getattr(self, name).update(**updates)
+    # All metrics or none: if one metric rejects the batch, those before it are rolled back.
+    cells = [
+      v
+      for v in jax.tree.leaves(self, is_leaf=lambda x: isinstance(x, Variable))
+      if isinstance(v, Variable)
+    ]
+    saved = [v.get_value() for v in cells]
+    try:
+      for name in self._metric_names:
+        getattr(self, name).update(**updates)
+    except BaseException:
+      for v, value in zip(cells, saved, strict=True):
+        v.set_value(value)
+      raise
 
   def compute(self) -> dict[str, Any]:
     return {name: getattr(self, name).compute() for name in self._metric_names}

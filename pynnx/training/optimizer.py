@@ -26,7 +26,7 @@ from .. import _functional
 from .._core import filters as filterlib
 from .._core import tree as treelib
 from .._core.config import resolve_graph
-from .._core.errors import StateMismatchError
+from .._core.errors import ArgumentTypeError, StateMismatchError
 from .._core.module import module_repr
 from .._core.paths import format_path
 from .._core.pytree import Pytree, data
@@ -123,6 +123,16 @@ class Optimizer(Pytree):
   ):
     api = f"pynnx.{type(self).__name__}"
     filterlib.to_predicate(wrt)  # rejects a malformed filter here, not at the first update
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+      raise ArgumentTypeError(
+        f"{api}: tx must be an optax.GradientTransformation, got {type(tx).__name__} "
+        f"{tx!r:.40}. Pass e.g. `{type(self).__name__}(model, optax.adam(1e-3), wrt=nnx.Param)`."
+      )
+    if model is None:
+      raise ArgumentTypeError(
+        f"{api}: model is None; pass the Module to optimize: "
+        f"`{type(self).__name__}(model, tx, wrt=nnx.Param)`."
+      )
     params = _select(_model_variables(model, graph, api), wrt)
     self.step = OptState(jnp.array(0, dtype=jnp.uint32))
     self.tx = tx

@@ -37,6 +37,8 @@ BUILTINS = {
   "TransformArgumentError": ValueError,
   "MissingStateError": (ValueError, TypeError),
   "VariableInPlaceError": NotImplementedError,
+  "ArgumentTypeError": (TypeError, AttributeError),
+  "CheckpointArgumentError": (TypeError, AttributeError, ValueError),
 }
 
 

@@ -216,7 +216,8 @@ def test_merge_state_mismatch(tied):
     nnx.merge(graphdef, params, rest, extra)
   with pytest.raises(nnx.StateMismatchError, match=r"expects States after the GraphDef, got a int"):
     nnx.merge(graphdef, 3)
-  with pytest.raises(nnx.StateMismatchError, match=r"expects a GraphDef .* got a str"):
+  # A TypeError, as in Flax.
+  with pytest.raises(nnx.ArgumentTypeError, match=r"must be a GraphDef .* got str"):
     nnx.merge("not a graphdef", params)
 
 
