@@ -62,11 +62,6 @@ def test_constructor_raising_inside_a_parent_constructor_that_catches_it():
   assert_frozen(m.child)
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="pynnx/_core/pytree.py (lead): a Module whose outermost constructor raised stays "
-  "unfrozen forever if a reference escaped (pending freezes are dropped, not applied)",
-)
 def test_module_whose_constructor_raised_is_frozen_if_it_escaped():
   escaped = []
 
