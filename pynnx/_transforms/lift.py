@@ -402,6 +402,12 @@ class Transform:
     static_argnames: Any = (),
     **options: Any,
   ):
+    if not callable(f):
+      raise ConfigError(
+        f"pynnx.{self.transform} transforms a function, got {type(f).__name__} {f!r:.40}. "
+        f"Pass the function first, `pynnx.{self.transform}(f, ...)`, or decorate it with "
+        f"`@pynnx.{self.transform}`."
+      )
     if self.check_bound:
       check_not_bound(f, self.transform)
     functools.update_wrapper(self, f, updated=())  # type: ignore[arg-type]

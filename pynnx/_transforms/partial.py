@@ -20,7 +20,7 @@ from typing import Any
 import jax
 
 from .._core.config import resolve_graph, resolve_graph_updates
-from .._core.errors import GraphModeRequiredError, TransformArgumentError
+from .._core.errors import ConfigError, GraphModeRequiredError, TransformArgumentError
 from .._core.variables import Variable, is_variable
 from . import graph_adapter
 from .jit import jit
@@ -198,6 +198,11 @@ def cached_partial(
     >>> forward(jnp.ones(2)).shape
     (3,)
   """
+  if not callable(f):
+    raise ConfigError(
+      f"pynnx.cached_partial binds arguments to a transformed function, got "
+      f"{type(f).__name__} {f!r:.40}: `nnx.cached_partial(nnx.jit(step), model)`."
+    )
   if resolve_graph(graph) and not resolve_graph_updates(graph_updates):
     raise GraphModeRequiredError(
       "pynnx.cached_partial in graph mode requires graph_updates=True (the cache follows the "

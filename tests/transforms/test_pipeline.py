@@ -796,3 +796,26 @@ def test_modules_built_by_a_transform_inside_a_constructor(graph):
   assert outer.stack.kernel.shape == (4, 2, 3)
   with pytest.raises(nnx.FrozenModuleError):
     outer.stack = None
+
+
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: nnx.jit(None),
+    lambda: nnx.grad(None),
+    lambda: nnx.vmap(3),
+    lambda: nnx.scan("f"),
+    lambda: nnx.remat(None),
+    lambda: nnx.eval_shape(None),
+    lambda: nnx.custom_vjp(None),
+  ],
+  ids=["jit", "grad", "vmap", "scan", "remat", "eval_shape", "custom_vjp"],
+)
+def test_transforming_a_non_function_raises(make):
+  with pytest.raises(nnx.ConfigError, match=r"pynnx\.\w+ transforms a function, got"):
+    make()
+
+
+def test_cached_partial_of_a_non_function_raises():
+  with pytest.raises(nnx.ConfigError, match=r"cached_partial binds arguments to a transformed"):
+    nnx.cached_partial(None, Model())
