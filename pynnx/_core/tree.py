@@ -307,6 +307,16 @@ class TreeGraphDef(GraphDef):
       and self.leaf_types == other.leaf_types
     )
 
+  @property
+  def num_leaves(self) -> int:
+    """The number of State leaves (Variables and arrays) ``merge`` expects.
+
+    Example:
+      >>> nnx.graphdef(nnx.Linear(2, 3, rngs=nnx.Rngs(0))).num_leaves
+      2
+    """
+    return len(self.paths)
+
   def __repr__(self) -> str:
     return f"GraphDef(tree, {len(self.paths)} leaves, {self.treedef})"
 

@@ -28,6 +28,7 @@ CORE_TIERS = {
   "rngs": 3,
   "sharding": 3,
   "eager": 1,
+  "varhooks": 1,
   "__init__": 3,
 }
 PACKAGE_TIERS = {"_graph": 4, "_transforms": 6, "nn": 7, "training": 8, "bridge": 8}
