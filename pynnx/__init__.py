@@ -50,14 +50,14 @@ from ._core.filters import Nothing as Nothing
 from ._core.filters import OfType as OfType
 from ._core.filters import PathContains as PathContains
 from ._core.filters import WithTag as WithTag
+from ._core.module import Dict as Dict
+from ._core.module import List as List
 from ._core.module import Module as Module
 from ._core.module import Sequential as Sequential
 from ._core.module import display as display
 from ._core.module import view as view
 from ._core.module import with_attributes as with_attributes
 from ._core.pytree import Data as Data
-from ._core.pytree import Dict as Dict
-from ._core.pytree import List as List
 from ._core.pytree import Object as Object
 from ._core.pytree import Pytree as Pytree
 from ._core.pytree import Static as Static
@@ -162,5 +162,11 @@ from .training import *  # noqa: F403
 # isort: split
 # After nn: the bridge is written on the public API.
 from . import bridge as bridge
+
+# isort: split
+# Last: Flax's submodule names (`nnx.graph.split`, `nnx.rnglib.Rngs`, ...) over the names above.
+from ._submodules import install as _install_submodules
+
+_install_submodules(globals(), __name__)
 
 __version__ = "0.1.0"

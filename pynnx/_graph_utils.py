@@ -46,7 +46,7 @@ def iter_modules(module: Any, /, *, graph: bool | None = None) -> Iterator[tuple
     >>> model = nnx.Sequential(nnx.Linear(1, 1, rngs=nnx.Rngs(0)))
     >>> paths = [p for p, _ in nnx.iter_modules(model)]
     >>> paths
-    [('layers', 0), ()]
+    [('layers', 0), ('layers',), ()]
   """
   for path, value in fn.iter_graph(module, graph=graph):
     if isinstance(value, Module):

@@ -506,7 +506,8 @@ class List(Pytree):
     self._set_items(list(items), bump=False)
 
   def _pynnx_key_obj(self, key: Hashable) -> Any:
-    return jax.tree_util.SequenceKey(key)
+    # str keys: attributes added by Module methods (`layers.sow(...)`), as in Flax
+    return jax.tree_util.SequenceKey(key) if isinstance(key, int) else jax.tree_util.GetAttrKey(key)
 
   def _pynnx_delattr(self, name: Any) -> None:
     del self[name]  # keeps indices contiguous: later items shift down, as with list.pop
@@ -736,12 +737,17 @@ class Dict(Pytree):
     return mapping_repr("Dict", self.items())
 
 
+# The classes `_wrap_container` builds. module.py registers its nnx.List / nnx.Dict here
+# (they are Modules, as in Flax; module.py is the tier above this one).
+CONTAINER_TYPES: dict[type, type] = {}
+
+
 def _wrap_container(value: Any) -> Any:
   """Data-holding lists/dicts become nnx.List/nnx.Dict, so their edits are tracked."""
   if type(value) is list and is_data_value(value):
-    return List(value)
+    return CONTAINER_TYPES.get(list, List)(value)
   if type(value) is dict and is_data_value(value) and all(isinstance(k, str) for k in value):
-    return Dict(value)
+    return CONTAINER_TYPES.get(dict, Dict)(value)
   return value
 
 

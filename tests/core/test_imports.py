@@ -38,6 +38,7 @@ MODULE_TIERS = {
   "_recursive_map": 5,
   "_rng_helpers": 5,
   "compat": 9,
+  "_submodules": 9,
   "checkpoint": 9,
   "typing": 3,
   "__init__": 9,
