@@ -14,9 +14,9 @@ from typing import Any
 import jax.numpy as jnp
 
 from . import filters as filterlib
+from . import pytree
 from .config import resolve_graph
 from .errors import AttributeNotFoundError, NotAVariableError
-from . import pytree
 from .pytree import _CACHE_KEYS, Pytree
 from .reprs import block
 from .tree import check_no_sharing, flatten_with_paths
@@ -119,12 +119,20 @@ class Module(Pytree):
 
   # -- static attribute updates ------------------------------------------------------------
   def set_attributes(
-    self, *filters: Any, raise_if_not_found: bool = True, **attributes: Any
+    self,
+    *filters: Any,
+    raise_if_not_found: bool = True,
+    graph: bool | None = None,
+    **attributes: Any,
   ) -> None:
     """Sets static attributes on this Module and its submodules that have them.
 
-    ``filters`` restrict which submodules are touched (default: all).
+    ``filters`` restrict which submodules are touched (default: all). With ``graph=False``
+    a Variable or Module reachable twice is an error (tree mode); otherwise (the default) a
+    shared submodule is visited once.
     """
+    if graph is False:
+      check_no_sharing(flatten_with_paths(self)[0], f"{type(self).__name__}.set_attributes")
     preds = [filterlib.to_predicate(f) for f in filters] or [filterlib.to_predicate(...)]
     found = set()
     for path, module in self.iter_modules():

@@ -580,14 +580,14 @@ class List(Pytree):
   def extend(self, values: Any) -> None:
     self._set_items([*self._marked_items(), *values])
 
-  def insert(self, i: int, value: Any) -> None:
+  def insert(self, index: int, value: Any) -> None:
     items = self._marked_items()
-    items.insert(i, value)
+    items.insert(index, value)
     self._set_items(items)
 
-  def pop(self, i: int = -1) -> Any:
+  def pop(self, index: int = -1) -> Any:
     items = self._marked_items()
-    out = items.pop(i)
+    out = items.pop(index)
     self._set_items(items)
     return out.value if isinstance(out, _Marker) else out
 

@@ -207,8 +207,12 @@ class Variable(Generic[A]):
       self.set_value(current.at[key].set(item))
 
   # -- metadata ------------------------------------------------------------------------
-  def get_metadata(self, name: str | None = None, default: Any = ...) -> Any:
+  def get_metadata(
+    self, name: str | None = None, default: Any = ..., *, exclude_required: bool | None = None
+  ) -> Any:
     if name is None:
+      if exclude_required:  # without hijax / ref / eager_sharding, as Flax
+        return {k: v for k, v in self._metadata.items() if k not in _REPORTED_DEFAULTS}
       return {**_REPORTED_DEFAULTS, **self._metadata}
     if name in self._metadata:
       return self._metadata[name]
@@ -241,8 +245,8 @@ class Variable(Generic[A]):
     object.__setattr__(new, "_frame", FRAMES.current)
     return new
 
-  def copy(self) -> Variable[A]:
-    return self.replace()
+  def copy(self, value: Any = ..., **updates: Any) -> Variable[A]:
+    return self.replace(value, **updates)  # Flax's name and signature for `replace`
 
   def has_metadata(self, name: str) -> bool:
     """Whether ``name`` was set as metadata on this Variable (defaults do not count)."""
@@ -311,8 +315,7 @@ class Variable(Generic[A]):
 
     Example:
       >>> class Doubled(nnx.Variable):
-      ...   def create_value(self, value):
-      ...     return value * 2
+      ...   def create_value(self, value): return value * 2
       >>> Doubled(jnp.ones(2))[...]
       Array([2., 2.], dtype=float32)
     """
@@ -361,21 +364,20 @@ class Variable(Generic[A]):
     object.__setattr__(new, "_frame", FRAMES.current)
     return new
 
-  def to_state(self) -> Variable[A]:
+  def to_state(self, value: Any = ..., **updates: Any) -> Variable[A]:
     """A copy of this Variable (same type, value and metadata), as Flax's ``to_state``.
 
     Example:
       >>> p = nnx.Param(jnp.zeros(2)); p.to_state() is p
       False
     """
-    return self.copy()
+    return self.copy(value, **updates)
 
   def update_from_state(self, variable_state: Variable[A]) -> None:
     """Takes the value and metadata of ``variable_state`` (the inverse of ``to_state``).
 
     Example:
-      >>> p = nnx.Param(jnp.zeros(2))
-      >>> p.update_from_state(nnx.Param(jnp.ones(2), note="x"))
+      >>> p = nnx.Param(jnp.zeros(2)); p.update_from_state(nnx.Param(jnp.ones(2), note="x"))
       >>> p[...], p.note
       (Array([1., 1.], dtype=float32), 'x')
     """
@@ -399,9 +401,7 @@ class Variable(Generic[A]):
     run_axis_hooks(self, "on_add_axis", axis_index, axis_name)
 
   def remove_axis(self, axis_index: int, axis_name: Any) -> None:
-    """Runs the ``on_remove_axis`` hooks (the inverse of :meth:`add_axis`).
-
-    Example: ``nnx.Param(jnp.zeros(2)).remove_axis(0, "batch")`` (no hooks: nothing to do)."""
+    """Runs the ``on_remove_axis`` hooks (the inverse of :meth:`add_axis`)."""
     run_axis_hooks(self, "on_remove_axis", axis_index, axis_name)
 
   @property

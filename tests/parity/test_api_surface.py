@@ -469,3 +469,71 @@ def test_user_snippet_through_submodule_names():
 
   flax_out, ours = run_both(snippet)
   assert ours == flax_out
+
+
+# --- use_eager_sharding as a decorator, current_value, get_default -----------------------------
+
+
+def test_use_eager_sharding_decorator_and_class_methods():
+  def snippet(lib):
+    @lib.use_eager_sharding(False)
+    def inside():
+      return lib.using_eager_sharding(), lib.use_eager_sharding.current_value()
+
+    before = lib.using_eager_sharding()
+    during = inside()
+    with lib.use_eager_sharding(False):
+      in_block = lib.use_eager_sharding.current_value()
+    return before, during, in_block, lib.use_eager_sharding.get_default()
+
+  flax_out, ours = run_both(snippet)
+  assert ours == flax_out == (True, (False, False), False, True)
+
+
+# --- Flax's parameter names on methods (found by the signature walk) ---------------------------
+
+
+def test_copy_to_state_and_get_metadata_keywords():
+  def snippet(lib):
+    p = lib.Param(jnp.ones(2), note=1)
+    q = p.copy(jnp.zeros(2), note=2)
+    r = p.to_state(note=5)
+    return (
+      p.get_metadata(exclude_required=True),
+      q.get_metadata(),
+      np.asarray(q[...]).tolist(),
+      r.note,
+      p.note,
+    )
+
+  flax_out, ours = run_both(snippet)
+  assert ours == flax_out
+
+
+def test_list_insert_pop_by_keyword():
+  def snippet(lib):
+    items = lib.List([lib.Param(jnp.ones(1)), lib.Param(jnp.zeros(1))])
+    items.insert(index=0, value=lib.Param(jnp.full(1, 2.0)))
+    popped = items.pop(index=1)
+    return [float(v[0]) for v in items], float(popped[0])
+
+  flax_out, ours = run_both(snippet)
+  assert ours == flax_out
+
+
+def test_set_attributes_graph_true_visits_a_shared_module_once():
+  def snippet(lib):
+    drop = lib.Dropout(0.5)
+    model = lib.List([drop, drop])
+    model.set_attributes(deterministic=True, graph=True)
+    return model[0].deterministic, model[1].deterministic
+
+  flax_out, ours = run_both(snippet)
+  assert ours == flax_out == (True, True)
+
+
+def test_set_attributes_graph_false_rejects_sharing():
+  shared = pynnx.Linear(2, 2, rngs=pynnx.Rngs(0))
+  model = pynnx.List([shared, shared])
+  with pytest.raises(pynnx.SharedReferenceError, match=r"List\.set_attributes received the same"):
+    model.set_attributes(use_bias=False, graph=False)
