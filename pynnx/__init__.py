@@ -41,6 +41,7 @@ from ._core.errors import TraceContextError as TraceContextError
 from ._core.errors import TransformArgumentError as TransformArgumentError
 from ._core.errors import TreeStructureError as TreeStructureError
 from ._core.errors import UnsupportedOptionError as UnsupportedOptionError
+from ._core.errors import UpdateContextError as UpdateContextError
 from ._core.errors import VariableInPlaceError as VariableInPlaceError
 from ._core.filters import All as All
 from ._core.filters import Any_ as Any  # noqa: F401  (Flax name)
@@ -148,6 +149,9 @@ from ._rng_helpers import restore_rngs as restore_rngs
 from ._rng_helpers import split_rngs as split_rngs
 from ._rng_helpers import with_rngs as with_rngs
 from ._transforms import *  # noqa: F403  (each transform module defines __all__)
+from ._update_context import UpdateContext as UpdateContext
+from ._update_context import current_update_context as current_update_context
+from ._update_context import update_context as update_context
 
 # isort: split
 # Before nn: the layers are decorated with nnx.typed.

@@ -125,3 +125,7 @@ class BridgeError(PynnxError, TypeError):
 class TransformArgumentError(PynnxError, ValueError):
   """An argument or option a transform cannot accept in that place (e.g. a Variable among
   ``jit_partial``'s runtime arguments, ``sow`` of a new Variable inside a tree-mode transform)."""
+
+
+class UpdateContextError(PynnxError, ValueError):
+  """``nnx.update_context`` misuse: no context for a tag, or merges and splits out of order."""

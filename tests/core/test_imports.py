@@ -35,6 +35,7 @@ PACKAGE_TIERS = {"_graph": 4, "_transforms": 6, "nn": 7, "training": 8, "bridge"
 MODULE_TIERS = {
   "_functional": 5,
   "_graph_utils": 5,
+  "_update_context": 5,
   "_recursive_map": 5,
   "_rng_helpers": 5,
   "compat": 9,

@@ -537,3 +537,109 @@ def test_set_attributes_graph_false_rejects_sharing():
   model = pynnx.List([shared, shared])
   with pytest.raises(pynnx.SharedReferenceError, match=r"List\.set_attributes received the same"):
     model.set_attributes(use_bias=False, graph=False)
+
+
+# --- update_context -----------------------------------------------------------------------------
+
+
+def make_counter(lib):
+  class Counter(lib.Module):
+    def __init__(self):
+      self.count = lib.BatchStat(jnp.array(0))
+      self.drop = lib.Dropout(0.5)
+
+  return Counter()
+
+
+def bridged_step(lib, tag):
+  """A raw ``jax.jit`` between an outer split and an outer merge of ``tag``."""
+
+  @jax.jit
+  def f(graphdef, state):
+    with lib.merge_context(tag, inner=True) as ctx:
+      inner = ctx.merge(graphdef, state)
+    inner.count[...] += 1
+    inner.eval()  # a static change (a sanctioned API in pynnx)
+    quiet(inner.sow, lib.Intermediate, "seen", inner.count[...])  # a new Variable
+    with lib.split_context(tag) as ctx:
+      return ctx.split(inner)
+
+  return f
+
+
+def test_update_context_with_block():
+  def snippet(lib):
+    m1 = make_counter(lib)
+    with lib.update_context("step") as uctx:
+      same = lib.current_update_context("step") is uctx
+      with lib.split_context("step") as ctx:
+        graphdef, state = ctx.split(m1)
+      graphdef, state = bridged_step(lib, "step")(graphdef, state)
+      with lib.merge_context("step", inner=False) as ctx:
+        m3 = ctx.merge(graphdef, state)
+    return (
+      same,
+      m3 is m1,
+      int(m1.count[...]),
+      m1.drop.deterministic,
+      type(m1.seen).__name__,
+      [int(x) for x in m1.seen.get_value()],
+    )
+
+  flax_out, ours = run_both(snippet)
+  assert ours == flax_out == (True, True, 1, True, "Intermediate", [1])
+
+
+def test_update_context_decorator_and_two_objects():
+  def snippet(lib):
+    a, b = make_counter(lib), make_counter(lib)
+
+    @lib.update_context("two")
+    def step(a, b):
+      with lib.split_context("two") as ctx:
+        ga, sa = ctx.split(a)
+        gb, sb = ctx.split(b)
+
+      @jax.jit
+      def f(ga, sa, gb, sb):
+        with lib.merge_context("two", inner=True) as ctx:
+          a2, b2 = ctx.merge(ga, sa), ctx.merge(gb, sb)
+        a2.count[...] += 1
+        b2.count[...] += 2
+        with lib.split_context("two") as ctx:
+          return ctx.split(a2), ctx.split(b2)
+
+      (ga, sa), (gb, sb) = f(ga, sa, gb, sb)
+      with lib.merge_context("two", inner=False) as ctx:
+        return ctx.merge(ga, sa), ctx.merge(gb, sb)
+
+    a3, b3 = step(a, b)
+    return a3 is a, b3 is b, int(a.count[...]), int(b.count[...])
+
+  flax_out, ours = run_both(snippet)
+  assert ours == flax_out == (True, True, 1, 2)
+
+
+@LIBS
+def test_update_context_errors_are_value_errors(lib):
+  with pytest.raises(ValueError, match="No update context found for tag 'x'"):
+    lib.current_update_context("x")
+  with pytest.raises(ValueError, match="No update context found for tag 'x'"):
+    with lib.split_context("x"):
+      pass
+
+
+def test_update_context_error_messages():
+  with pytest.raises(pynnx.UpdateContextError, match=r"needs `inner=True`.*or `inner=False`"):
+    with pynnx.update_context("t"), pynnx.merge_context("t"):
+      pass
+  with pytest.raises(pynnx.UpdateContextError, match=r"found no outer split"):
+    with pynnx.update_context("t"), pynnx.merge_context("t", inner=False):
+      pass
+
+
+def test_update_context_is_left_on_exit():
+  with pynnx.update_context("t"):
+    pass
+  with pytest.raises(pynnx.UpdateContextError):
+    pynnx.current_update_context("t")
