@@ -35,6 +35,7 @@ BUILTINS = {
   "UnsupportedOptionError": ValueError,
   "BridgeError": TypeError,
   "TransformArgumentError": ValueError,
+  "UpdateContextError": ValueError,
   "MissingStateError": (ValueError, TypeError),
   "VariableInPlaceError": NotImplementedError,
 }
