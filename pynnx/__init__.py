@@ -6,6 +6,7 @@ DiffState, StateAxes, StateSharding) is opt-in with ``graph=True`` or ``nnx.set_
 
 from . import checkpoint as checkpoint  # orbax save/restore; orbax is imported lazily
 from . import compat as compat
+from . import traversals as traversals
 from ._core import filters as filterlib  # noqa: F401  (public module alias)
 from ._core.config import set_graph_mode as set_graph_mode
 from ._core.config import set_graph_updates as set_graph_updates
@@ -28,6 +29,7 @@ from ._core.errors import LeakedTracerError as LeakedTracerError
 from ._core.errors import MetricArgumentError as MetricArgumentError
 from ._core.errors import MissingStateError as MissingStateError
 from ._core.errors import NotAVariableError as NotAVariableError
+from ._core.errors import PathConflictError as PathConflictError
 from ._core.errors import PynnxError as PynnxError
 from ._core.errors import RngCallError as RngCallError
 from ._core.errors import RngError as RngError

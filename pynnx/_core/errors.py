@@ -129,3 +129,7 @@ class TransformArgumentError(PynnxError, ValueError):
 
 class UpdateContextError(PynnxError, ValueError):
   """``nnx.update_context`` misuse: no context for a tag, or merges and splits out of order."""
+
+
+class PathConflictError(PynnxError, TypeError, ValueError):
+  """A flat mapping has one path that is both a leaf and the prefix of another path."""

@@ -36,6 +36,7 @@ BUILTINS = {
   "BridgeError": TypeError,
   "TransformArgumentError": ValueError,
   "UpdateContextError": ValueError,
+  "PathConflictError": TypeError,
   "MissingStateError": (ValueError, TypeError),
   "VariableInPlaceError": NotImplementedError,
 }

@@ -40,6 +40,7 @@ MODULE_TIERS = {
   "_rng_helpers": 5,
   "compat": 9,
   "_submodules": 9,
+  "traversals": 1,
   "checkpoint": 9,
   "typing": 3,
   "__init__": 9,

@@ -643,3 +643,53 @@ def test_update_context_is_left_on_exit():
     pass
   with pytest.raises(pynnx.UpdateContextError):
     pynnx.current_update_context("t")
+
+
+# --- nnx.traversals ------------------------------------------------------------------------------
+
+NESTED = {"a": {"b": 1, "c": {}}, "d": 2, "e": {"f": {"g": 3}}}
+
+
+def test_traversals_flatten_unflatten():
+  def snippet(lib):
+    t = lib.traversals
+    flat = t.flatten_mapping(NESTED)
+    kept = t.flatten_mapping(NESTED, keep_empty_nodes=True)
+    joined = t.flatten_mapping(NESTED, sep="/")
+    stopped = t.flatten_mapping(NESTED, is_leaf=lambda path, x: path == ("e",))
+    return (
+      flat,
+      {k: ("EMPTY" if v is t.empty_node else v) for k, v in kept.items()},
+      joined,
+      stopped,
+      t.flatten_to_sequence(NESTED),
+      t.unflatten_mapping(flat),
+      t.unflatten_mapping(kept),
+      t.unflatten_mapping(joined, sep="/"),
+      t.unflatten_mapping(list(flat.items())),
+    )
+
+  flax_out, ours = run_both(snippet)
+  assert ours == flax_out
+
+
+def test_traversals_on_a_state():
+  def snippet(lib):
+    state = lib.state(lib.Linear(2, 3, rngs=lib.Rngs(0)))
+    return {k: v.shape for k, v in lib.traversals.flatten_mapping(state).items()}
+
+  flax_out, ours = run_both(snippet)
+  assert ours == flax_out
+
+
+@LIBS
+def test_traversals_conflicting_paths_are_type_errors(lib):
+  with pytest.raises(TypeError):
+    lib.traversals.unflatten_mapping({("a",): 1, ("a", "b"): 2})
+
+
+def test_traversals_conflict_messages():
+  with pytest.raises(pynnx.PathConflictError, match=r"passes through \('a',\), which is a leaf"):
+    pynnx.traversals.unflatten_mapping({("a",): 1, ("a", "b"): 2})
+  with pytest.raises(pynnx.PathConflictError, match=r"is a leaf but also the prefix"):
+    pynnx.traversals.unflatten_mapping({("a", "b"): 2, ("a",): 1})
