@@ -510,7 +510,10 @@ class List(Pytree):
     return jax.tree_util.SequenceKey(key) if isinstance(key, int) else jax.tree_util.GetAttrKey(key)
 
   def _pynnx_delattr(self, name: Any) -> None:
-    del self[name]  # keeps indices contiguous: later items shift down, as with list.pop
+    if isinstance(name, str):  # an attribute a Module method added (`sow`, `nnx.capture`)
+      Pytree._pynnx_delattr(self, name)
+    else:
+      del self[name]  # keeps indices contiguous: later items shift down, as with list.pop
 
   # Items are classified like attributes: Variables/Modules/arrays are data (children),
   # anything else (e.g. an activation function in a Sequential) is static and hashable.

@@ -402,6 +402,37 @@ def test_list_module_through_jit_and_split(graph):
   assert prest == frest
 
 
+def test_capture_through_a_list_of_modules():
+  def snippet(lib):
+    class Block(lib.Module):
+      def __init__(self, rngs):
+        self.lin = lib.Linear(2, 2, rngs=rngs)
+
+      def __call__(self, x):
+        y = self.lin(x)
+        self.sow(lib.Intermediate, "y", y)
+        return y
+
+    class Model(lib.Module):
+      def __init__(self, rngs):
+        self.layers = lib.List([Block(rngs), Block(rngs)])
+
+      def __call__(self, x):
+        for layer in self.layers:
+          x = layer(x)
+        return x
+
+    model = Model(lib.Rngs(0))
+    _, inter = lib.capture(model, lib.Intermediate)(jnp.ones((1, 2)))
+    flat = {p: np.asarray(v.get_value()[0]) for p, v in inter.flat_state()}
+    return flat, sorted(k for k in vars(model.layers) if isinstance(k, str) and "captures" in k)
+
+  (fflat, fleft), (pflat, pleft) = run_both(snippet)
+  assert sorted(pflat) == sorted(fflat) and pleft == fleft == []
+  for path in fflat:
+    np.testing.assert_allclose(pflat[path], fflat[path], rtol=1e-6)
+
+
 def test_plain_list_attribute_becomes_a_module_list():
   class Model(pynnx.Module):
     def __init__(self):
