@@ -433,6 +433,19 @@ def test_capture_through_a_list_of_modules():
     np.testing.assert_allclose(pflat[path], fflat[path], rtol=1e-6)
 
 
+@pytest.mark.parametrize("graph", [False, True], ids=["tree", "graph"])
+def test_pop_a_sown_variable_from_a_list(graph):
+  def snippet(lib):
+    layers = lib.List([lib.Linear(2, 2, rngs=lib.Rngs(0)), lib.BatchStat(jnp.ones(1))])
+    quiet(layers.sow, lib.Intermediate, "seen", 1.0)
+    kwargs = {"graph": graph} if lib is pynnx else {}  # Flax's pop has no graph= (always graph)
+    popped = lib.pop(layers, lib.Intermediate, **kwargs)
+    return hasattr(layers, "seen"), len(layers), jax.tree.leaves(popped)
+
+  flax_out, ours = run_both(snippet)
+  assert ours == flax_out == (False, 2, [1.0])
+
+
 def test_plain_list_attribute_becomes_a_module_list():
   class Model(pynnx.Module):
     def __init__(self):
