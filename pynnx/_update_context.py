@@ -158,12 +158,13 @@ def transplant(orig: Any, new: Any, memo: dict[int, Any]) -> Any:
   memo[id(new)] = orig
   od: dict[Any, Any] = orig.__dict__
   nd: dict[Any, Any] = new.__dict__
+  key: Any  # attribute names, List indices or Dict keys
   for key, nv in list(new._pynnx_items()):
     ov = od.get(key, _MISSING)
     res = memo.get(id(nv), nv) if ov is _MISSING else transplant(ov, nv, memo)
     if ov is _MISSING or not _same(ov, res):
       orig._pynnx_setattr(key, res)
-  stale = [k for k, _ in orig._pynnx_items() if k not in nd]
+  stale: list[Any] = [k for k, _ in orig._pynnx_items() if k not in nd]
   if isinstance(orig, List):  # remove list items from the end, so indices stay valid
     stale.sort(key=lambda k: -k if isinstance(k, int) else 0)
   for key in stale:
