@@ -6,6 +6,7 @@ DiffState, StateAxes, StateSharding) is opt-in with ``graph=True`` or ``nnx.set_
 
 from . import checkpoint as checkpoint  # orbax save/restore; orbax is imported lazily
 from . import compat as compat
+from . import traversals as traversals
 from ._core import filters as filterlib  # noqa: F401  (public module alias)
 from ._core.config import set_graph_mode as set_graph_mode
 from ._core.config import set_graph_updates as set_graph_updates
@@ -30,6 +31,7 @@ from ._core.errors import LeakedTracerError as LeakedTracerError
 from ._core.errors import MetricArgumentError as MetricArgumentError
 from ._core.errors import MissingStateError as MissingStateError
 from ._core.errors import NotAVariableError as NotAVariableError
+from ._core.errors import PathConflictError as PathConflictError
 from ._core.errors import PynnxError as PynnxError
 from ._core.errors import RngCallError as RngCallError
 from ._core.errors import RngError as RngError
@@ -43,6 +45,7 @@ from ._core.errors import TraceContextError as TraceContextError
 from ._core.errors import TransformArgumentError as TransformArgumentError
 from ._core.errors import TreeStructureError as TreeStructureError
 from ._core.errors import UnsupportedOptionError as UnsupportedOptionError
+from ._core.errors import UpdateContextError as UpdateContextError
 from ._core.errors import VariableInPlaceError as VariableInPlaceError
 from ._core.filters import All as All
 from ._core.filters import Any_ as Any  # noqa: F401  (Flax name)
@@ -52,14 +55,14 @@ from ._core.filters import Nothing as Nothing
 from ._core.filters import OfType as OfType
 from ._core.filters import PathContains as PathContains
 from ._core.filters import WithTag as WithTag
+from ._core.module import Dict as Dict
+from ._core.module import List as List
 from ._core.module import Module as Module
 from ._core.module import Sequential as Sequential
 from ._core.module import display as display
 from ._core.module import view as view
 from ._core.module import with_attributes as with_attributes
 from ._core.pytree import Data as Data
-from ._core.pytree import Dict as Dict
-from ._core.pytree import List as List
 from ._core.pytree import Object as Object
 from ._core.pytree import Pytree as Pytree
 from ._core.pytree import Static as Static
@@ -150,6 +153,9 @@ from ._rng_helpers import restore_rngs as restore_rngs
 from ._rng_helpers import split_rngs as split_rngs
 from ._rng_helpers import with_rngs as with_rngs
 from ._transforms import *  # noqa: F403  (each transform module defines __all__)
+from ._update_context import UpdateContext as UpdateContext
+from ._update_context import current_update_context as current_update_context
+from ._update_context import update_context as update_context
 
 # isort: split
 # Before nn: the layers are decorated with nnx.typed.
@@ -164,5 +170,11 @@ from .training import *  # noqa: F403
 # isort: split
 # After nn: the bridge is written on the public API.
 from . import bridge as bridge
+
+# isort: split
+# Last: Flax's submodule names (`nnx.graph.split`, `nnx.rnglib.Rngs`, ...) over the names above.
+from ._submodules import install as _install_submodules
+
+_install_submodules(globals(), __name__)
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from . import _functional as fn
 from ._core import filters as filterlib
 from ._core.config import resolve_graph
 from ._core.eager import check_var_options
-from ._core.errors import SharedReferenceError, UnsupportedOptionError
+from ._core.errors import SharedReferenceError, UnsupportedOptionError, UpdateContextError
 from ._core.module import Module
 from ._core.paths import format_path
 from ._core.pytree import Pytree, is_data
@@ -28,6 +28,7 @@ from ._core.tree import GraphDef
 from ._core.variables import Variable, is_variable
 from ._graph import api as graph_api
 from ._graph.graphdef import GraphDef as GraphModeGraphDef
+from ._update_context import current_update_context, transplant
 
 A = TypeVar("A")
 M = TypeVar("M", bound=Module)
@@ -46,7 +47,7 @@ def iter_modules(module: Any, /, *, graph: bool | None = None) -> Iterator[tuple
     >>> model = nnx.Sequential(nnx.Linear(1, 1, rngs=nnx.Rngs(0)))
     >>> paths = [p for p, _ in nnx.iter_modules(model)]
     >>> paths
-    [('layers', 0), ()]
+    [('layers', 0), ('layers',), ()]
   """
   for path, value in fn.iter_graph(module, graph=graph):
     if isinstance(value, Module):
@@ -344,15 +345,6 @@ def get_abstract_model(init_fn: Callable[[], Any], mesh: Any, *, graph: bool | N
 # --- split / merge contexts -------------------------------------------------------------------
 
 
-def _no_tag(api: str, ctxtag: Any) -> None:
-  if ctxtag is not None:
-    raise UnsupportedOptionError(
-      f"nnx.{api}(ctxtag): update contexts (Flax's `update_context`) are not part of pynnx; "
-      "its transforms write updates back themselves. Call it without a tag to split/merge "
-      "several objects as one graph (see docs/migrating.md, 'Graph utilities')."
-    )
-
-
 class SplitContext:
   """Splits several objects as one graph: an object shared with an earlier split is stored
   there and referenced here (graph mode). Use through :func:`split_context`."""
@@ -360,9 +352,12 @@ class SplitContext:
   def __init__(self) -> None:
     self._outer: dict[int, tuple[int, int]] = {}
     self._roots = 0
+    self._record: list[Any] | None = None  # an update context's outer split: the roots
 
   def split(self, node: Any, *filters: Any) -> tuple:
     """Like ``nnx.split(node, *filters, graph=True)``, sharing with earlier calls kept."""
+    if self._record is not None:
+      self._record.append(node)
     p = graph_api.plan(node, self._outer) if self._outer else graph_api.plan(node)
     for j, o in enumerate(p.objects):
       self._outer.setdefault(id(o), (self._roots, j))
@@ -382,12 +377,16 @@ class MergeContext:
 
   def __init__(self) -> None:
     self._tables: list[dict[int, Any]] = []
+    self._targets: list[Any] | None = None  # an update context's outer merge: the roots
+    self._memo: dict[int, Any] = {}
 
   def merge(self, graphdef: GraphModeGraphDef, state: Any, /, *states: Any) -> Any:
     """Like ``nnx.merge``, resolving references to objects of earlier merges."""
     flat = graph_api.collect_flat(graphdef, (state, *states), "MergeContext.merge")
     node, table = graph_api.rebuild(graphdef, flat, outer=self._tables, api="MergeContext.merge")
     self._tables.append(table)
+    if self._targets is not None and len(self._tables) <= len(self._targets):
+      return transplant(self._targets[len(self._tables) - 1], node, self._memo)
     return node
 
   def unflatten(self, graphdef: GraphModeGraphDef, flat_state: Any, /, *flat_states: Any) -> Any:
@@ -402,7 +401,8 @@ class MergeContext:
 
 @contextlib.contextmanager
 def split_context(ctxtag: Hashable | None = None) -> Iterator[SplitContext]:
-  """A :class:`SplitContext` for a ``with`` block (no ``ctxtag``: see the class).
+  """A :class:`SplitContext` for a ``with`` block; ``ctxtag`` joins the active
+  :func:`~pynnx.update_context` of that tag (its first split block is the outer split).
 
   Example:
     >>> import pynnx as nnx
@@ -416,17 +416,33 @@ def split_context(ctxtag: Hashable | None = None) -> Iterator[SplitContext]:
     >>> a2['w'] is b2['w']
     True
   """
-  _no_tag("split_context", ctxtag)
-  yield SplitContext()
+  ctx = SplitContext()
+  if ctxtag is not None:
+    ctx._record = current_update_context(ctxtag).begin_split()
+  yield ctx
 
 
 @contextlib.contextmanager
 def merge_context(ctxtag: Hashable | None = None, inner: bool | None = None):
-  """A :class:`MergeContext` for a ``with`` block (see :func:`split_context`)."""
-  _no_tag("merge_context", ctxtag)
-  if inner is not None:
+  """A :class:`MergeContext` for a ``with`` block (see :func:`split_context`).
+
+  With ``ctxtag`` (inside :func:`~pynnx.update_context`), ``inner=True`` merges inside the
+  transform; ``inner=False`` is the outer merge, which returns the outer split's objects
+  updated with the results.
+  """
+  if ctxtag is None and inner is not None:
     raise UnsupportedOptionError(
-      "nnx.merge_context(inner=...): inner/outer merges belong to Flax's update contexts, "
-      "which pynnx does not have; leave `inner` unset."
+      "nnx.merge_context(inner=...): inner/outer merges belong to update contexts; pass the "
+      "context's tag too (`nnx.merge_context(tag, inner=...)`) or leave `inner` unset."
     )
-  yield MergeContext()
+  ctx = MergeContext()
+  if ctxtag is not None:
+    update = current_update_context(ctxtag)
+    if inner is None:
+      raise UpdateContextError(
+        f"nnx.merge_context({ctxtag!r}) needs `inner=True` (a merge inside the transform) or "
+        "`inner=False` (the outer merge, which updates the objects split outside)."
+      )
+    if not inner:
+      ctx._targets = update.take_outer_roots("nnx.merge_context")
+  yield ctx

@@ -12,7 +12,8 @@ logical axis names to mesh axis names at that moment.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -45,6 +46,7 @@ class use_eager_sharding:  # noqa: N801  (Flax's name; a class so it works as a 
     if not isinstance(value, bool):
       raise ConfigError(f"nnx.use_eager_sharding(value) takes True or False, got {value!r}.")
     self._previous = _SETTINGS.eager_sharding
+    self._value = value
     _SETTINGS.eager_sharding = value
 
   def __enter__(self) -> use_eager_sharding:
@@ -52,6 +54,36 @@ class use_eager_sharding:  # noqa: N801  (Flax's name; a class so it works as a 
 
   def __exit__(self, *exc: Any) -> None:
     _SETTINGS.eager_sharding = self._previous
+
+  def __call__(self, f: Callable[..., Any]) -> Callable[..., Any]:
+    """As a decorator: the setting holds while ``f`` runs, and not before.
+
+    Example:
+      >>> @nnx.use_eager_sharding(False)
+      ... def inside():
+      ...   return nnx.using_eager_sharding()
+      >>> inside(), nnx.using_eager_sharding()
+      (False, True)
+    """
+    _SETTINGS.eager_sharding = self._previous  # the constructor set it: undo until called
+    value = self._value
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+      with use_eager_sharding(value):
+        return f(*args, **kwargs)
+
+    return wrapper
+
+  @classmethod
+  def current_value(cls) -> bool:
+    """The setting now in force (``nnx.using_eager_sharding()``)."""
+    return _SETTINGS.eager_sharding
+
+  @classmethod
+  def get_default(cls) -> bool:
+    """The setting outside any ``use_eager_sharding``: True."""
+    return True
 
 
 def using_eager_sharding() -> bool:

@@ -138,3 +138,11 @@ class ArgumentTypeError(PynnxError, AttributeError, TypeError):
 class CheckpointArgumentError(ArgumentTypeError, ValueError):
   """``nnx.checkpoint`` was given something it cannot save or restore into (no arrays, a
   string leaf, a folder that is not a path). A ``ValueError`` as orbax raises for these."""
+
+
+class UpdateContextError(PynnxError, ValueError):
+  """``nnx.update_context`` misuse: no context for a tag, or merges and splits out of order."""
+
+
+class PathConflictError(PynnxError, TypeError, ValueError):
+  """A flat mapping has one path that is both a leaf and the prefix of another path."""

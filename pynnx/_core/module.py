@@ -14,9 +14,10 @@ from typing import Any
 import jax.numpy as jnp
 
 from . import filters as filterlib
+from . import pytree
 from .config import resolve_graph
 from .errors import AttributeNotFoundError, NotAVariableError
-from .pytree import _CACHE_KEYS, Dict, List, Pytree
+from .pytree import _CACHE_KEYS, Pytree
 from .reprs import block
 from .tree import check_no_sharing, flatten_with_paths
 from .variables import Perturbation, Variable, variable_type_from_name
@@ -118,12 +119,20 @@ class Module(Pytree):
 
   # -- static attribute updates ------------------------------------------------------------
   def set_attributes(
-    self, *filters: Any, raise_if_not_found: bool = True, **attributes: Any
+    self,
+    *filters: Any,
+    raise_if_not_found: bool = True,
+    graph: bool | None = None,
+    **attributes: Any,
   ) -> None:
     """Sets static attributes on this Module and its submodules that have them.
 
-    ``filters`` restrict which submodules are touched (default: all).
+    ``filters`` restrict which submodules are touched (default: all). With ``graph=False``
+    a Variable or Module reachable twice is an error (tree mode); otherwise (the default) a
+    shared submodule is visited once.
     """
+    if graph is False:
+      check_no_sharing(flatten_with_paths(self)[0], f"{type(self).__name__}.set_attributes")
     preds = [filterlib.to_predicate(f) for f in filters] or [filterlib.to_predicate(...)]
     found = set()
     for path, module in self.iter_modules():
@@ -154,7 +163,8 @@ class Module(Pytree):
 
   # -- traversal ---------------------------------------------------------------------------
   def iter_modules(self) -> Iterator[tuple[Path, Module]]:
-    """Yields ``(path, module)`` for this Module (path ``()``) and every submodule."""
+    """Yields ``(path, module)`` for every submodule, children before parents, then this
+    Module (path ``()``), like ``nnx.iter_modules(self)``."""
     yield from _iter_modules(self, ())
 
   def iter_children(self) -> Iterator[tuple[Hashable, Module]]:
@@ -178,7 +188,6 @@ def _iter_modules(node: Any, path: Path, seen: set | None = None) -> Iterator[tu
     return
   if isinstance(node, Module):
     seen.add(id(node))
-    yield path, node
   if isinstance(node, Pytree):
     for key, value in _data_items(node):
       yield from _iter_modules(value, (*path, key), seen)
@@ -188,6 +197,8 @@ def _iter_modules(node: Any, path: Path, seen: set | None = None) -> Iterator[tu
   elif isinstance(node, dict):
     for key, value in node.items():
       yield from _iter_modules(value, (*path, key), seen)
+  if isinstance(node, Module):  # children first, then the node itself (as Flax)
+    yield path, node
 
 
 def module_repr(module: Pytree) -> str:
@@ -196,6 +207,33 @@ def module_repr(module: Pytree) -> str:
     key=lambda kv: str(kv[0]),
   )
   return block(f"{type(module).__name__}(", [f"{k}={v!r}" for k, v in items], ")")
+
+
+class List(pytree.List, Module):
+  """A list of Modules/Variables/arrays; itself a Module, as in Flax (``eval``, ``train``,
+  ``sow``, ``iter_modules``, ... work on it). Item operations are sanctioned structure
+  changes; a list of data assigned to a Module attribute becomes one.
+
+  Example:
+    >>> layers = nnx.List([nnx.Dropout(0.5), nnx.Linear(2, 2, rngs=nnx.Rngs(0))])
+    >>> layers.eval(); layers[0].deterministic, isinstance(layers, nnx.Module)
+    (True, True)
+  """
+
+
+class Dict(pytree.Dict, Module):
+  """A str-keyed mapping of Modules/Variables/arrays; itself a Module, as in Flax. Item
+  operations are sanctioned structure changes; a str-keyed dict of data assigned to a Module
+  attribute becomes one.
+
+  Example:
+    >>> blocks = nnx.Dict(drop=nnx.Dropout(0.5))
+    >>> [path for path, _ in blocks.iter_modules()]
+    [('drop',), ()]
+  """
+
+
+pytree.CONTAINER_TYPES.update({list: List, dict: Dict})
 
 
 class Sequential(Module):

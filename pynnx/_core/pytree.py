@@ -508,10 +508,14 @@ class List(Pytree):
     self._set_items(list(items), bump=False)
 
   def _pynnx_key_obj(self, key: Hashable) -> Any:
-    return jax.tree_util.SequenceKey(key)
+    # str keys: attributes added by Module methods (`layers.sow(...)`), as in Flax
+    return jax.tree_util.SequenceKey(key) if isinstance(key, int) else jax.tree_util.GetAttrKey(key)
 
   def _pynnx_delattr(self, name: Any) -> None:
-    del self[name]  # keeps indices contiguous: later items shift down, as with list.pop
+    if isinstance(name, str):  # an attribute a Module method added (`sow`, `nnx.capture`)
+      Pytree._pynnx_delattr(self, name)
+    else:
+      del self[name]  # keeps indices contiguous: later items shift down, as with list.pop
 
   # Items are classified like attributes: Variables/Modules/arrays are data (children),
   # anything else (e.g. an activation function in a Sequential) is static and hashable.
@@ -581,14 +585,14 @@ class List(Pytree):
   def extend(self, values: Any) -> None:
     self._set_items([*self._marked_items(), *values])
 
-  def insert(self, i: int, value: Any) -> None:
+  def insert(self, index: int, value: Any) -> None:
     items = self._marked_items()
-    items.insert(i, value)
+    items.insert(index, value)
     self._set_items(items)
 
-  def pop(self, i: int = -1) -> Any:
+  def pop(self, index: int = -1) -> Any:
     items = self._marked_items()
-    out = items.pop(i)
+    out = items.pop(index)
     self._set_items(items)
     return out.value if isinstance(out, _Marker) else out
 
@@ -738,12 +742,17 @@ class Dict(Pytree):
     return mapping_repr("Dict", self.items())
 
 
+# The classes `_wrap_container` builds. module.py registers its nnx.List / nnx.Dict here
+# (they are Modules, as in Flax; module.py is the tier above this one).
+CONTAINER_TYPES: dict[type, type] = {}
+
+
 def _wrap_container(value: Any) -> Any:
   """Data-holding lists/dicts become nnx.List/nnx.Dict, so their edits are tracked."""
   if type(value) is list and is_data_value(value):
-    return List(value)
+    return CONTAINER_TYPES.get(list, List)(value)
   if type(value) is dict and is_data_value(value) and all(isinstance(k, str) for k in value):
-    return Dict(value)
+    return CONTAINER_TYPES.get(dict, Dict)(value)
   return value
 
 

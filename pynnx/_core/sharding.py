@@ -38,9 +38,25 @@ def sharding_names(var: Variable) -> tuple | None:
 
 @dataclasses.dataclass(frozen=True)
 class VariableMetadata:
-  """A value plus metadata, returned by wrapped initializers; Variables unwrap it."""
+  """A value plus metadata, returned by wrapped initializers; Variables unwrap it.
+
+  The ``on_*`` fields are Flax's (deprecated) Variable hooks: ``on_create_value`` hooks map
+  the initial value, ``on_add_axis`` / ``on_remove_axis`` hooks run in
+  ``Variable.add_axis`` / ``remove_axis``. ``on_get_value`` / ``on_set_value`` are rejected
+  when the Variable is built (override ``get_value`` / ``set_value`` in a subclass instead).
+
+  Example:
+    >>> boxed = nnx.VariableMetadata(jnp.zeros(2), metadata={"note": "x"})
+    >>> nnx.Param(boxed).note
+    'x'
+  """
 
   raw_value: Any
+  on_set_value: tuple[Callable[..., Any], ...] = ()
+  on_get_value: tuple[Callable[..., Any], ...] = ()
+  on_create_value: tuple[Callable[..., Any], ...] = ()
+  on_add_axis: tuple[Callable[..., Any], ...] = ()
+  on_remove_axis: tuple[Callable[..., Any], ...] = ()
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   _pynnx_variable_metadata = True  # what Variable.__init__ looks for
 
@@ -53,8 +69,8 @@ class _WithMetadata:
   def __call__(self, *args: Any, **kwargs: Any) -> VariableMetadata:
     value = self.initializer(*args, **kwargs)
     if isinstance(value, VariableMetadata):  # nested wrappers: merge, outer wins
-      return VariableMetadata(value.raw_value, {**value.metadata, **dict(self.metadata)})
-    return VariableMetadata(value, dict(self.metadata))
+      return dataclasses.replace(value, metadata={**value.metadata, **dict(self.metadata)})
+    return VariableMetadata(value, metadata=dict(self.metadata))
 
 
 def with_metadata(initializer: Callable[..., Any], **metadata: Any) -> Callable[..., Any]:

@@ -6,6 +6,7 @@ indices or dict keys; leaves are Variables (or plain arrays held directly by a M
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -175,6 +176,37 @@ class State(MutableMapping):
       flat.update(s.flat_state())
     return State.from_flat_path(sorted(flat.items(), key=lambda kv: [_sort_key(k) for k in kv[0]]))
 
+  def map(self, f: Callable[[Path, Any], Any]) -> State:
+    """``nnx.map_state(f, self)``; deprecated in Flax (same warning), kept for old code.
+
+    Example:
+      >>> import warnings
+      >>> s = nnx.State({"w": nnx.Param(jnp.ones(2))})
+      >>> with warnings.catch_warnings():
+      ...   warnings.simplefilter("ignore")
+      ...   s.map(lambda path, v: v.shape)
+      State({
+        'w': (2,)
+      })
+    """
+    warnings.warn(
+      "`flax.nnx.State` will be deprecated and be replaced by the built-in Python dict. "
+      "Please use the equivalent `nnx.map_state` instead.",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    return map_state(f, self)
+
+  @property
+  def raw_mapping(self) -> dict[Hashable, Any]:
+    """The State's own top-level dict (nested levels are States, which are Mappings).
+
+    Example:
+      >>> type(nnx.State({"w": nnx.Param(jnp.ones(2))}).raw_mapping)
+      <class 'dict'>
+    """
+    return self._mapping
+
   # -- pure dicts ----------------------------------------------------------------------------
   def to_pure_dict(self, extract_fn: Callable[[Path, Any], Any] | None = None) -> dict:
     """A nested dict of raw values (Variables replaced by their values), e.g. for orbax."""
@@ -272,6 +304,77 @@ class FlatState(Sequence):
 
   def to_nested_state(self) -> State:
     return State.from_flat_path(self._items)
+
+  def _buckets(self, filters: tuple) -> tuple[list[FlatState], FlatState]:
+    preds = filterlib.filters_to_predicates(filters)
+    buckets: list[list] = [[] for _ in preds]
+    rest = []
+    for path, leaf in self._items:
+      for i, p in enumerate(preds):
+        if p(path, leaf):
+          buckets[i].append((path, leaf))
+          break
+      else:
+        rest.append((path, leaf))
+    return [FlatState(b) for b in buckets], FlatState(rest)
+
+  def filter(self, first: Any, /, *filters: Any) -> Any:
+    """One FlatState per filter (a leaf goes to the first filter matching it); leaves no
+    filter matches are left out.
+
+    Example:
+      >>> flat = nnx.state(nnx.BatchNorm(2, rngs=nnx.Rngs(0))).flat_state()
+      >>> flat.filter(nnx.BatchStat).paths
+      (('mean',), ('var',))
+    """
+    buckets, _ = self._buckets((first, *filters))
+    return buckets[0] if len(buckets) == 1 else tuple(buckets)
+
+  def split(self, first: Any, /, *filters: Any) -> Any:
+    """Like :meth:`filter`, but every leaf must match a filter (end with ``...``).
+
+    Example:
+      >>> flat = nnx.state(nnx.BatchNorm(2, rngs=nnx.Rngs(0))).flat_state()
+      >>> params, rest = flat.split(nnx.Param, ...)
+      >>> params.paths, rest.paths
+      ((('bias',), ('scale',)), (('mean',), ('var',)))
+    """
+    all_filters = (first, *filters)
+    buckets, rest = self._buckets(all_filters)
+    if len(rest):
+      raise FilterError(
+        f"FlatState.split: these leaves match none of the filters {all_filters}: "
+        + ", ".join(format_path(p, "state") for p in rest.paths[:8])
+        + ". Add `...` as the last filter to collect the rest."
+      )
+    return buckets[0] if len(buckets) == 1 else tuple(buckets)
+
+  @staticmethod
+  def from_sorted_keys_values(keys: Sequence[Path], values: Sequence[Any], /) -> FlatState:
+    """A FlatState from paths already in sorted order and their leaves (not re-sorted).
+
+    Example:
+      >>> nnx.FlatState.from_sorted_keys_values((("a",), ("b",)), [1, 2]).leaves
+      [1, 2]
+    """
+    if len(keys) != len(values):
+      raise StateMismatchError(
+        f"FlatState.from_sorted_keys_values: got {len(keys)} keys but {len(values)} values; "
+        "pass one value per key."
+      )
+    return FlatState(zip(keys, values))
+
+  @staticmethod
+  def merge(flat_state: Any, /, *flat_states: Any) -> FlatState:
+    """One FlatState, sorted by path, from several sequences of ``(path, leaf)`` pairs.
+
+    Example:
+      >>> nnx.FlatState.merge([(("b",), 2)], [(("a",), 1)]).paths
+      (('a',), ('b',))
+    """
+    if not flat_states and isinstance(flat_state, FlatState):
+      return flat_state
+    return FlatState([kv for fs in (flat_state, *flat_states) for kv in fs], sort=True)
 
   def __repr__(self) -> str:
     entries = "".join(f"  ({p!r}, {indent(repr(v))}),\n" for p, v in self._items)

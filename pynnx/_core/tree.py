@@ -141,6 +141,11 @@ class GraphDef:
     # No leaves: the whole GraphDef is aux data, so jit treats it as static.
     jax.tree_util.register_pytree_node(cls, lambda g: ((), g), lambda g, _: g)
 
+  @property
+  def num_leaves(self) -> int:
+    """The number of State leaves ``merge`` expects (each mode's GraphDef counts its own)."""
+    raise NotImplementedError(f"{type(self).__name__} does not define num_leaves")
+
   def apply(self, state: Any, /, *states: Any, graph: bool | None = None) -> ApplyCaller:
     """A caller that merges, calls a method and re-splits (graphdef and State unchanged).
 
@@ -306,6 +311,16 @@ class TreeGraphDef(GraphDef):
       and self.paths == other.paths
       and self.leaf_types == other.leaf_types
     )
+
+  @property
+  def num_leaves(self) -> int:
+    """The number of State leaves (Variables and arrays) ``merge`` expects.
+
+    Example:
+      >>> nnx.graphdef(nnx.Linear(2, 3, rngs=nnx.Rngs(0))).num_leaves
+      2
+    """
+    return len(self.paths)
 
   def __repr__(self) -> str:
     return f"GraphDef(tree, {len(self.paths)} leaves, {self.treedef})"

@@ -26,6 +26,7 @@ from .errors import (
   VariableInPlaceError,
 )
 from .reprs import variable_repr
+from .varhooks import HOOK_KEYS, run_axis_hooks, run_create_hooks, unbox
 
 A = TypeVar("A")
 
@@ -124,6 +125,8 @@ class Variable(Generic[A]):
 
   __slots__ = ("_raw_value", "_metadata", "_frame", "__weakref__")
   _pynnx_type_name: ClassVar[str] = "Variable"
+  _pynnx_has_hooks: ClassVar[bool] = False  # a subclass defines create_value / on_* hooks
+  required_metadata: ClassVar[frozenset[str]] = frozenset({"hijax", "ref", "eager_sharding"})
 
   def __init__(self, value: A, **metadata: Any):
     if isinstance(value, Variable):
@@ -133,9 +136,11 @@ class Variable(Generic[A]):
       )
     if getattr(value, "_pynnx_variable_metadata", False):
       # a value from nnx.with_metadata / with_partitioning initializers
-      boxed: Any = value
-      value, metadata = boxed.raw_value, {**boxed.metadata, **metadata}
+      value, metadata = unbox(value, metadata)
     metadata = _creation_metadata(type(self).__name__, metadata)
+    if type(self)._pynnx_has_hooks or not HOOK_KEYS.isdisjoint(metadata):
+      object.__setattr__(self, "_frame", FRAMES.current)  # the hooks may read the Variable
+      value = run_create_hooks(self, value, metadata)
     value = eager.place(value, metadata)
     object.__setattr__(self, "_raw_value", value)
     object.__setattr__(self, "_metadata", metadata)
@@ -143,6 +148,9 @@ class Variable(Generic[A]):
 
   def __init_subclass__(cls, **kwargs: Any):
     super().__init_subclass__(**kwargs)
+    cls._pynnx_has_hooks = cls.create_value is not Variable.create_value or any(
+      hasattr(cls, k) for k in HOOK_KEYS
+    )
     _register_variable_pytree(cls)
 
   # -- value access --------------------------------------------------------------------
@@ -199,8 +207,12 @@ class Variable(Generic[A]):
       self.set_value(current.at[key].set(item))
 
   # -- metadata ------------------------------------------------------------------------
-  def get_metadata(self, name: str | None = None, default: Any = ...) -> Any:
+  def get_metadata(
+    self, name: str | None = None, default: Any = ..., *, exclude_required: bool | None = None
+  ) -> Any:
     if name is None:
+      if exclude_required:  # without hijax / ref / eager_sharding, as Flax
+        return {k: v for k, v in self._metadata.items() if k not in _REPORTED_DEFAULTS}
       return {**_REPORTED_DEFAULTS, **self._metadata}
     if name in self._metadata:
       return self._metadata[name]
@@ -233,8 +245,8 @@ class Variable(Generic[A]):
     object.__setattr__(new, "_frame", FRAMES.current)
     return new
 
-  def copy(self) -> Variable[A]:
-    return self.replace()
+  def copy(self, value: Any = ..., **updates: Any) -> Variable[A]:
+    return self.replace(value, **updates)  # Flax's name and signature for `replace`
 
   def has_metadata(self, name: str) -> bool:
     """Whether ``name`` was set as metadata on this Variable (defaults do not count)."""
@@ -271,6 +283,126 @@ class Variable(Generic[A]):
     self.set_value(other.get_raw_value())
     object.__setattr__(self, "_metadata", dict(other._metadata))
     bump_structure()
+
+  # -- Flax's Variable protocol (metadata, state copies, axis hooks) -----------------------
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """The value's shape (``AttributeError`` if the value has none, as in Flax).
+
+    Example:
+      >>> nnx.Param(jnp.zeros((2, 3))).shape
+      (2, 3)
+    """
+    return self.get_value().shape  # type: ignore[attr-defined]
+
+  @property
+  def sharding_names(self) -> Any:
+    """The logical sharding names (``out_sharding`` metadata), or None.
+
+    Example:
+      >>> nnx.Param(jnp.zeros((2,)), sharding_names=("model",)).sharding_names
+      ('model',)
+    """
+    meta = self._metadata
+    return meta.get("out_sharding", meta.get("sharding_names"))
+
+  hijax = property(lambda self: False, doc="Always False: pynnx rejects ``hijax=True``.")
+  ref = property(lambda self: False, doc="Always False: pynnx rejects ``ref=True``.")
+
+  def create_value(self, value: A) -> A:
+    """Called once by the constructor with the initial value; subclasses may override it
+    to transform that value (the result is what the Variable stores).
+
+    Example:
+      >>> class Doubled(nnx.Variable):
+      ...   def create_value(self, value): return value * 2
+      >>> Doubled(jnp.ones(2))[...]
+      Array([2., 2.], dtype=float32)
+    """
+    return value
+
+  def del_metadata(self, name: str) -> None:
+    """Deletes the metadata entry ``name`` (``KeyError`` if it is not set).
+
+    Example:
+      >>> p = nnx.Param(jnp.zeros(2), note="x"); p.del_metadata("note"); p.has_metadata("note")
+      False
+    """
+    if name in self.required_metadata:
+      raise StateMismatchError(
+        f"{type(self).__name__}.del_metadata: cannot delete the required metadata {name!r} "
+        f"(every Variable reports {sorted(self.required_metadata)}); set another value with "
+        f"`set_metadata({name}=...)` instead."
+      )
+    meta = dict(self._metadata)
+    del meta[name]  # KeyError for an unknown name, as in Flax
+    object.__setattr__(self, "_metadata", meta)
+    bump_structure()
+
+  @classmethod
+  def from_metadata(cls, value: Any, attributes: dict[str, Any]) -> Variable[Any]:
+    """A new Variable of this type with ``value`` and the metadata dict ``attributes``
+    (as returned by ``get_metadata()``); the constructor (and its sharding) is not run.
+
+    Example:
+      >>> p = nnx.Param(jnp.zeros(2), note="x")
+      >>> q = nnx.Param.from_metadata(jnp.ones(2), p.get_metadata())
+      >>> q[...], q.note
+      (Array([1., 1.], dtype=float32), 'x')
+    """
+    eager.check_var_options(
+      f"{cls.__name__}.from_metadata", attributes.get("hijax"), attributes.get("ref")
+    )
+    meta = {
+      k: v
+      for k, v in attributes.items()
+      if not (k in _REPORTED_DEFAULTS and v is _REPORTED_DEFAULTS[k])
+    }
+    new = object.__new__(cls)
+    object.__setattr__(new, "_raw_value", value)
+    object.__setattr__(new, "_metadata", meta)
+    object.__setattr__(new, "_frame", FRAMES.current)
+    return new
+
+  def to_state(self, value: Any = ..., **updates: Any) -> Variable[A]:
+    """A copy of this Variable (same type, value and metadata), as Flax's ``to_state``.
+
+    Example:
+      >>> p = nnx.Param(jnp.zeros(2)); p.to_state() is p
+      False
+    """
+    return self.copy(value, **updates)
+
+  def update_from_state(self, variable_state: Variable[A]) -> None:
+    """Takes the value and metadata of ``variable_state`` (the inverse of ``to_state``).
+
+    Example:
+      >>> p = nnx.Param(jnp.zeros(2)); p.update_from_state(nnx.Param(jnp.ones(2), note="x"))
+      >>> p[...], p.note
+      (Array([1., 1.], dtype=float32), 'x')
+    """
+    if not isinstance(variable_state, Variable):
+      raise NotAVariableError(
+        f"{type(self).__name__}.update_from_state expects a Variable, got "
+        f"{type(variable_state).__name__}; to set the value only use `variable[...] = x`."
+      )
+    self.set_value(variable_state.get_raw_value())
+    if self._metadata != variable_state._metadata:
+      object.__setattr__(self, "_metadata", dict(variable_state._metadata))
+      bump_structure()
+
+  def add_axis(self, axis_index: int, axis_name: Any) -> None:
+    """Runs the ``on_add_axis`` hooks (from ``VariableMetadata`` or the class), as a
+    mapping transform adding axis ``axis_name`` at ``axis_index`` does; else nothing.
+
+    Example:
+      >>> nnx.Param(jnp.zeros(2)).add_axis(0, "batch")  # no hooks: nothing to do
+    """
+    run_axis_hooks(self, "on_add_axis", axis_index, axis_name)
+
+  def remove_axis(self, axis_index: int, axis_name: Any) -> None:
+    """Runs the ``on_remove_axis`` hooks (the inverse of :meth:`add_axis`)."""
+    run_axis_hooks(self, "on_remove_axis", axis_index, axis_name)
 
   @property
   def type(self) -> type:

@@ -43,7 +43,7 @@ import jax
 from .._core import filters as filterlib
 from .._core.errors import FilterError, FrozenModuleError, NotAVariableError, StateMismatchError
 from .._core.paths import format_path, jax_path_to_parts, key_to_part
-from .._core.pytree import List, Pytree
+from .._core.pytree import Pytree
 from .._core.state import FlatState, State
 from .._core.tree import MODE_FUNCTIONS
 from .._core.variables import Variable
@@ -279,11 +279,9 @@ def pop(node: Any, *filters: Any) -> Any:
   if chosen:
     walk(node, ())
   # Delete list items from the back so earlier indices stay valid.
-  for parent, key in sorted(removals, key=lambda r: -r[1] if isinstance(r[0], List) else 0):
-    if isinstance(parent, List):
-      del parent[key]
-    else:
-      parent._pynnx_delattr(key)
+  # (A str key of a List is an attribute, e.g. a sown Variable: `_pynnx_delattr` removes it.)
+  for parent, key in sorted(removals, key=lambda r: -r[1] if isinstance(r[1], int) else 0):
+    parent._pynnx_delattr(key)
   return _one_or_tuple(tuple(State.from_flat_path(b) for b in buckets))
 
 

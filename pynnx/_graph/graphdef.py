@@ -147,6 +147,23 @@ class GraphDef(BaseGraphDef):
     """True when the whole graph is one State leaf (a bare Variable or array)."""
     return isinstance(self.root, (VariableDef, LeafDef))
 
+  @property
+  def num_leaves(self) -> int:
+    """The number of State leaves (Variables and arrays; a shared one counts once).
+
+    Example:
+      >>> nnx.graphdef(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), graph=True).num_leaves
+      2
+    """
+    count, stack = 0, [self.root]
+    while stack:
+      node = stack.pop()
+      if isinstance(node, (VariableDef, LeafDef)):
+        count += 1
+      elif isinstance(node, (NodeDef, ContainerDef)):
+        stack.extend(node.children)
+    return count
+
   def __hash__(self) -> int:
     return self._hash
 

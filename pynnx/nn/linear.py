@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -200,7 +201,7 @@ class LinearGeneral(nnx.Module):
       flat = (int(np.prod(shape[: n_batch + n_in])), int(np.prod(shape[n_batch + n_in :])))
       value = kernel_init(key, flat, dtype)
       if isinstance(value, nnx.VariableMetadata):  # from nnx.with_partitioning / with_metadata
-        return nnx.VariableMetadata(jnp.reshape(value.raw_value, shape), value.metadata)
+        return dataclasses.replace(value, raw_value=jnp.reshape(value.raw_value, shape))
       return jnp.reshape(value, shape)
 
     self.kernel = nnx.Param(
@@ -210,8 +211,8 @@ class LinearGeneral(nnx.Module):
       bias_shape = batch_shape + out_features
       flat_bias = bias_init(rngs.params(), (int(np.prod(bias_shape)),), param_dtype)
       if isinstance(flat_bias, nnx.VariableMetadata):
-        flat_bias = nnx.VariableMetadata(
-          jnp.reshape(flat_bias.raw_value, bias_shape), flat_bias.metadata
+        flat_bias = dataclasses.replace(
+          flat_bias, raw_value=jnp.reshape(flat_bias.raw_value, bias_shape)
         )
       else:
         flat_bias = jnp.reshape(flat_bias, bias_shape)

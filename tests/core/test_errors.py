@@ -35,6 +35,8 @@ BUILTINS = {
   "UnsupportedOptionError": ValueError,
   "BridgeError": TypeError,
   "TransformArgumentError": ValueError,
+  "UpdateContextError": ValueError,
+  "PathConflictError": TypeError,
   "MissingStateError": (ValueError, TypeError),
   "VariableInPlaceError": NotImplementedError,
   "ArgumentTypeError": (TypeError, AttributeError),

@@ -28,15 +28,19 @@ CORE_TIERS = {
   "rngs": 3,
   "sharding": 3,
   "eager": 1,
+  "varhooks": 1,
   "__init__": 3,
 }
 PACKAGE_TIERS = {"_graph": 4, "_transforms": 6, "nn": 7, "training": 8, "bridge": 8}
 MODULE_TIERS = {
   "_functional": 5,
   "_graph_utils": 5,
+  "_update_context": 5,
   "_recursive_map": 5,
   "_rng_helpers": 5,
   "compat": 9,
+  "_submodules": 9,
+  "traversals": 1,
   "checkpoint": 9,
   "typing": 3,
   "__init__": 9,

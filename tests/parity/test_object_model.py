@@ -274,11 +274,11 @@ def test_split_and_merge_contexts_keep_sharing_across_objects():
   assert ours == theirs == (1, 0, True)
 
 
-def test_contexts_reject_update_context_tags():
-  with pytest.raises(pynnx.UnsupportedOptionError, match="update contexts"):
+def test_context_tags_need_an_update_context():
+  with pytest.raises(pynnx.UpdateContextError, match="No update context found for tag 'tag'"):
     with pynnx.split_context("tag"):
       pass
-  with pytest.raises(pynnx.UnsupportedOptionError, match="inner"):
+  with pytest.raises(pynnx.UnsupportedOptionError, match="pass the context's tag too"):
     with pynnx.merge_context(inner=True):
       pass
 
