@@ -59,17 +59,55 @@ class DiffState:
   argnum: int
   filter: Any
 
+  def map_prefix(self, path: tuple, variable: Any) -> bool:
+    """Whether the Variable at ``path`` is selected for differentiation."""
+    return filterlib.to_predicate(self.filter)(path, variable)
+
 
 class StateAxes:
-  """Per-substate axes for ``vmap``/``scan``: ``StateAxes({nnx.Param: 0, ...: None})``."""
+  """Per-substate axes for ``vmap``/``scan``: ``StateAxes({nnx.Param: 0, ...: None})``.
+
+  Example:
+    >>> axes = nnx.StateAxes({nnx.Param: 0, ...: None})
+    >>> axes.get(nnx.Param), axes.map_prefix(('w',), nnx.BatchStat(jnp.zeros(())))
+    (0, None)
+  """
 
   def __init__(self, filter_axes: Mapping[Any, Any] | Sequence[tuple[Any, Any]]):
     items = list(filter_axes.items() if isinstance(filter_axes, Mapping) else filter_axes)
-    self.filters = tuple(f for f, _ in items)
-    self.axes = tuple(a for _, a in items)
+    self._filters = tuple(f for f, _ in items)
+    self._axes = tuple(a for _, a in items)
+
+  @property
+  def filters(self) -> tuple:
+    return self._filters
+
+  @property
+  def axes(self) -> tuple:
+    return self._axes
 
   def items(self):
     return zip(self.filters, self.axes)
+
+  def keys(self) -> tuple:
+    return self.filters
+
+  def values(self) -> tuple:
+    return self.axes
+
+  def get(self, key: Any, default: Any = None) -> Any:
+    """The axis given for filter ``key`` (``default`` if it has none)."""
+    return dict(self.items()).get(key, default)
+
+  def map_prefix(self, path: tuple, variable: Any) -> Any:
+    """The axis of the first filter matching the Variable at ``path``."""
+    for f, axis in self.items():
+      if filterlib.to_predicate(f)(path, variable):
+        return axis
+    raise AxisSpecError(
+      f"{type(self).__name__}: no filter of {list(self.filters)} matches the "
+      f"{type(variable).__name__} at {format_path(path, 'model')}; add a catch-all `...` entry."
+    )
 
   def __repr__(self) -> str:
     return f"StateAxes({dict(self.items())!r})"
@@ -95,6 +133,10 @@ class StateSharding(StateAxes):
     if isinstance(filter_specs, State):
       filter_specs = [(_AtPath(tuple(p)), s) for p, s in filter_specs.flat_state()]
     super().__init__(filter_specs)
+
+  @property
+  def shardings(self) -> tuple:
+    return self.axes
 
   def __repr__(self) -> str:
     return f"StateSharding({dict(self.items())!r})"

@@ -812,3 +812,28 @@ def test_static_attribute_change_inside_mapped_or_branched_transform(transform):
   res = both(snippet)
   assert_same(res)
   assert res["flax"][1] is True and res["pynnx"][1] is True
+
+
+def test_graph_spec_accessors():
+  def snippet(nnx):
+    axes = nnx.StateAxes({nnx.Param: 0, nnx.BatchStat: 1, ...: None})
+    sharding = nnx.StateSharding({nnx.Param: "data", ...: None})
+    diff = nnx.DiffState(0, nnx.Param)
+    bs = nnx.BatchStat(jnp.zeros(()))
+    return (
+      list(axes.axes),
+      list(axes.values()),
+      axes.get(nnx.BatchStat),
+      [axes.map_prefix(("m", "w"), nnx.Param(jnp.zeros(()))), axes.map_prefix(("s",), bs)],
+      list(sharding.shardings),
+      sharding.map_prefix(("w",), bs),
+      [diff.map_prefix(("w",), nnx.Param(jnp.zeros(()))), diff.map_prefix(("s",), bs)],
+    )
+
+  res = both(snippet)
+  assert res["flax"] == res["pynnx"]
+  strict = pynnx.StateAxes({pynnx.Param: 0})
+  with pytest.raises(
+    pynnx.AxisSpecError, match=r"no filter of .* matches the BatchStat at model\.s"
+  ):
+    strict.map_prefix(("s",), pynnx.BatchStat(jnp.zeros(())))

@@ -20,22 +20,7 @@ P = inspect.Parameter
 
 # Gaps owned by work in progress (empty once every workstream has landed).
 PENDING: set[tuple[str, str | None]] = {
-  # pynnx/_transforms (the lead's rewrite): the graph-only spec classes' accessors.
-  ("StateAxes.axes", None),
-  ("StateAxes.filters", None),
-  ("StateAxes.get", None),
-  ("StateAxes.keys", None),
-  ("StateAxes.values", None),
-  ("StateAxes.map_prefix", None),
-  ("StateSharding.filters", None),
-  ("StateSharding.shardings", None),
-  ("StateSharding.map_prefix", None),
-  ("StateSharding.axes", None),
-  ("StateSharding.get", None),
-  ("StateSharding.keys", None),
-  ("StateSharding.values", None),
-  ("DiffState.map_prefix", None),
-  # Variable value access (the lead's Variable.__setitem__ work): Flax's `index=` keyword.
+  # Not done yet: Flax's `index=` keyword of Variable.get_value / set_value (use v[index]).
   ("Variable.get_value", "index"),
   ("Variable.set_value", "index"),
 }
