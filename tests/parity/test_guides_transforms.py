@@ -348,3 +348,39 @@ def rngs_passed_through_jit(nnx):
 def test_guide(name):
   f_out, p_out = run_both(GUIDES[name])
   same(f_out, p_out)
+
+
+# --- differences in transforms (reproducers for pynnx/_transforms) -----------------------------
+
+
+def _scan_dropout_broadcast(nnx):
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.linear = nnx.Linear(3, 3, rngs=rngs)
+      self.dropout = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x):
+      return self.dropout(self.linear(x))
+
+  model = Model(nnx.Rngs(0, dropout=1))
+
+  # The model is broadcast (in_axes=None) while its dropout stream advances every step.
+  @nnx.scan(in_axes=(None, nnx.Carry, 0), out_axes=(nnx.Carry, 0), graph=False)
+  def run(model, total, x):
+    y = model(x)
+    return total + y.sum(), y
+
+  total, ys = run(model, jnp.zeros(()), x_((3, 2, 3)))
+  return [total, ys, model.dropout.rngs.count[...]]
+
+
+@pytest.mark.xfail(
+  strict=True,
+  reason="pynnx.scan raises AxisSpecError when a broadcast (in_axes=None) Variable is updated "
+  "in the body; Flax's tree mode (graph=False) threads the update through the steps (a "
+  "Dropout's rng count goes 0 -> 3, a fresh mask per step). Flax's graph mode instead "
+  "discards it (count stays 0, the same mask every step).",
+)
+def test_scan_tree_mode_threads_broadcast_variable_updates():
+  f_out, p_out = run_both(_scan_dropout_broadcast)
+  same(f_out, p_out)
