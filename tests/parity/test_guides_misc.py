@@ -185,6 +185,45 @@ def pytree_with_jit_and_grad(nnx):
 
 
 @guide
+def pytree_annotations_mark_data_and_static(nnx):
+  class Base(nnx.Pytree):
+    count: nnx.Data[int]
+
+    def __init__(self):
+      self.count = 0
+      self.name = "base"
+
+  class Child(Base):
+    rate: nnx.Data[float]
+    width: nnx.Static[int]
+
+    def __init__(self):
+      super().__init__()
+      self.rate, self.width, self.w = 0.5, 3, jnp.ones(2)
+
+  class Scaled(nnx.Module):
+    scale: nnx.Data[float]
+
+    def __init__(self, rngs):
+      self.linear = nnx.Linear(2, 2, rngs=rngs)
+      self.scale = 2.0
+
+    def __call__(self, x):
+      return self.linear(x) * self.scale
+
+  child = Child()
+  model = Scaled(nnx.Rngs(0))
+  # `scale` is traced: its gradient exists, and a new value does not recompile.
+  g = jax.grad(lambda m: m(jnp.ones(2)).sum())(model)
+  return [
+    [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(child)[0]],
+    jax.tree.leaves(child),
+    g.scale,
+    [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(model)[0]],
+  ]
+
+
+@guide
 def static_array_is_an_error(nnx):
   class S(nnx.Pytree):
     def __init__(self):
