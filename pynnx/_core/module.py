@@ -154,7 +154,8 @@ class Module(Pytree):
 
   # -- traversal ---------------------------------------------------------------------------
   def iter_modules(self) -> Iterator[tuple[Path, Module]]:
-    """Yields ``(path, module)`` for this Module (path ``()``) and every submodule."""
+    """Yields ``(path, module)`` for every submodule and this Module (path ``()``), children
+    before parents (the order of ``nnx.iter_modules`` and of Flax)."""
     yield from _iter_modules(self, ())
 
   def iter_children(self) -> Iterator[tuple[Hashable, Module]]:
@@ -178,7 +179,6 @@ def _iter_modules(node: Any, path: Path, seen: set | None = None) -> Iterator[tu
     return
   if isinstance(node, Module):
     seen.add(id(node))
-    yield path, node
   if isinstance(node, Pytree):
     for key, value in _data_items(node):
       yield from _iter_modules(value, (*path, key), seen)
@@ -188,6 +188,8 @@ def _iter_modules(node: Any, path: Path, seen: set | None = None) -> Iterator[tu
   elif isinstance(node, dict):
     for key, value in node.items():
       yield from _iter_modules(value, (*path, key), seen)
+  if isinstance(node, Module):
+    yield path, node
 
 
 def module_repr(module: Pytree) -> str:

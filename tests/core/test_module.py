@@ -244,14 +244,14 @@ def test_sequential():
 
 def test_iter_modules_and_children(net):
   paths = [p for p, _ in net.iter_modules()]
-  assert paths == [
-    (),
-    ("blocks", 0),
+  assert paths == [  # children before parents, as in Flax
     ("blocks", 0, "linear"),
-    ("blocks", 1),
+    ("blocks", 0),
     ("blocks", 1, "linear"),
+    ("blocks", 1),
     ("heads", "a"),
     ("heads", "b"),
+    (),
   ]
   block = net.blocks[0]
   assert [(k, type(v).__name__) for k, v in block.iter_children()] == [("linear", "Linear")]

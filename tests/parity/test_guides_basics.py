@@ -142,6 +142,19 @@ def why_nnx_functional_api_in_jax_jit(nnx):
   return [y, model.block.bn.mean[...], model.block.dropout.rngs.count[...]]
 
 
+@guide
+def basics_iter_graph_and_modules(nnx):
+  model = _two_layer(nnx)(2, 3, 1, rngs=nnx.Rngs(0))
+  nodes = [
+    ("/".join(map(str, p)), type(n).__name__)
+    for p, n in nnx.iter_graph(model)
+    if isinstance(n, (nnx.Module, nnx.Variable))
+  ]
+  modules = [("/".join(map(str, p)), type(m).__name__) for p, m in model.iter_modules()]
+  children = [(name, type(m).__name__) for name, m in model.iter_children()]
+  return [nodes, modules, children]
+
+
 # --- MNIST tutorial ------------------------------------------------------------------------
 
 
@@ -244,6 +257,8 @@ def filters_guide(nnx):
     st(nnx.All(nnx.Param, nnx.PathContains("lin"))),
     st(nnx.Not(nnx.Param)),
     st(nnx.PathContains("kernel")),
+    st(nnx.PathContains("lora", exact=False)),
+    st(nnx.PathContains("lora")),
     st(nnx.OfType(nnx.LoRAParam)),
     st("a"),
     st(lambda path, v: isinstance(v, nnx.Param) and path[-1] == "bias"),
