@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+import pynnx
 from tests.parity.test_user_snippets import error_name, paths, pure, run_both, same, x_
 
 GUIDES = {}
@@ -341,6 +342,44 @@ def surgery_pure_dict_key_check(nnx):
     error_name(lambda: nnx.replace_by_pure_dict(state, {"kernel": jnp.ones((2, 2)), "x": 1.0})),
     sorted(nnx.to_pure_dict(state)),
   ]
+
+
+@guide
+def surgery_load_part_of_a_pure_dict(nnx):
+  model = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), nnx.Linear(2, 2, rngs=nnx.Rngs(1)))
+  loaded = {"layers": {0: {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}}
+  state = nnx.state(model)
+  # Replacing in the State (here one sub-State) leaves the model as it was ...
+  nnx.replace_by_pure_dict(state["layers"][0], loaded["layers"][0])
+  untouched = model.layers[0].kernel[...]
+  in_state = state["layers"][0]["kernel"][...]
+  # ... until the State is written back.
+  nnx.update(model, state)
+  written = model.layers[0].kernel[...]
+  # A pure dict is also accepted by nnx.update directly; only its paths change.
+  other = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), nnx.Linear(2, 2, rngs=nnx.Rngs(1)))
+  nnx.update(other, {"layers": {1: {"bias": jnp.full(2, 3.0)}}})
+  return [
+    untouched,
+    in_state,
+    written,
+    pure(nnx, other),
+    type(other.layers[1].bias).__name__,
+  ]
+
+
+def test_update_with_an_unknown_pure_dict_path_raises():
+  # Flax adds the unknown key as a new attribute; a built pynnx Module is frozen.
+  model = pynnx.Linear(2, 2, rngs=pynnx.Rngs(0))
+  with pytest.raises(pynnx.StateMismatchError, match=r"model\.nope is not in the Linear"):
+    pynnx.update(model, {"nope": jnp.ones(2)})
+
+
+def test_replace_by_pure_dict_with_missing_leaves_raises():
+  # Flax keeps the old values of leaves the pure dict lacks; pynnx names them.
+  state = pynnx.state(pynnx.Linear(2, 2, rngs=pynnx.Rngs(0)))
+  with pytest.raises(pynnx.StateMismatchError, match=r"missing: state\.bias"):
+    pynnx.replace_by_pure_dict(state, {"kernel": jnp.ones((2, 2))})
 
 
 # --- the test --------------------------------------------------------------------------------
