@@ -341,6 +341,37 @@ def rngs_passed_through_jit(nnx):
   return [a, b, rngs.params.count[...] if hasattr(rngs, "params") else rngs.default.count[...]]
 
 
+def _custom_vjp_guide(nnx, graph):
+  class Foo(nnx.Module):
+    def __init__(self, x, y):
+      self.x, self.y = nnx.Param(x), nnx.Param(y)
+
+  def f(m):
+    return jnp.sin(m.x[...]) * m.y[...]
+
+  f = nnx.custom_vjp(f, graph=graph)
+
+  def f_fwd(m):
+    return f(m), (jnp.cos(m.x[...]), jnp.sin(m.x[...]), m)
+
+  def f_bwd(res, g):
+    cos_x, sin_x, m = res
+    if graph:  # graph mode also passes the cotangent of the input updates
+      _, g = g
+      return (nnx.State({"x": cos_x * g * m.y[...], "y": sin_x * g}),)
+    return (Foo(cos_x * g * m.y[...], sin_x * g),)
+
+  f.defvjp(f_fwd, f_bwd)
+  m = Foo(jnp.array(1.0), jnp.array(2.0))
+  grads = nnx.grad(f, graph=graph)(m)
+  return [f(m), pure(nnx, nnx.state(grads, nnx.Param))]
+
+
+def test_custom_vjp_guide(graph):
+  f_out, p_out = run_both(lambda nnx: _custom_vjp_guide(nnx, graph))
+  same(f_out, p_out)
+
+
 # --- the test --------------------------------------------------------------------------------
 
 
