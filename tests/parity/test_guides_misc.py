@@ -276,6 +276,46 @@ def custom_variable_types_in_state(nnx):
   return [paths(nnx, params), paths(nnx, stats), pure(nnx, stats)]
 
 
+# --- optimizer and metrics (MNIST / training guides) -----------------------------------------
+
+
+@guide
+def optimizer_with_filter_combinations(nnx):
+  model = nnx.Sequential(
+    nnx.Linear(2, 3, rngs=nnx.Rngs(0)),
+    nnx.BatchNorm(3, rngs=nnx.Rngs(0)),
+    nnx.LoRALinear(3, 1, lora_rank=1, rngs=nnx.Rngs(1)),
+  )
+  trainable = nnx.Any(nnx.LoRAParam, nnx.PathContains(0))
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2))
+  optimizer = nnx.Optimizer(model, tx, wrt=trainable)
+  loss = lambda m: m(x_((4, 2))).sum()  # noqa: E731
+  grads = nnx.grad(loss, argnums=nnx.DiffState(0, trainable))(model)
+  optimizer.update(model, grads)
+  return [paths(nnx, nnx.state(optimizer)), pure(nnx, nnx.state(model, nnx.Param))]
+
+
+@guide
+def multimetric_with_welford(nnx):
+  metrics = nnx.MultiMetric(
+    accuracy=nnx.metrics.Accuracy(),
+    loss=nnx.metrics.Average("loss"),
+    spread=nnx.metrics.Welford("loss"),
+  )
+  metrics.update(logits=x_((4, 3)), labels=jnp.array([0, 1, 2, 0]), loss=jnp.array(0.5))
+  metrics.update(logits=x_((4, 3), 1), labels=jnp.array([1, 1, 2, 0]), loss=jnp.array(1.5))
+  out = metrics.compute()
+  metrics.reset()
+  return [
+    out["accuracy"],
+    out["loss"],
+    out["spread"].mean,
+    out["spread"].standard_deviation,
+    sorted(out),
+    metrics.compute()["loss"],
+  ]
+
+
 # --- display / tabulate ------------------------------------------------------------------------
 
 
