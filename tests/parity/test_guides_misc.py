@@ -1,6 +1,6 @@
 """Differential tests following Flax NNX's smaller guides: LoRA, intermediates (sow / pop),
 the 0.12 Pytree guide (``nnx.Pytree``, ``nnx.data``, ``nnx.static``), Variable metadata,
-``tabulate`` / ``display``, model surgery on a frozen Module, and the Haiku / Linen migration
+model surgery on a frozen Module, and the Haiku / Linen migration
 guides' NNX side.
 
 Each program is written for this suite and demonstrates what the guide teaches; it runs on
@@ -314,18 +314,6 @@ def multimetric_with_welford(nnx):
     sorted(out),
     metrics.compute()["loss"],
   ]
-
-
-# --- display / tabulate ------------------------------------------------------------------------
-
-
-@guide
-def tabulate_table(nnx):
-  model = nnx.Sequential(
-    nnx.Linear(2, 4, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(4, 1, rngs=nnx.Rngs(1))
-  )
-  table = nnx.tabulate(model, jnp.ones((1, 2)), console_kwargs={"width": 200})
-  return [("Total Parameters" in table), ("Linear" in table), ("17" in table)]
 
 
 # --- model surgery on a frozen Module ------------------------------------------------------
