@@ -93,7 +93,18 @@ def graphdef(node: Any, *, graph: bool | None = None) -> Any:
 
 
 def update(node: Any, state: Any, /, *states: Any, graph: bool | None = None) -> None:
-  """Writes the values of ``states`` (States or GraphStates) into ``node``'s Variables."""
+  """Writes the values of ``states`` into ``node``'s Variables.
+
+  Each of ``states`` is a State, a GraphState or a nested dict of arrays (a pure dict, as
+  ``nnx.to_pure_dict`` makes); a partial one updates only the paths it has.
+
+  Example:
+    >>> import jax.numpy as jnp, pynnx as nnx
+    >>> model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    >>> nnx.update(model, {'bias': jnp.ones(2)})
+    >>> model.bias[...]
+    Array([1., 1.], dtype=float32)
+  """
   plain = [_update_state(node, s) for s in (state, *states)]
   if resolve_graph(graph):
     return graph_api.update(node, *plain)

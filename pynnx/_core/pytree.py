@@ -287,6 +287,15 @@ class Pytree(metaclass=_PytreeMeta):
       if not isinstance(pytree, bool):
         raise TypeError(f"{cls.__name__}: `pytree=` takes True or False, got {pytree!r}.")
       cls._pynnx_is_pytree = pytree
+    # `x: nnx.Data[T]` / `x: nnx.Static[T]` class annotations mark the attribute, as in Flax
+    # (with or without nnx.dataclass); subclasses inherit their parents' marks.
+    marked = {}
+    for name, annotation in cls.__dict__.get("__annotations__", {}).items():
+      kind = _annotation_kind(annotation)
+      if kind is not None:
+        marked[name] = kind
+    if marked:
+      cls._pynnx_field_kinds = {**cls._pynnx_field_kinds, **marked}
     if cls._pynnx_is_pytree:
       _register(cls)
 

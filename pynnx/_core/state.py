@@ -227,7 +227,12 @@ class State(MutableMapping):
   def replace_by_pure_dict(
     self, pure_dict: Mapping, replace_fn: Callable[[Any, Any], Any] | None = None
   ) -> None:
-    """Sets every leaf's value from ``pure_dict``; its keys must match exactly."""
+    """Sets every leaf's value from ``pure_dict``; its keys must match exactly.
+
+    Each Variable of the State is replaced by a copy holding the new value (its metadata
+    kept), so a State taken from a live Module leaves the Module unchanged until
+    ``nnx.update(module, state)``.
+    """
     flat_pure = dict(_flatten_mapping(pure_dict))
     mine = dict(self.flat_state())
 
@@ -256,8 +261,9 @@ class State(MutableMapping):
       if replace_fn is not None:
         new = replace_fn(leaf, value)
       elif isinstance(leaf, Variable):
-        leaf.set_value(value)
-        continue
+        # A new Variable, as Flax does: the State may hold a live Module's Variables
+        # (`nnx.state(model)`), which must not change until `nnx.update(model, state)`.
+        new = leaf.replace(value)
       else:
         new = value
       _set_path(self, path, new)

@@ -41,7 +41,10 @@ def _stats_dtype(x: jax.Array, dtype: Any) -> Any:
 
 
 def _abs_sq(x: jax.Array) -> jax.Array:
-  return jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x
+  # lax.square (not x * x): its VJP is one product, so gradients match Flax bit for bit
+  if jnp.iscomplexobj(x):
+    return jax.lax.square(jnp.real(x)) + jax.lax.square(jnp.imag(x))
+  return jax.lax.square(x)
 
 
 def compute_stats(
@@ -74,7 +77,8 @@ def compute_stats(
     (ms,) = sync(avg(_abs_sq(x)))
     return jnp.zeros_like(ms), ms
   if use_fast_variance:
-    mean, mean_sq = sync(avg(x), avg(_abs_sq(x)))
+    sq = _abs_sq(x)  # squared first, as Flax does: the same op order gives the same gradients
+    mean, mean_sq = sync(avg(x), avg(sq))
     var = jnp.maximum(0.0, mean_sq - _abs_sq(mean))
   else:
     (mean,) = sync(avg(x))

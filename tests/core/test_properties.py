@@ -166,6 +166,9 @@ def test_state_roundtrips(spec):
     assert p == q
     if isinstance(b, nnx.Variable):
       np.testing.assert_array_equal(b[...], a[...] + 1)
-  # the Variables were updated in place, so the second model sees the new values
+  # the State holds new Variables (as in Flax): the second model sees them after update
+  for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(other), strict=True):
+    np.testing.assert_array_equal(b, a)
+  nnx.update(other, other_state)
   for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(other), strict=True):
     np.testing.assert_array_equal(b, a + 1)
