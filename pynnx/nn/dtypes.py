@@ -87,16 +87,24 @@ def check_size(layer: str, name: str, value: Any, *, minimum: int = 1) -> int:
   return int(value)
 
 
+def numeric_array(x: Any) -> Any:
+  """``x`` as an array (``jnp.asarray``) if it holds numbers or bools, else None."""
+  try:
+    array = jnp.asarray(x)
+  except (TypeError, ValueError):
+    return None
+  if jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_:
+    return array
+  return None
+
+
 def as_input_array(layer: str, x: Any) -> Any:
   """``x`` as an array (lists and numpy arrays are converted, as ``jnp.asarray`` does); an
   input that holds no numbers raises ``ArgumentTypeError``."""
   if isinstance(x, jax.Array):
     return x
-  try:
-    array = jnp.asarray(x)
-  except (TypeError, ValueError):
-    array = None
-  if array is None or not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
+  array = numeric_array(x)
+  if array is None:
     raise ArgumentTypeError(
       f"{layer} takes an array of numbers as input, got {type(x).__name__} {x!r:.40}."
     )

@@ -20,6 +20,7 @@ from .._core.errors import ArgumentTypeError, MetricArgumentError, ShapeError
 from .._core.module import module_repr
 from .._core.pytree import Pytree
 from .._core.variables import Variable
+from ..nn.dtypes import numeric_array
 
 __all__ = [
   "Metric",
@@ -104,11 +105,8 @@ def _argument(metric: Metric, kwargs: dict, name: str) -> Any:
       f"with the argname you pass: `{type(metric).__name__}(argname=...)`."
     )
   value = kwargs[name]
-  try:
-    array = jnp.asarray(value)
-  except (TypeError, ValueError):
-    array = None
-  if array is None or not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
+  array = numeric_array(value)
+  if array is None:
     raise ArgumentTypeError(
       f"{type(metric).__name__}.update({name}=...) needs numbers (an array or a scalar), "
       f"got {type(value).__name__} {value!r:.60}. Pass the batch's values, e.g. "

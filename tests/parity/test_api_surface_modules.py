@@ -5,31 +5,13 @@ Same pattern as ``test_api_surface.py``: one snippet run with ``lib`` = ``flax.n
 ``lib`` = ``pynnx``, results compared.
 """
 
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_api_surface import LIBS, fnnx, quiet, run_both
 
 import pynnx
-
-fnnx = pytest.importorskip("flax.nnx")
-
-LIBS = pytest.mark.parametrize("lib", [fnnx, pynnx], ids=["flax", "pynnx"])
-
-
-def run_both(snippet):
-  """``(flax_result, pynnx_result)`` of ``snippet(lib)``."""
-  return snippet(fnnx), snippet(pynnx)
-
-
-def quiet(fn, *args, **kwargs):
-  """``fn(*args, **kwargs)`` with (Flax's) deprecation warnings silenced."""
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    return fn(*args, **kwargs)
-
 
 # --- submodule names --------------------------------------------------------------------------
 
