@@ -216,11 +216,9 @@ class GraphCall:
     if self.statics is None:
       self.statics = statics
       return
-    if statics.keys() != self.statics.keys() or any(statics[i] != self.statics[i] for i in statics):
-      differ = sorted(
-        set(statics) ^ set(self.statics)
-        | {i for i in set(statics) & set(self.statics) if statics[i] != self.statics[i]}
-      )
+    seen = self.statics
+    differ = sorted(i for i in {*statics, *seen} if statics.get(i) != seen.get(i))
+    if differ:
       raise StructureChangeError(
         f"{self.key.api}: the branches change static attributes of argument root "
         f"{', '.join(map(str, differ))} differently (e.g. one calls model.eval() and another "
