@@ -4,7 +4,8 @@ Three workloads on an MLP of L layers (L in --layers): a forward pass, a train s
 (value_and_grad + optax sgd) and a state-mutating forward (a BatchStat counter and a
 dropout rng draw per layer). Every implementation runs the same arithmetic on the same
 arrays; calls are interleaved in rounds so machine noise hits all of them alike. Prints the
-median µs/call and the ratio to raw jax.jit, plus first-call (trace + compile) times.
+median µs/call and the ratio to raw jax.jit (the median over rounds of the ratio within each
+round), plus first-call (trace + compile) times.
 
     python benchmarks/overhead.py --layers 2 16 128 --rounds 30
 """
@@ -298,16 +299,20 @@ def main() -> None:
         jax.block_until_ready(fn())
         first[name] = (time.perf_counter() - t0) * 1e3
       samples: dict[str, list[float]] = {name: [] for name in impls}
-      for _ in range(args.rounds):  # interleaved rounds
-        for name, fn in impls.items():
+      order = list(impls.items())
+      for r in range(args.rounds):  # interleaved rounds, each starting at a different one
+        k = r % len(order)
+        for name, fn in order[k:] + order[:k]:
           samples[name].append(_median_us(fn, args.calls))
-      base = statistics.median(samples["jax.jit"])
       cells = []
       results[layers][workload] = {}
       for name in impls:
         med = statistics.median(samples[name])
-        results[layers][workload][name] = (med, med / base)
-        cells.append(f"{name}: {med:8.1f} µs ({med / base:4.2f}x)")
+        # the ratio is taken within each round (the same machine state for every
+        # implementation), then the median over rounds: slow drifts of the machine cancel
+        ratio = statistics.median(s / b for s, b in zip(samples[name], samples["jax.jit"]))
+        results[layers][workload][name] = (med, ratio)
+        cells.append(f"{name}: {med:8.1f} µs ({ratio:4.2f}x)")
       print(f"L={layers:<4d} {workload:<9s} " + " | ".join(cells))
       print(f"{'':6s}first call ms: " + " | ".join(f"{n}: {t:7.1f}" for n, t in first.items()))
   if args.table:
