@@ -30,6 +30,7 @@ from ._core.errors import PynnxError
 from ._core.pytree import Pytree
 from ._core.variables import Variable
 
+_is_bearable: Callable[..., bool] | None
 try:  # optional: the `typecheck` extra
   from beartype.door import is_bearable as _is_bearable
 except ImportError:  # pragma: no cover - exercised only without beartype
@@ -145,7 +146,7 @@ class _Checker:
   def _record(self, where: str, value: Any, hint: Any) -> None:
     shape = tuple(value.shape)
     for i, dim in self._positions(hint, len(shape)):
-      name = getattr(dim, "name", None)
+      name = getattr(dim, "name", "")
       if type(dim).__name__ == "_NamedDim" and name not in self.bound and shape[i] != 1:
         self.bound[name] = (shape[i], f"{self.owner}{where}")
 
@@ -159,14 +160,14 @@ class _Checker:
     if hint.index_variadic is None and len(dims) != len(shape):
       return f"it has {len(shape)} dimensions, the annotation {len(dims)}"
     for i, dim in self._positions(hint, len(shape)):
-      name = getattr(dim, "name", None)
+      name = getattr(dim, "name", "")
       if type(dim).__name__ == "_NamedDim" and name in self.bound:
         size, source = self.bound[name]
         if shape[i] != size and not (dim.broadcastable and shape[i] == 1):
           return f"dimension {name!r} is {shape[i]} here but {size} in {source}"
-      size = getattr(dim, "size", None)
-      if type(dim).__name__ == "_FixedDim" and shape[i] != size:
-        return f"dimension {i} is {shape[i]}, the annotation fixes it to {size}"
+      fixed = getattr(dim, "size", None)
+      if type(dim).__name__ == "_FixedDim" and shape[i] != fixed:
+        return f"dimension {i} is {shape[i]}, the annotation fixes it to {fixed}"
     return f"its shape does not fit {hint.dim_str!r} (bound so far: {self._bindings()})"
 
   def _bindings(self) -> str:

@@ -39,6 +39,7 @@ captured type, holding ``{name: value}`` of what ``sow`` / ``perturb`` recorded.
 
 
 def _capture_cell(captures: Any, variable_type: type) -> Variable | None:
+  cell: Variable
   for cell in captures:
     if type(cell) is variable_type:
       return cell

@@ -431,6 +431,7 @@ def update(node: Any, *states: Any) -> None:
   targets = dict(flat)
   writes = []  # every path is checked before any is written: a failed update changes nothing
   for s in states:
+    items: Any
     if isinstance(s, State):
       items = s.flat_state()
     else:  # a FlatState, or the new value of a Variable updated on its own

@@ -106,6 +106,8 @@ class _Spec:
 class _Fields(nnx.Module):
   """A pynnx node mirroring one Equinox sub-module (attributes named as its fields)."""
 
+  _eqx_name: str  # the Equinox class's name, for the repr
+
   def __repr__(self) -> str:
     return nnx.Module.__repr__(self).replace("_Fields(", f"{self._eqx_name}(", 1)
 
@@ -203,7 +205,7 @@ class EquinoxModule(nnx.Module):
         if is_index(leaf):
           indices.append((keypath, leaf))
         leaves.append(("static", _hashable(leaf)))
-    state_treedef, state_leaves = None, []
+    state_treedef, state_leaves = None, []  # type: tuple[Any, list]
     if state is not None:
       state_treedef, state_leaves = _mirror_state(eqx, state, indices, mirror)
     elif indices:

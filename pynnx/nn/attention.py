@@ -631,8 +631,9 @@ class MultiHeadAttention(nnx.Module):
           f"MultiHeadAttention.set_view: decode=True needs {name} to create the cache, e.g. "
           "set_view(decode=True, batch_size=1, max_length=128)."
         )
+    assert batch_size is not None and max_length is not None  # checked above
     self._pynnx_setattr("decode", decode)
-    batch = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)  # type: ignore[arg-type]
+    batch = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
     dtype = jnp.float32 if self.dtype is None else self.dtype
     self.init_cache((*batch, max_length, self.in_features), dtype)
 

@@ -125,7 +125,8 @@ class SpectralNorm(nnx.Module):
       update_stats = not self.use_running_average
     for path, param in nnx.state(self.layer_instance, nnx.Param).flat_state():
       self._normalize(path, param, update_stats)
-    return self.layer_instance(x)
+    layer: Any = self.layer_instance  # a Module subclass with __call__
+    return layer(x)
 
   def _normalize(self, path: tuple, param: nnx.Variable, update_stats: bool) -> None:
     value = param.get_value()
@@ -232,7 +233,8 @@ class WeightNorm(nnx.Module):
     for path, var in nnx.state(self.layer_instance).flat_state():
       if selected(path, var):
         self._normalize(path, var)
-    return self.layer_instance(x, *args, **kwargs)
+    layer: Any = self.layer_instance  # a Module subclass with __call__
+    return layer(x, *args, **kwargs)
 
   def _normalize(self, path: tuple, var: nnx.Variable) -> None:
     value = var.get_value()

@@ -79,7 +79,7 @@ def _wrap_opt_state(opt_state: Any, params: list[tuple[Path, Variable]]) -> Any:
 
 def _opt_variable(leaf: Any, metadata: dict[str, Any]) -> Any:
   """Wraps one array leaf; an empty pytree placeholder (optax's ``MaskedNode``) stays as is."""
-  treedef = jax.tree.structure(leaf)
+  treedef: Any = jax.tree.structure(leaf)  # jaxlib ships no stub for PyTreeDef
   if treedef.num_leaves == 1 and treedef.num_nodes == 1:
     return OptVariable(leaf, **metadata)
   return leaf

@@ -202,6 +202,7 @@ def _record(obj: Any, method: str, args: tuple, kwargs: dict) -> list[tuple]:
   rows: list[tuple] = []
 
   # Only arrays are traced; Python values (flags, scales, None) reach the call unchanged.
+  treedef: Any  # jaxlib ships no stub for PyTreeDef
   leaves, treedef = jax.tree.flatten((args, kwargs))
   is_array = [hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves]
   arrays = [x for x, a in zip(leaves, is_array) if a]

@@ -10,7 +10,7 @@ too); ``create`` and ``apply_gradients`` accept values for them as keyword argum
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform
 
 import jax
 import jax.numpy as jnp
@@ -21,16 +21,18 @@ import pynnx as nnx
 __all__ = ["TrainState"]
 
 TS = TypeVar("TS", bound="TrainState")
+C = TypeVar("C", bound=type)
 
 
-def _register(cls: type) -> type:
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field,))
+def _register(cls: C) -> C:
   """Makes ``cls`` a frozen dataclass pytree; fields marked ``pytree_node=False`` are static."""
-  cls = dataclasses.dataclass(frozen=True)(cls)
-  fields = dataclasses.fields(cls)
+  dc: Any = dataclasses.dataclass(frozen=True)(cls)
+  fields = dataclasses.fields(dc)
   data = [f.name for f in fields if f.metadata.get("pytree_node", True)]
   meta = [f.name for f in fields if not f.metadata.get("pytree_node", True)]
-  jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
-  return cls
+  jax.tree_util.register_dataclass(dc, data_fields=data, meta_fields=meta)
+  return dc
 
 
 class _ApplyCaller:
@@ -56,6 +58,7 @@ class _ApplyCaller:
     return out, nnx.split(module, graph=graph)
 
 
+@_register
 class TrainState:
   """The GraphDef, parameters, optax state and step of a model, as one immutable pytree.
 
@@ -159,6 +162,3 @@ class TrainState:
   def replace(self: TS, **updates: Any) -> TS:
     """A copy with some fields replaced (``dataclasses.replace``)."""
     return dataclasses.replace(self, **updates)
-
-
-TrainState = _register(TrainState)
