@@ -421,7 +421,10 @@ class Transform:
       static_argnums, static_argnames, self.argnames
     )
     specs = [options[name] for name in self.spec_options]
-    self.forced_graph = graph_adapter.specs_force_graph(self.api, graph, *specs)
+    # graph-only specs, or graph_updates=True given explicitly, opt a graph=None call in
+    self.forced_graph = graph_adapter.specs_force_graph(self.api, graph, *specs) or (
+      graph is None and graph_updates is True
+    )
     self.check = SharingCheck(self.api)
     self._layouts: dict[int, tuple] = {}
     self._statics: dict[tuple, CallStatic] = {}

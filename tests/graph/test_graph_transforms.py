@@ -85,6 +85,19 @@ def test_structural_update_with_graph_updates_false_raises():
     nnx.jit(lambda s, x: s(x), graph=True, graph_updates=False)(Sower(), jnp.ones(2))
 
 
+def test_explicit_graph_updates_true_opts_a_graph_none_call_in():
+  s = Sower()
+  nnx.jit(lambda s, x: s(x), graph_updates=True)(s, jnp.ones(2))  # graph=None: graph mode
+  assert isinstance(s.h, nnx.Intermediate)
+  with nnx.set_graph_updates(True):  # the setting alone does not change the mode
+    with pytest.raises(nnx.StructureChangeError, match="tree-mode transform"):
+      nnx.jit(lambda s, x: s(x))(Sower(), jnp.ones(2))
+  with pytest.raises(nnx.StructureChangeError, match="tree-mode transform"):  # graph=False wins
+    nnx.jit(lambda s, x: s(x), graph=False, graph_updates=True)(Sower(), jnp.ones(2))
+  g = nnx.grad(lambda m: jnp.sum(m(X)), graph_updates=True)(Tied(nnx.Rngs(0)))  # sharing kept
+  assert isinstance(g, nnx.State)
+
+
 def test_structural_update_inside_vmap_raises():
   with pytest.raises(
     nnx.StructureChangeError,
