@@ -9,10 +9,14 @@ with an explicit marker on the line right before its fence, which must give a re
     ```
 
 The only legitimate reason is code that cannot run in one test process (multi-host set-up).
+
+A ``try:`` in a docs example shows an error, so one of its ``except`` branches must run: an
+example whose error is no longer raised fails instead of passing silently.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import pathlib
 import re
@@ -90,10 +94,24 @@ def test_pages_have_code_and_few_skips():
   assert len(skipped) <= 3, [(b.page.name, b.line, b.skip_reason) for b in skipped]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
-def test_page_code_runs(page, tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)  # pages may write files (checkpoints, plots)
-  namespace: dict = {"__name__": f"docs_{page.stem}"}
+class _MarkHandlers(ast.NodeTransformer):
+  """Records, per ``try:`` (by line), that one of its ``except`` branches ran."""
+
+  def __init__(self) -> None:
+    self.tries: list[int] = []
+
+  def visit_Try(self, node: ast.Try) -> ast.Try:
+    self.generic_visit(node)
+    self.tries.append(node.lineno)
+    for handler in node.handlers:
+      mark = ast.parse(f"__docs_excepted__.add({node.lineno})").body[0]
+      handler.body.insert(0, ast.copy_location(mark, handler.body[0]))
+    return node
+
+
+def run_page(page: pathlib.Path) -> None:
+  namespace: dict = {"__name__": f"docs_{page.stem}", "__docs_excepted__": set()}
+  tries: list[int] = []
   # Users run with JAX's default (standard) dtype promotion; optax mixes Python floats with
   # int32 step counts, which the suite's strict promotion rejects.
   with jax.numpy_dtype_promotion("standard"):
@@ -101,5 +119,25 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
       if block.skip_reason is not None:
         continue
       # Pad with newlines so tracebacks point at the page's own line numbers.
-      source = "\n" * block.line + block.code
-      exec(compile(source, str(page), "exec"), namespace)
+      tree = ast.parse("\n" * block.line + block.code)
+      marker = _MarkHandlers()
+      tree = ast.fix_missing_locations(marker.visit(tree))
+      tries += marker.tries
+      exec(compile(tree, str(page), "exec"), namespace)
+  silent = sorted(set(tries) - namespace["__docs_excepted__"])
+  assert not silent, f"{page.name}: the try: at line(s) {silent} raised nothing"
+
+
+def test_a_try_whose_error_is_not_raised_fails(tmp_path):
+  page = tmp_path / "p.md"
+  page.write_text("```python\ntry:\n  x = 1\nexcept ValueError:\n  pass\n```\n")
+  with pytest.raises(AssertionError, match=r"try: at line\(s\) \[2\] raised nothing"):
+    run_page(page)
+  page.write_text("```python\ntry:\n  int('x')\nexcept ValueError:\n  pass\n```\n")
+  run_page(page)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+def test_page_code_runs(page, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # pages may write files (checkpoints, plots)
+  run_page(page)
