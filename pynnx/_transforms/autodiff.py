@@ -164,7 +164,7 @@ def _make(cls: type[GradWrapped]):
   def transform(
     f: Callable = MISSING,
     *,
-    argnums: int | Sequence[int] = 0,
+    argnums: int | graph_adapter.DiffState | Sequence[int | graph_adapter.DiffState] = 0,
     has_aux: bool = False,
     holomorphic: bool = False,
     allow_int: bool = False,

@@ -261,7 +261,7 @@ def all_values(plan: ArgPlan, fresh: list, values: Sequence[Any]) -> dict[int, A
   return {i: _get_raw(var) for i, var in zip(plan.var_idx, fresh)}
 
 
-def write_back(flat: Flat, updates: Sequence[dict[int, Any]]) -> None:
+def write_back(flat: Flat, updates: Sequence[dict[int, Any] | None]) -> None:
   """Writes ``updates[arg][leaf] = value`` into the caller's Variables.
 
   Keeps the cached value lists of ``flat``'s Pytrees current when no other Variable write
@@ -275,6 +275,8 @@ def write_back(flat: Flat, updates: Sequence[dict[int, Any]]) -> None:
     clean = STRUCTURE.writes == flat.stamp
     STRUCTURE.writes += 1
     for leaves, entry, upd in zip(flat.cells, flat.entries, updates):
+      if not upd:  # nothing for this argument (jit's extra marker entry is None)
+        continue
       for i, value in upd.items():
         _RAW.__set__(leaves[i], value)
       if entry is not None and clean:

@@ -147,7 +147,7 @@ class Call:
     return self.transform.slot_names(self.static.layout)
 
   def finish(
-    self, out: Any, updates: Sequence[dict], *, carry: bool = False, structural: bool = True
+    self, out: Any, updates: Sequence[dict | None], *, carry: bool = False, structural: bool = True
   ) -> Any:
     """Writes updates back, runs the graph exit and resolves returned inputs.
 
