@@ -39,6 +39,10 @@ BUILTINS = {
   "PathConflictError": TypeError,
   "MissingStateError": (ValueError, TypeError),
   "VariableInPlaceError": NotImplementedError,
+  "VariableIndexError": TypeError,
+  "VariableAttributeError": AttributeError,
+  "VariableNameError": ValueError,
+  "MetadataNotFoundError": (KeyError, AttributeError),
   "ArgumentTypeError": (TypeError, AttributeError),
   "CheckpointArgumentError": (TypeError, AttributeError, ValueError),
 }
