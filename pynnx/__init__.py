@@ -28,6 +28,7 @@ from ._core.errors import FrozenModuleError as FrozenModuleError
 from ._core.errors import GraphModeRequiredError as GraphModeRequiredError
 from ._core.errors import LayerArgumentError as LayerArgumentError
 from ._core.errors import LeakedTracerError as LeakedTracerError
+from ._core.errors import MeshAxisError as MeshAxisError
 from ._core.errors import MetadataNotFoundError as MetadataNotFoundError
 from ._core.errors import MetricArgumentError as MetricArgumentError
 from ._core.errors import MissingStateError as MissingStateError

@@ -168,3 +168,7 @@ class VariableNameError(PynnxError, ValueError):
 
 class VariableAttributeError(PynnxError, AttributeError):
   """Setting or deleting a Variable attribute that is not metadata (``v.shape = ...``)."""
+
+
+class MeshAxisError(PynnxError, ValueError):
+  """A Variable's sharding names an axis the mesh it is placed on does not have."""

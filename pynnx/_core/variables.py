@@ -156,7 +156,7 @@ class Variable(Generic[A]):
     if type(self)._pynnx_has_hooks or not HOOK_KEYS.isdisjoint(metadata):
       object.__setattr__(self, "_frame", FRAMES.current)  # the hooks may read the Variable
       value = run_create_hooks(self, value, metadata)
-    value = eager.place(value, metadata)
+    value = eager.place(value, metadata, type(self).__name__)
     object.__setattr__(self, "_raw_value", value)
     object.__setattr__(self, "_metadata", metadata)
     object.__setattr__(self, "_frame", FRAMES.current)
@@ -332,7 +332,7 @@ class Variable(Generic[A]):
         + (f" ({type(args[0]).__name__})" if len(args) == 1 else "")
         + ". Example: `set_metadata('note', 1)` or `set_metadata(note=1)`."
       )
-    eager.check_var_options(f"{kind}.set_metadata", new.get("hijax"), new.get("ref"))
+    eager.check_var_options("Variable.set_metadata", new.get("hijax"), new.get("ref"))
     object.__setattr__(self, "_metadata", new)
     bump_structure()
 
@@ -351,7 +351,7 @@ class Variable(Generic[A]):
         f"{kind}.replace(raw_value=...): the new value is the first argument; call "
         f"`replace(value)` or `replace(value=...)`."
       )
-    eager.check_var_options(f"{kind}.replace", metadata.get("hijax"), metadata.get("ref"))
+    eager.check_var_options("Variable.replace", metadata.get("hijax"), metadata.get("ref"))
     new = object.__new__(type(self))
     object.__setattr__(new, "_raw_value", self._raw_value if value is MISSING else value)
     object.__setattr__(new, "_metadata", merged_metadata(self._metadata, metadata))

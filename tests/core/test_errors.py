@@ -40,6 +40,7 @@ BUILTINS = {
   "MissingStateError": (ValueError, TypeError),
   "VariableInPlaceError": NotImplementedError,
   "VariableIndexError": TypeError,
+  "MeshAxisError": ValueError,
   "VariableAttributeError": AttributeError,
   "VariableNameError": ValueError,
   "MetadataNotFoundError": (KeyError, AttributeError),
