@@ -331,7 +331,7 @@ class TreeGraphDef(GraphDef):
     return f"GraphDef(tree, {len(self.paths)} leaves, {self.treedef})"
 
 
-def wrap_plain_value(kind: type, value: Any, meta: Any) -> Variable:
+def wrap_plain_value(kind: Any, value: Any, meta: Any) -> Variable:
   """A plain value the State holds where the GraphDef has a Variable of type ``kind``:
   wrapped in a new ``kind`` with the metadata it had at split time (as Flax's ``merge``)."""
   return kind.from_metadata(value, dict(meta or {}))

@@ -101,6 +101,5 @@ def install_operators(cls: type) -> None:
     setattr(cls, f"__{name}__", _binary(cls, op))
   for name, uop in _UNARY:
     setattr(cls, f"__{name}__", _unary(uop))
-  cls.__round__ = _round  # type: ignore[attr-defined]
-  cls.__contains__ = _contains  # type: ignore[attr-defined]
-  cls.__call__ = _call  # type: ignore[attr-defined]
+  for name, method in (("round", _round), ("contains", _contains), ("call", _call)):
+    setattr(cls, f"__{name}__", method)

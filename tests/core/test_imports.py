@@ -29,6 +29,7 @@ CORE_TIERS = {
   "sharding": 3,
   "eager": 1,
   "varhooks": 1,
+  "varapi": 1,  # the Variable metadata methods (a base class of Variable)
   "varmeta": 1,  # Variable metadata aux form / creation defaults
   "varnames": 1,  # collection name registry
   "varops": 1,  # Variable operators
