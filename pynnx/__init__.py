@@ -28,6 +28,8 @@ from ._core.errors import FrozenModuleError as FrozenModuleError
 from ._core.errors import GraphModeRequiredError as GraphModeRequiredError
 from ._core.errors import LayerArgumentError as LayerArgumentError
 from ._core.errors import LeakedTracerError as LeakedTracerError
+from ._core.errors import MeshAxisError as MeshAxisError
+from ._core.errors import MetadataNotFoundError as MetadataNotFoundError
 from ._core.errors import MetricArgumentError as MetricArgumentError
 from ._core.errors import MissingStateError as MissingStateError
 from ._core.errors import NotAVariableError as NotAVariableError
@@ -46,7 +48,10 @@ from ._core.errors import TransformArgumentError as TransformArgumentError
 from ._core.errors import TreeStructureError as TreeStructureError
 from ._core.errors import UnsupportedOptionError as UnsupportedOptionError
 from ._core.errors import UpdateContextError as UpdateContextError
+from ._core.errors import VariableAttributeError as VariableAttributeError
+from ._core.errors import VariableIndexError as VariableIndexError
 from ._core.errors import VariableInPlaceError as VariableInPlaceError
+from ._core.errors import VariableNameError as VariableNameError
 from ._core.filters import All as All
 from ._core.filters import Any_ as Any  # noqa: F401  (Flax name)
 from ._core.filters import Everything as Everything

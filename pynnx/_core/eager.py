@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from .errors import ConfigError, UnsupportedOptionError
+from .errors import ConfigError, MeshAxisError, UnsupportedOptionError
 
 
 class _Settings:
@@ -130,10 +130,43 @@ def _current_mesh(metadata: Mapping[str, Any]) -> Any:
   return None if mesh.empty else mesh
 
 
-def place(value: Any, metadata: Mapping[str, Any]) -> Any:
+def _axes_of(name: Any) -> tuple:
+  return () if name is None else name if isinstance(name, tuple) else (name,)
+
+
+def _check_axes(kind: str, given: tuple, names: tuple, mesh: Any, metadata: Mapping) -> None:
+  """Raises if ``names`` (``given`` after the axis rules) uses an axis ``mesh`` lacks."""
+  axes = tuple(mesh.axis_names)
+  bad = [
+    (g, a)
+    for g, n in zip(given, names)
+    for a in _axes_of(n)
+    if a not in axes and a is not PartitionSpec.UNCONSTRAINED
+  ]
+  if not bad:
+    return
+  missing = list(dict.fromkeys(a for _, a in bad))
+  logical = bad[0][0] if isinstance(bad[0][0], str) else bad[0][1]
+  renamed = f" (after the axis rules: {names!r})" if names != given else ""
+  rules = metadata.get("sharding_rules")
+  rules_note = f", sharding_rules={rules!r}" if rules else ""
+  raise MeshAxisError(
+    f"nnx.{kind}(..., out_sharding={given!r}{rules_note}){renamed}: the mesh has no "
+    f"{'axis' if len(missing) == 1 else 'axes'} {', '.join(repr(a) for a in missing)}; its "
+    f"axes are {axes!r}. With eager sharding the value is placed on the mesh when the "
+    f"Variable is created. Fix: use the mesh's axis names, map the logical name with "
+    f"`nnx.logical_axis_rules([({logical!r}, {axes[0]!r})])` (None to replicate), or keep "
+    f"the names as metadata only with `eager_sharding=False` or "
+    f"`nnx.use_eager_sharding(False)`."
+  )
+
+
+def place(value: Any, metadata: Mapping[str, Any], kind: str = "Variable") -> Any:
   """``value`` placed by its ``out_sharding`` / ``sharding_names`` metadata, if eager.
 
   Without a mesh the value is left where it is (Flax raises; see ``docs/migrating.md``).
+  A name that is not an axis of the mesh (after ``logical_axis_rules``) raises
+  :class:`~pynnx.MeshAxisError`, as Flax raises a ``ValueError``.
   """
   if not _SETTINGS.eager_sharding or not metadata.get("eager_sharding", True):
     return value
@@ -145,10 +178,9 @@ def place(value: Any, metadata: Mapping[str, Any]) -> Any:
   mesh = _current_mesh(metadata)
   if mesh is None:
     return value
-  names = _apply_rules(tuple(names), metadata.get("sharding_rules"))
-  axes = set(mesh.axis_names)
-  if not all(n is None or n in axes or (isinstance(n, tuple) and set(n) <= axes) for n in names):
-    return value  # logical names for another mesh: kept as metadata (like nnx.eval_shape)
+  given = tuple(names)
+  names = _apply_rules(given, metadata.get("sharding_rules"))
+  _check_axes(kind, given, names, mesh, metadata)
   spec = PartitionSpec(*names)
   if isinstance(value, jax.core.Tracer) or isinstance(mesh, jax.sharding.AbstractMesh):
     if mesh.are_all_axes_explicit:

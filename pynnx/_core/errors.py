@@ -146,3 +146,29 @@ class UpdateContextError(PynnxError, ValueError):
 
 class PathConflictError(PynnxError, TypeError, ValueError):
   """A flat mapping has one path that is both a leaf and the prefix of another path."""
+
+
+class VariableIndexError(PynnxError, TypeError):
+  """``variable[index]`` / ``get_value(index=...)`` on a value that cannot be indexed."""
+
+
+class MetadataNotFoundError(PynnxError, KeyError, AttributeError):
+  """``Variable.get_metadata(name)`` for a name that is not set, without a default.
+
+  A ``KeyError`` as in Flax (and an ``AttributeError``, as pynnx raised before).
+  """
+
+  def __str__(self) -> str:
+    return str(self.args[0]) if self.args else ""
+
+
+class VariableNameError(PynnxError, ValueError):
+  """A collection name (``'params'``) registered twice, or looked up but never registered."""
+
+
+class VariableAttributeError(PynnxError, AttributeError):
+  """Setting or deleting a Variable attribute that is not metadata (``v.shape = ...``)."""
+
+
+class MeshAxisError(PynnxError, ValueError):
+  """A Variable's sharding names an axis the mesh it is placed on does not have."""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from .errors import ArgumentTypeError, FilterError
+from .varapi import VariableMetadataMethods
 
 Predicate = Callable[[tuple, Any], bool]
 Filter = Any
@@ -159,6 +160,12 @@ def to_predicate(filter: Filter) -> Predicate:
     return WithTag(filter)
   if isinstance(filter, (tuple, list)):
     return Any_(*filter)
+  if isinstance(filter, VariableMetadataMethods):  # a Variable is callable (as in Flax)
+    kind = type(filter).__name__
+    raise FilterError(
+      f"A {kind} Variable was given as a filter. Filter by its type (`nnx.{kind}`), or by "
+      "its path with `nnx.PathContains('name')`."
+    )
   if callable(filter):
     return filter
   raise FilterError(

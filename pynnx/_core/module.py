@@ -264,7 +264,7 @@ class Sequential(Module):
       return args[0] if len(args) == 1 else args or (kwargs or None)
     output: Any = None
     for i, f in enumerate(self.layers):
-      if not callable(f):
+      if not callable(f.get_value() if isinstance(f, Variable) else f):
         raise TypeError(f"Sequential.layers[{i}] is not callable: {f!r}")
       if i > 0:
         args, kwargs = _as_call_arguments(output)

@@ -292,12 +292,17 @@ def split_graph_states(args: tuple) -> tuple[Any, tuple]:
 class TreeGraphDef(GraphDef):
   """The static structure of a Module in tree mode: its treedef and leaf paths/kinds."""
 
-  __slots__ = ("treedef", "paths", "leaf_types", "_hash")
+  __slots__ = ("treedef", "paths", "leaf_types", "leaf_metadata", "_hash")
 
-  def __init__(self, treedef: Any, paths: tuple[Path, ...], leaf_types: tuple):
+  def __init__(
+    self, treedef: Any, paths: tuple[Path, ...], leaf_types: tuple, leaf_metadata: tuple = ()
+  ):
     self.treedef = treedef
     self.paths = paths
     self.leaf_types = leaf_types
+    # Each Variable's metadata at split time: ``merge`` wraps a plain array with it (as Flax).
+    # Not compared or hashed: metadata changes are not structure changes.
+    self.leaf_metadata = leaf_metadata
     self._hash = hash((treedef, paths, leaf_types))
 
   def __hash__(self) -> int:
@@ -326,6 +331,12 @@ class TreeGraphDef(GraphDef):
     return f"GraphDef(tree, {len(self.paths)} leaves, {self.treedef})"
 
 
+def wrap_plain_value(kind: Any, value: Any, meta: Any) -> Variable:
+  """A plain value the State holds where the GraphDef has a Variable of type ``kind``:
+  wrapped in a new ``kind`` with the metadata it had at split time (as Flax's ``merge``)."""
+  return kind.from_metadata(value, dict(meta or {}))
+
+
 def _leaf_type(leaf: Any) -> Any:
   return type(leaf) if isinstance(leaf, Variable) else None
 
@@ -334,7 +345,12 @@ def split(node: Any, *filters: Any, api: str = "pynnx.split") -> tuple:
   """Tree-mode ``split``: ``(graphdef, state, *states)``, one State per filter."""
   flat, treedef = flatten_with_paths(node)
   check_no_sharing(flat, api)
-  graphdef = TreeGraphDef(treedef, tuple(p for p, _ in flat), tuple(_leaf_type(v) for _, v in flat))
+  graphdef = TreeGraphDef(
+    treedef,
+    tuple(p for p, _ in flat),
+    tuple(_leaf_type(v) for _, v in flat),
+    tuple(v._metadata if isinstance(v, Variable) else None for _, v in flat),
+  )
   if not filters:
     return graphdef, _as_state(flat)
   preds = filterlib.filters_to_predicates(filters)
@@ -376,24 +392,24 @@ def merge(graphdef: TreeGraphDef, state: Any, /, *states: Any, copy: bool = Fals
       flat.update(s.flat_state())
     elif leaf_root and () not in flat:  # a Variable (or leaf) split on its own
       flat[()] = s
+    elif isinstance(s, dict):  # a pure dict (`nnx.to_pure_dict`), as Flax accepts
+      flat.update(State(s).flat_state())
     else:
       raise StateMismatchError(
         f"merge expects States after the GraphDef, got a {type(s).__name__}."
       )
   leaves = []
   missing = []
-  for path, kind in zip(graphdef.paths, graphdef.leaf_types):
+  metadata = graphdef.leaf_metadata or (None,) * len(graphdef.paths)
+  for path, kind, meta in zip(graphdef.paths, graphdef.leaf_types, metadata):
     if path not in flat:
       missing.append(path)
       continue
     leaf = flat.pop(path)
     if kind is not None:
       if not isinstance(leaf, Variable):
-        raise NotAVariableError(
-          f"merge: {format_path(path)} must be a {kind.__name__}, but the State holds a "
-          f"{type(leaf).__name__}. Wrap the value: `{kind.__name__}(value)`."
-        )
-      if copy:
+        leaf = wrap_plain_value(kind, leaf, meta)
+      elif copy:
         leaf = leaf.copy()
     leaves.append(leaf)
   if missing or flat:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import operator
 import threading
-from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 import jax
@@ -20,13 +19,24 @@ from . import eager
 from .errors import (
   LeakedTracerError,
   NotAVariableError,
-  ShapeError,
-  StateMismatchError,
   TraceContextError,
-  VariableInPlaceError,
+  VariableAttributeError,
+  VariableIndexError,
+  VariableNameError,
 )
 from .reprs import variable_repr
-from .varhooks import HOOK_KEYS, run_axis_hooks, run_create_hooks, unbox
+from .varapi import VariableMetadataMethods
+from .varhooks import HOOK_KEYS, run_create_hooks, unbox
+from .varmeta import (
+  REPORTED_DEFAULTS,
+  aux_from_meta,
+  creation_metadata,
+  meta_from_aux,
+)
+from .varnames import register_variable_name, registered_type
+from .varnames import variable_name_from_type as variable_name_from_type  # re-exported
+from .varops import install_operators
+from .varvalue import MISSING, as_array, is_number_list, read_index, write_index
 
 A = TypeVar("A")
 
@@ -112,7 +122,7 @@ def bump_structure() -> None:
 # --- Variable ------------------------------------------------------------------------------
 
 
-class Variable(Generic[A]):
+class Variable(VariableMetadataMethods, Generic[A]):
   """A mutable cell holding one value and its metadata.
 
   Example:
@@ -137,11 +147,11 @@ class Variable(Generic[A]):
     if getattr(value, "_pynnx_variable_metadata", False):
       # a value from nnx.with_metadata / with_partitioning initializers
       value, metadata = unbox(value, metadata)
-    metadata = _creation_metadata(type(self).__name__, metadata)
+    metadata = creation_metadata(type(self).__name__, metadata)
     if type(self)._pynnx_has_hooks or not HOOK_KEYS.isdisjoint(metadata):
       object.__setattr__(self, "_frame", FRAMES.current)  # the hooks may read the Variable
       value = run_create_hooks(self, value, metadata)
-    value = eager.place(value, metadata)
+    value = eager.place(value, metadata, type(self).__name__)
     object.__setattr__(self, "_raw_value", value)
     object.__setattr__(self, "_metadata", metadata)
     object.__setattr__(self, "_frame", FRAMES.current)
@@ -154,20 +164,44 @@ class Variable(Generic[A]):
     _register_variable_pytree(cls)
 
   # -- value access --------------------------------------------------------------------
-  def get_value(self) -> A:
+  def get_value(self, *, index: Any = MISSING) -> A:
+    """The value; with ``index``, ``value[index]`` (``v[index]`` is this).
+
+    Example:
+      >>> v = nnx.Param(jnp.arange(3.0))
+      >>> v.get_value(index=1), v.get_value(index=...) is v.get_value()
+      (Array(1., dtype=float32), True)
+    """
     value = self._raw_value
     if isinstance(value, jax.core.Tracer):
       _check_not_leaked(value, self)
-    return value
+    if index is MISSING:
+      return value
+    return read_index(type(self).__name__, value, index)
 
-  def set_value(self, value: A) -> None:
+  def set_value(self, value: A, *, index: Any = MISSING) -> None:
+    """Replaces the value; with ``index``, writes ``value`` at ``index`` (``v[index] = x``).
+
+    With ``index=...`` the value keeps its shape and dtype (``value`` is broadcast and cast).
+
+    Example:
+      >>> v = nnx.Param(jnp.zeros(3))
+      >>> v.set_value(1.0, index=slice(1, None)); v[...]
+      Array([0., 1., 1.], dtype=float32)
+    """
     frame = FRAMES.current
     if frame is not None and self._frame is not frame:
       _raise_outer_write(self, frame)
     if isinstance(value, Variable):
       value = value.get_value()
-    elif isinstance(value, list) and hasattr(self._raw_value, "shape") and _is_number_list(value):
-      value = _as_array(value, self)  # an array cell stays an array (a list value is a pytree)
+    if index is not MISSING:
+      current = self._raw_value
+      if isinstance(current, jax.core.Tracer):
+        _check_not_leaked(current, self)
+      value = write_index(type(self).__name__, current, index, value)
+    elif isinstance(value, list) and hasattr(self._raw_value, "shape") and is_number_list(value):
+      # an array cell stays an array (a list value is a pytree)
+      value = as_array(value, type(self).__name__)
     STRUCTURE.bump_writes()  # invalidates the transforms' cached value lists
     object.__setattr__(self, "_raw_value", value)
 
@@ -184,73 +218,25 @@ class Variable(Generic[A]):
     return self._raw_value
 
   def __getitem__(self, key: Any) -> Any:
-    value: Any = self.get_value()
-    if key is Ellipsis:
-      return value
-    return value[key]
+    return self.get_value(index=key)
 
   def __setitem__(self, key: Any, item: Any) -> None:
     """``v[...] = x`` writes into the cell: ``x`` is broadcast to the current value's shape
     and cast to its dtype (NumPy in-place assignment). ``v.value = x`` replaces the value."""
-    if isinstance(item, Variable):
-      item = item.get_value()
+    self.set_value(item, index=key)
+
+  def __delitem__(self, key: Any) -> None:
+    """``del v[key]`` for a dict or list value (writes a copy without ``key``)."""
     current: Any = self.get_value()
-    if key is Ellipsis:
-      self.set_value(_fill(self, current, item))
-    elif isinstance(current, (dict, list)):
-      # A pytree-valued Variable (Flax allows `v['a'] = 1`): write a modified copy, so the
-      # change goes through set_value like any other write.
-      new: Any = dict(current) if isinstance(current, dict) else list(current)
-      new[key] = item
-      self.set_value(new)
-    else:
-      self.set_value(current.at[key].set(item))
-
-  # -- metadata ------------------------------------------------------------------------
-  def get_metadata(
-    self, name: str | None = None, default: Any = ..., *, exclude_required: bool | None = None
-  ) -> Any:
-    if name is None:
-      if exclude_required:  # without hijax / ref / eager_sharding, as Flax
-        return {k: v for k, v in self._metadata.items() if k not in _REPORTED_DEFAULTS}
-      return {**_REPORTED_DEFAULTS, **self._metadata}
-    if name in self._metadata:
-      return self._metadata[name]
-    if name in _REPORTED_DEFAULTS:
-      return _REPORTED_DEFAULTS[name]
-    if name == "sharding_names" and "out_sharding" in self._metadata:
-      return self._metadata["out_sharding"]
-    if default is not ...:
-      return default
-    raise AttributeError(f"{type(self).__name__} has no metadata {name!r}.")
-
-  def set_metadata(self, *args: Any, **metadata: Any) -> None:
-    if args:
-      if len(args) == 2:
-        metadata = {args[0]: args[1], **metadata}
-      elif len(args) == 1 and isinstance(args[0], dict):
-        metadata = {**args[0], **metadata}
-      else:
-        raise TypeError("set_metadata takes (name, value), a dict, or keyword arguments.")
-    eager.check_var_options("Variable.set_metadata", metadata.get("hijax"), metadata.get("ref"))
-    object.__setattr__(self, "_metadata", {**self._metadata, **metadata})
-    bump_structure()
-
-  def replace(self, value: Any = ..., **metadata: Any) -> Variable[A]:
-    """A new Variable of the same type with ``value`` and/or metadata replaced."""
-    eager.check_var_options("Variable.replace", metadata.get("hijax"), metadata.get("ref"))
-    new = object.__new__(type(self))
-    object.__setattr__(new, "_raw_value", self._raw_value if value is ... else value)
-    object.__setattr__(new, "_metadata", {**self._metadata, **metadata})
-    object.__setattr__(new, "_frame", FRAMES.current)
-    return new
-
-  def copy(self, value: Any = ..., **updates: Any) -> Variable[A]:
-    return self.replace(value, **updates)  # Flax's name and signature for `replace`
-
-  def has_metadata(self, name: str) -> bool:
-    """Whether ``name`` was set as metadata on this Variable (defaults do not count)."""
-    return name in self._metadata
+    if not isinstance(current, (dict, list)):
+      raise VariableIndexError(
+        f"del {type(self).__name__}[{key!r}]: the {type(self).__name__} holds a "
+        f"{type(current).__name__}, which has no items to delete. Assign a new value with "
+        "`variable.value = x` instead."
+      )
+    new: Any = dict(current) if isinstance(current, dict) else list(current)
+    del new[key]
+    self.set_value(new)
 
   def get_raw_value(self) -> A:
     """The stored value, without the leaked-tracer check of ``get_value``."""
@@ -260,153 +246,22 @@ class Variable(Generic[A]):
     """Stores ``value`` as is (same rules as ``set_value``)."""
     self.set_value(value)
 
-  @property
-  def var_type(self) -> type:
-    return type(self)
-
-  def copy_from(self, other: Variable[A]) -> None:
-    """Takes ``other``'s value and metadata (``other`` must be of the same Variable type).
-
-    Example:
-      >>> a, b = nnx.Param(jnp.zeros(2), tag="a"), nnx.Param(jnp.ones(2), tag="b")
-      >>> a.copy_from(b)
-      >>> a[...], a.tag
-      (Array([1., 1.], dtype=float32), 'b')
-    """
-    if type(other) is not type(self):
-      raise StateMismatchError(
-        f"copy_from: a {type(self).__name__} can only copy another {type(self).__name__}, "
-        f"got {type(other).__name__}; use `variable[...] = other[...]` to copy the value only."
-      )
-    if other is self:
-      return
-    self.set_value(other.get_raw_value())
-    object.__setattr__(self, "_metadata", dict(other._metadata))
-    bump_structure()
-
-  # -- Flax's Variable protocol (metadata, state copies, axis hooks) -----------------------
-  @property
-  def shape(self) -> tuple[int, ...]:
-    """The value's shape (``AttributeError`` if the value has none, as in Flax).
-
-    Example:
-      >>> nnx.Param(jnp.zeros((2, 3))).shape
-      (2, 3)
-    """
-    return self.get_value().shape  # type: ignore[attr-defined]
-
-  @property
-  def sharding_names(self) -> Any:
-    """The logical sharding names (``out_sharding`` metadata), or None.
-
-    Example:
-      >>> nnx.Param(jnp.zeros((2,)), sharding_names=("model",)).sharding_names
-      ('model',)
-    """
-    meta = self._metadata
-    return meta.get("out_sharding", meta.get("sharding_names"))
-
-  hijax = property(lambda self: False, doc="Always False: pynnx rejects ``hijax=True``.")
-  ref = property(lambda self: False, doc="Always False: pynnx rejects ``ref=True``.")
-
-  def create_value(self, value: A) -> A:
-    """Called once by the constructor with the initial value; subclasses may override it
-    to transform that value (the result is what the Variable stores).
-
-    Example:
-      >>> class Doubled(nnx.Variable):
-      ...   def create_value(self, value): return value * 2
-      >>> Doubled(jnp.ones(2))[...]
-      Array([2., 2.], dtype=float32)
-    """
-    return value
-
-  def del_metadata(self, name: str) -> None:
-    """Deletes the metadata entry ``name`` (``KeyError`` if it is not set).
-
-    Example:
-      >>> p = nnx.Param(jnp.zeros(2), note="x"); p.del_metadata("note"); p.has_metadata("note")
-      False
-    """
-    if name in self.required_metadata:
-      raise StateMismatchError(
-        f"{type(self).__name__}.del_metadata: cannot delete the required metadata {name!r} "
-        f"(every Variable reports {sorted(self.required_metadata)}); set another value with "
-        f"`set_metadata({name}=...)` instead."
-      )
-    meta = dict(self._metadata)
-    del meta[name]  # KeyError for an unknown name, as in Flax
-    object.__setattr__(self, "_metadata", meta)
-    bump_structure()
-
+  # -- the primitives of the metadata methods (varapi) ----------------------------------
   @classmethod
-  def from_metadata(cls, value: Any, attributes: dict[str, Any]) -> Variable[Any]:
-    """A new Variable of this type with ``value`` and the metadata dict ``attributes``
-    (as returned by ``get_metadata()``); the constructor (and its sharding) is not run.
-
-    Example:
-      >>> p = nnx.Param(jnp.zeros(2), note="x")
-      >>> q = nnx.Param.from_metadata(jnp.ones(2), p.get_metadata())
-      >>> q[...], q.note
-      (Array([1., 1.], dtype=float32), 'x')
-    """
-    eager.check_var_options(
-      f"{cls.__name__}.from_metadata", attributes.get("hijax"), attributes.get("ref")
-    )
-    meta = {
-      k: v
-      for k, v in attributes.items()
-      if not (k in _REPORTED_DEFAULTS and v is _REPORTED_DEFAULTS[k])
-    }
+  def _pynnx_build(cls, value: Any, metadata: dict) -> Any:
+    """A new Variable of this type holding ``value`` and the stored-form ``metadata``."""
     new = object.__new__(cls)
     object.__setattr__(new, "_raw_value", value)
-    object.__setattr__(new, "_metadata", meta)
+    object.__setattr__(new, "_metadata", metadata)
     object.__setattr__(new, "_frame", FRAMES.current)
     return new
 
-  def to_state(self, value: Any = ..., **updates: Any) -> Variable[A]:
-    """A copy of this Variable (same type, value and metadata), as Flax's ``to_state``.
+  def _pynnx_put_metadata(self, metadata: dict) -> None:
+    """Stores ``metadata`` (stored form): a structure change."""
+    object.__setattr__(self, "_metadata", metadata)
+    bump_structure()
 
-    Example:
-      >>> p = nnx.Param(jnp.zeros(2)); p.to_state() is p
-      False
-    """
-    return self.copy(value, **updates)
-
-  def update_from_state(self, variable_state: Variable[A]) -> None:
-    """Takes the value and metadata of ``variable_state`` (the inverse of ``to_state``).
-
-    Example:
-      >>> p = nnx.Param(jnp.zeros(2)); p.update_from_state(nnx.Param(jnp.ones(2), note="x"))
-      >>> p[...], p.note
-      (Array([1., 1.], dtype=float32), 'x')
-    """
-    if not isinstance(variable_state, Variable):
-      raise NotAVariableError(
-        f"{type(self).__name__}.update_from_state expects a Variable, got "
-        f"{type(variable_state).__name__}; to set the value only use `variable[...] = x`."
-      )
-    self.set_value(variable_state.get_raw_value())
-    if self._metadata != variable_state._metadata:
-      object.__setattr__(self, "_metadata", dict(variable_state._metadata))
-      bump_structure()
-
-  def add_axis(self, axis_index: int, axis_name: Any) -> None:
-    """Runs the ``on_add_axis`` hooks (from ``VariableMetadata`` or the class), as a
-    mapping transform adding axis ``axis_name`` at ``axis_index`` does; else nothing.
-
-    Example:
-      >>> nnx.Param(jnp.zeros(2)).add_axis(0, "batch")  # no hooks: nothing to do
-    """
-    run_axis_hooks(self, "on_add_axis", axis_index, axis_name)
-
-  def remove_axis(self, axis_index: int, axis_name: Any) -> None:
-    """Runs the ``on_remove_axis`` hooks (the inverse of :meth:`add_axis`)."""
-    run_axis_hooks(self, "on_remove_axis", axis_index, axis_name)
-
-  @property
-  def type(self) -> type:
-    return type(self)
+  # -- attributes ------------------------------------------------------------------------
 
   def __getattr__(self, name: str) -> Any:
     if name.startswith("__") or name in Variable.__slots__:
@@ -417,19 +272,40 @@ class Variable(Generic[A]):
       raise AttributeError(name) from None
     if name in metadata:
       return metadata[name]
-    if name in _REPORTED_DEFAULTS:
-      return _REPORTED_DEFAULTS[name]
+    if name in REPORTED_DEFAULTS:
+      return REPORTED_DEFAULTS[name]
     if name == "sharding_names" and "out_sharding" in metadata:
       return metadata["out_sharding"]
     return getattr(self.get_value(), name)
 
   def __setattr__(self, name: str, value: Any) -> None:
+    """``v.value = x`` sets the value; ``v.note = x`` the metadata entry ``note``."""
     if name == "value":
       self.set_value(value)
+    elif name == "raw_value":
+      self.set_raw_value(value)
     elif name.startswith("_"):
       object.__setattr__(self, name, value)
+    elif hasattr(type(self), name):
+      kind = type(self).__name__
+      raise VariableAttributeError(
+        f"Cannot set {kind}.{name}: it is a read-only {kind} attribute, not metadata. Store "
+        f"metadata under another name, `set_metadata(my_{name}=...)`, or set the value with "
+        "`variable[...] = x`."
+      )
     else:
       self.set_metadata(name, value)
+
+  def __delattr__(self, name: str) -> None:
+    kind = type(self).__name__
+    hint = (
+      f"`variable.del_metadata({name!r})`"
+      if name in self._metadata
+      else f"nothing: {kind} has no metadata {name!r}"
+    )
+    raise VariableAttributeError(
+      f"Cannot delete the attribute {name!r} of a {kind}. To delete a metadata entry use {hint}."
+    )
 
   def __getstate__(self) -> dict:
     return {"value": self._raw_value, "metadata": self._metadata}
@@ -475,116 +351,6 @@ class Variable(Generic[A]):
     return aux_from_meta(self._metadata)
 
 
-_UNHASHABLE = (list, dict, set)
-
-
-class _Frozen:
-  """Metadata value that is a list / dict / set, made hashable for the static pytree aux
-  (a jit cache key) while the Variable gets the original value back."""
-
-  __slots__ = ("value", "key")
-
-  def __init__(self, value: Any):
-    self.value = value
-    self.key = _freeze(value)
-
-  def __hash__(self) -> int:
-    return hash(self.key)
-
-  def __eq__(self, other: object) -> bool:
-    return isinstance(other, _Frozen) and self.key == other.key
-
-  def __repr__(self) -> str:
-    return repr(self.value)
-
-
-def _freeze(v: Any) -> Any:
-  if isinstance(v, dict):
-    return ("dict", tuple(sorted((repr(k), _freeze(x)) for k, x in v.items())))
-  if isinstance(v, (list, tuple)):
-    return (type(v).__name__, tuple(_freeze(x) for x in v))
-  if isinstance(v, set):
-    return ("set", frozenset(_freeze(x) for x in v))
-  try:
-    hash(v)
-  except TypeError:
-    return ("id", id(v))
-  return v
-
-
-def aux_from_meta(meta: dict) -> tuple:
-  """A Variable's metadata as hashable pytree aux data (lists, dicts and sets frozen)."""
-  items = meta.items()
-  if any(type(v) in _UNHASHABLE for _, v in items):
-    return tuple(sorted((k, _Frozen(v) if type(v) in _UNHASHABLE else v) for k, v in items))
-  return tuple(sorted(items))
-
-
-def meta_from_aux(aux: tuple) -> dict:
-  """The metadata dict of a Variable from its pytree aux data (see ``_pynnx_aux``)."""
-  meta = dict(aux)
-  for k, v in meta.items():
-    if type(v) is _Frozen:
-      meta[k] = v.value
-  return meta
-
-
-def _is_number_list(value: list) -> bool:
-  """A (nested) list of Python numbers: stored in a Variable as an array."""
-  return all(
-    isinstance(x, (bool, int, float, complex)) or (isinstance(x, list) and _is_number_list(x))
-    for x in value
-  )
-
-
-def _as_array(value: Any, var: Variable) -> Any:
-  try:
-    return jax.numpy.asarray(value)
-  except (TypeError, ValueError) as e:
-    raise ShapeError(
-      f"{type(var).__name__}: cannot store the list {value!r} as an array ({e}). Give an "
-      f"array of one shape (`jnp.asarray(...)`), or a tuple / dict for a pytree value."
-    ) from None
-
-
-def _fill(var: Variable, current: Any, item: Any) -> Any:
-  """``item`` broadcast into ``current``'s shape and dtype, for ``var[...] = item``."""
-  shape, dtype = getattr(current, "shape", None), getattr(current, "dtype", None)
-  if item is None or shape is None or dtype is None or isinstance(current, jax.ShapeDtypeStruct):
-    return _as_array(item, var) if isinstance(item, list) else item
-  if getattr(item, "shape", None) == shape and getattr(item, "dtype", None) == dtype:
-    return item
-  if isinstance(item, list):
-    item = _as_array(item, var)
-  try:
-    return jax.numpy.broadcast_to(jax.numpy.asarray(item, dtype=dtype), shape)
-  except (TypeError, ValueError) as e:
-    got = getattr(item, "shape", ())
-    raise ShapeError(
-      f"{type(var).__name__}[...] = x writes into the cell's shape {tuple(shape)} and dtype "
-      f"{dtype}, but x has shape {tuple(got)} ({e}). To replace the value with one of another "
-      f"shape, assign `.value = x` instead."
-    ) from None
-
-
-# Metadata every Flax Variable reports; pynnx stores an entry only when it differs.
-_REPORTED_DEFAULTS = {"hijax": False, "ref": False, "eager_sharding": True}
-
-
-def _creation_metadata(kind: str, metadata: dict) -> dict:
-  """Checks Flax's creation options and drops the ones equal to their defaults."""
-  eager.check_var_options(f"nnx.{kind}(...)", metadata.get("hijax"), metadata.get("ref"))
-  metadata = {k: v for k, v in metadata.items() if k not in ("hijax", "ref")}
-  if "sharding_names" in metadata and "out_sharding" not in metadata:
-    # Flax 0.12's key for the older `sharding_names` (still answered as an alias).
-    metadata["out_sharding"] = metadata.pop("sharding_names")
-  if metadata.get("eager_sharding", False) is True:
-    del metadata["eager_sharding"]
-  elif "eager_sharding" not in metadata and not eager.using_eager_sharding():
-    metadata["eager_sharding"] = False  # created with eager sharding off: remember it
-  return metadata
-
-
 def _raise_outer_write(var: Variable, frame: Frame) -> None:
   raise TraceContextError(
     f"Cannot mutate a {type(var).__name__} inside pynnx.{frame.name}: it was not passed to "
@@ -594,67 +360,7 @@ def _raise_outer_write(var: Variable, frame: Frame) -> None:
   )
 
 
-def _binary(op: Callable, reflected: bool = False):
-  if reflected:
-
-    def method(self, other):
-      return op(other.get_value() if isinstance(other, Variable) else other, self.get_value())
-  else:
-
-    def method(self, other):
-      return op(self.get_value(), other.get_value() if isinstance(other, Variable) else other)
-
-  return method
-
-
-def _no_inplace(variable: Variable, name: str) -> Any:
-  # Without this, Python falls back to `v = v + x`: the name is rebound to a plain array and
-  # the Variable silently keeps its old value.
-  kind = type(variable).__name__
-  raise VariableInPlaceError(
-    f"In-place operator `__i{name}__` on a {kind} Variable itself is not supported (it would "
-    f"rebind the name to a plain array and leave the {kind} unchanged). Update its contents: "
-    f"`variable[...] += x` or `variable.value = variable.value + x`."
-  )
-
-
-for _name, _op in [
-  ("add", operator.add),
-  ("sub", operator.sub),
-  ("mul", operator.mul),
-  ("truediv", operator.truediv),
-  ("floordiv", operator.floordiv),
-  ("mod", operator.mod),
-  ("pow", operator.pow),
-  ("matmul", operator.matmul),
-  ("and", operator.and_),
-  ("or", operator.or_),
-  ("xor", operator.xor),
-  ("lshift", operator.lshift),
-  ("rshift", operator.rshift),
-  ("divmod", divmod),
-]:
-  setattr(Variable, f"__{_name}__", _binary(_op))
-  setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
-  if _name != "divmod":  # divmod has no augmented form
-    setattr(Variable, f"__i{_name}__", (lambda n: lambda self, x: _no_inplace(self, n))(_name))
-for _name, _op in [
-  ("lt", operator.lt),
-  ("le", operator.le),
-  ("gt", operator.gt),
-  ("ge", operator.ge),
-  ("eq", operator.eq),
-  ("ne", operator.ne),  # elementwise, like arrays (and Flax)
-]:
-  setattr(Variable, f"__{_name}__", _binary(_op))
-_UNARY_OPS: list[tuple[str, Callable[..., Any]]] = [
-  ("neg", operator.neg),
-  ("pos", operator.pos),
-  ("abs", operator.abs),
-  ("invert", operator.invert),
-]
-for _name, _uop in _UNARY_OPS:
-  setattr(Variable, f"__{_name}__", (lambda op: lambda self: op(self.get_value()))(_uop))
+install_operators(Variable)
 
 
 def _register_variable_pytree(cls: type) -> None:
@@ -729,45 +435,6 @@ class OptVariable(OptState[A]):
   """Optimizer state kept per parameter, with the parameter's metadata."""
 
 
-# --- collection names (Linen-style names <-> Variable types) ------------------------------
-
-_NAME_TO_TYPE: dict[str, type[Variable]] = {}
-_TYPE_TO_NAME: dict[type[Variable], str] = {}
-
-
-def register_variable_name(
-  name: str, typ: type[Variable] | None = None, *, overwrite: bool = False
-):
-  """Associates a collection name (e.g. ``'params'``) with a Variable type.
-
-  Usable directly or as a class decorator (``@nnx.register_variable_name('stats')``).
-  """
-  if typ is None:
-    return lambda t: register_variable_name(name, t, overwrite=overwrite)
-  if not overwrite and name in _NAME_TO_TYPE and _NAME_TO_TYPE[name] is not typ:
-    raise ValueError(
-      f"The name {name!r} is already registered for {_NAME_TO_TYPE[name].__name__}; pass "
-      "overwrite=True to replace it."
-    )
-  _NAME_TO_TYPE[name] = typ
-  _TYPE_TO_NAME[typ] = name
-  return typ
-
-
-def variable_name_from_type(typ: type[Variable], *, allow_register: bool = False) -> str:
-  """The collection name of a Variable type (``Param`` -> ``'params'``)."""
-  if typ in _TYPE_TO_NAME:
-    return _TYPE_TO_NAME[typ]
-  if allow_register:
-    name = typ.__name__
-    register_variable_name(name, typ)
-    return name
-  raise ValueError(
-    f"{typ.__name__} has no registered collection name; register one with "
-    f"nnx.register_variable_name(name, {typ.__name__}) or pass allow_register=True."
-  )
-
-
 def variable_type_from_name(
   name: str, /, *, base: type[Variable] = Variable, allow_register: bool = False
 ) -> type[Variable]:
@@ -775,8 +442,9 @@ def variable_type_from_name(
 
   With ``allow_register=True`` an unknown name gets a new subclass of ``base``.
   """
-  if name in _NAME_TO_TYPE:
-    return _NAME_TO_TYPE[name]
+  typ = registered_type(name)
+  if typ is not None:
+    return typ
   if allow_register:
     if not (isinstance(base, type) and issubclass(base, Variable)):
       raise NotAVariableError(
@@ -785,7 +453,10 @@ def variable_type_from_name(
     typ = type(name, (base,), {})
     register_variable_name(name, typ)
     return typ
-  raise ValueError(f"No Variable type is registered under the name {name!r}.")
+  raise VariableNameError(
+    f"No Variable type is registered under the name {name!r}; register one with "
+    f"`nnx.register_variable_name({name!r}, MyVariable)` or pass allow_register=True."
+  )
 
 
 for _n, _t in [

@@ -97,6 +97,8 @@ def _collect_flat(graphdef: Any, states: tuple, api: str) -> dict[Path, Any]:
       flat.update(s.flat_state())
     elif leaf_root:
       flat[()] = s
+    elif isinstance(s, dict):  # a pure dict (`nnx.to_pure_dict`), as Flax accepts
+      flat.update(State(s).flat_state())
     else:
       raise StateMismatchError(
         f"{api} expects States after the GraphDef, got a {type(s).__name__}."

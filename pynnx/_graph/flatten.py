@@ -92,7 +92,7 @@ class _Walker:
       self.objects.append(x)
       if isinstance(x, Variable):
         self.flat.append((path, x))
-        return VariableDef(type(x), i)
+        return VariableDef(type(x), i, x._metadata)
       d = x.__dict__
       if not d.get("_pynnx_frozen", False):
         self.cacheable = False

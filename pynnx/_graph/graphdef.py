@@ -49,6 +49,9 @@ class VariableDef:
 
   type: type
   index: int
+  # The Variable's metadata at split time: ``merge`` wraps a plain array with it (as Flax).
+  # Not compared or hashed: metadata changes are not structure changes.
+  metadata: Any = dataclasses.field(default=None, compare=False, hash=False)
 
   def __repr__(self) -> str:
     return f"{self.type.__name__}#{self.index}"

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from .._core.errors import NotAVariableError, StateMismatchError
+from .._core.errors import StateMismatchError
 from .._core.paths import format_path
+from .._core.tree import wrap_plain_value
 from .._core.variables import Variable
 from .flatten import Plan, store_plan
 from .graphdef import (
@@ -65,11 +66,9 @@ class _Builder:
     if kind is VariableDef:
       var = self.take(path)
       if var is not None and not isinstance(var, Variable):
-        raise NotAVariableError(
-          f"{self.api}: {format_path(path)} must be a {defn.type.__name__}, but the State holds a "
-          f"{type(var).__name__}. Wrap the value: `{defn.type.__name__}(value)`."
-        )
-      if self.copy and var is not None:
+        var = wrap_plain_value(defn.type, var, defn.metadata)
+        self.taken[-1] = (path, var)
+      elif self.copy and var is not None:
         var = var.copy()
         self.taken[-1] = (path, var)
       self.table[defn.index] = var

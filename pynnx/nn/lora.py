@@ -86,7 +86,9 @@ class LoRA(nnx.Module):
     check_size("LoRA", "in_features", in_features)
     check_size("LoRA", "lora_rank", lora_rank)
     check_size("LoRA", "out_features", out_features)
-    if base_module is not None and not callable(base_module):
+    if base_module is not None and (
+      isinstance(base_module, nnx.Variable) or not callable(base_module)
+    ):
       raise LayerArgumentError(
         f"LoRA: base_module must be callable (a Module with __call__), got "
         f"{type(base_module).__name__}."

@@ -88,6 +88,13 @@ def test_not_a_filter_raises():
     filterlib.to_predicate(2.5)
 
 
+def test_a_variable_is_not_a_filter_although_it_is_callable():
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  assert callable(model.kernel)  # Variables forward calls to their value, as in Flax
+  with pytest.raises(nnx.FilterError, match=r"A Param Variable was given as a filter.*nnx\.Param"):
+    nnx.state(model, model.kernel)
+
+
 def test_ellipsis_must_be_last():
   with pytest.raises(
     nnx.FilterError, match=r"can only be the last filter, but it is filter 0 of 2"

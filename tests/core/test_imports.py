@@ -29,6 +29,11 @@ CORE_TIERS = {
   "sharding": 3,
   "eager": 1,
   "varhooks": 1,
+  "varapi": 1,  # the Variable metadata methods (a base class of Variable)
+  "varmeta": 1,  # Variable metadata aux form / creation defaults
+  "varnames": 1,  # collection name registry
+  "varops": 1,  # Variable operators
+  "varvalue": 1,  # indexed reads / writes of a Variable's value
   "__init__": 3,
 }
 PACKAGE_TIERS = {"_graph": 4, "_transforms": 6, "nn": 7, "training": 8, "bridge": 8}

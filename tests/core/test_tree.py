@@ -88,19 +88,18 @@ def test_merge_missing_and_unexpected(model):
   extra = nnx.State({"zzz": nnx.Param(jnp.zeros(()))})
   with pytest.raises(nnx.StateMismatchError, match=r"unexpected model\.zzz"):
     nnx.merge(graphdef, params, rest, extra)
-  with pytest.raises(nnx.StateMismatchError, match="expects States after the GraphDef, got a dict"):
-    nnx.merge(graphdef, params, {"arr": jnp.zeros(3)})
+  with pytest.raises(nnx.StateMismatchError, match="expects States after the GraphDef, got a list"):
+    nnx.merge(graphdef, params, [jnp.zeros(3)])
 
 
-def test_merge_non_variable_where_variable_expected(model):
+def test_merge_wraps_plain_values_in_the_graphdefs_variable_types(model):
   graphdef, state = nnx.split(model)
-  pure = nnx.State(state.to_pure_dict())
-  with pytest.raises(
-    nnx.NotAVariableError, match=r"merge: model\.heads\.a must be a Param.*Param\(value\)"
-  ):
-    nnx.merge(graphdef, pure)
-  with pytest.raises(TypeError):  # also a TypeError
-    nnx.merge(graphdef, pure)
+  pure = state.to_pure_dict()
+  for states in ((nnx.State(pure),), (pure,)):  # a State of arrays, or the pure dict itself
+    back = nnx.merge(graphdef, *states)
+    assert type(back.w) is type(model.w) and back.w is not model.w
+    assert back.w.get_metadata() == model.w.get_metadata()
+    assert back.w[...] is model.w[...]
 
 
 def test_flatstate_merge(model):

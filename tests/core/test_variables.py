@@ -88,8 +88,9 @@ def test_metadata_kwargs_and_get_metadata():
 
 def test_set_metadata_forms():
   v = nnx.Param(jnp.zeros(()))
+  v.set_metadata({"x": 0})
+  v.set_metadata({"b": 2})  # a mapping replaces all metadata, as in Flax
   v.set_metadata("a", 1)
-  v.set_metadata({"b": 2})
   v.set_metadata(c=3)
   v.d = 4  # attribute assignment sets metadata
   assert v.get_metadata() == {

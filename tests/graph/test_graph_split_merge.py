@@ -221,11 +221,15 @@ def test_merge_state_mismatch(tied):
     nnx.merge("not a graphdef", params)
 
 
-def test_merge_not_a_variable():
-  graphdef, state = nnx.split(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), graph=True)
+def test_merge_wraps_a_plain_value_in_the_graphdefs_variable_type():
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  model.kernel.set_metadata(note="k")
+  graphdef, state = nnx.split(model, graph=True)
   raw = nnx.State({"kernel": jnp.ones((2, 2)), "bias": state["bias"]})
-  with pytest.raises(nnx.NotAVariableError, match=r"model\.kernel must be a Param.*Param\(value\)"):
-    nnx.merge(graphdef, raw)
+  back = nnx.merge(graphdef, raw)
+  assert type(back.kernel) is nnx.Param and back.kernel.get_metadata("note") == "k"
+  assert back.bias is state["bias"]  # a Variable in the State is used itself
+  assert type(nnx.merge(graphdef, state.to_pure_dict()).bias) is nnx.Param
 
 
 def test_outer_ref_needs_its_group():

@@ -19,11 +19,7 @@ MIGRATING = pathlib.Path(__file__).resolve().parents[2] / "docs" / "migrating.md
 P = inspect.Parameter
 
 # Gaps owned by work in progress (empty once every workstream has landed).
-PENDING: set[tuple[str, str | None]] = {
-  # Not done yet: Flax's `index=` keyword of Variable.get_value / set_value (use v[index]).
-  ("Variable.get_value", "index"),
-  ("Variable.set_value", "index"),
-}
+PENDING: set[tuple[str, str | None]] = set()
 
 # Classes whose public methods (and their parameters) are walked too, as "Class.method".
 METHOD_CLASSES = (

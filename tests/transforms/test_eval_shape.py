@@ -14,7 +14,8 @@ class Sharded(nnx.Module):
   def __init__(self, rngs):
     self.w = nnx.Param(jax.random.normal(rngs.params(), (8, 4)), sharding_names=("a", None))
     self.b = nnx.Param(jnp.zeros((4,)), sharding_names=("b",))
-    self.odd = nnx.Param(jnp.zeros((4,)), sharding_names=("nope",))
+    # 'nope' is no mesh axis: kept as metadata only (placing it eagerly raises, as in Flax)
+    self.odd = nnx.Param(jnp.zeros((4,)), sharding_names=("nope",), eager_sharding=False)
     self.plain = nnx.BatchStat(jnp.zeros((3,)))
 
 
@@ -91,6 +92,12 @@ def test_eval_shape_adds_shardings_from_metadata_under_a_mesh():
   # The shardings are usable: put an array straight onto the mesh with one.
   placed = jax.device_put(jnp.zeros(w.shape, w.dtype), w.sharding)
   assert placed.sharding.spec == P("a", None)
+
+
+def test_eval_shape_of_a_name_the_mesh_lacks_raises_like_flax():
+  mesh = jax.make_mesh((4, 2), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  with jax.set_mesh(mesh), pytest.raises(nnx.MeshAxisError, match=r"no axis 'nope'; its axes"):
+    nnx.eval_shape(lambda: nnx.Param(jnp.zeros((4,)), sharding_names=("nope",)))
 
 
 def test_eval_shape_inside_jit_uses_the_abstract_mesh():
