@@ -1,6 +1,7 @@
 """Differential tests: complete user programs around small jitted steps, control flow,
 checkpointing and sharding (an RL-style agent, resumable training with orbax, a
-data-parallel ``shard_map`` step), on ``flax.nnx`` and ``pynnx`` (helpers in
+data-parallel ``shard_map`` step, sharded initialization under logical axis rules), on
+``flax.nnx`` and ``pynnx`` (helpers in
 ``test_user_snippets.py``)."""
 
 import jax
@@ -288,6 +289,113 @@ def data_parallel_shard_map(nnx):
     tuple(shardings["l1"]["kernel"].value.spec),
     tuple(model.l1.kernel[...].sharding.spec),
   ]
+
+
+# --- sharded initialization with logical axis rules -------------------------------------
+
+
+def _mesh_2x4():
+  return jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
+
+
+def _feed_forward(nnx):
+  class FF(nnx.Module):
+    def __init__(self, rngs):
+      init = nnx.initializers.lecun_normal()
+      self.up = nnx.Linear(
+        8, 16, kernel_init=nnx.with_partitioning(init, ("embed", "mlp")), use_bias=False, rngs=rngs
+      )
+      self.down = nnx.Linear(
+        16, 8, kernel_init=nnx.with_partitioning(init, ("mlp", "embed")), use_bias=False, rngs=rngs
+      )
+      self.scale = nnx.Param(jnp.ones((8,)), sharding_names=("embed",))
+
+    def __call__(self, x):
+      return self.down(nnx.relu(self.up(x))) * self.scale[...]
+
+  return FF
+
+
+def _spec_of(a):
+  return tuple(a.sharding.spec) if isinstance(a.sharding, NamedSharding) else None
+
+
+@program
+def abstract_init_with_out_shardings(nnx):
+  FF = _feed_forward(nnx)
+  mesh = _mesh_2x4()
+  rules = (("embed", None), ("mlp", "model"))
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    abstract = nnx.eval_shape(lambda: FF(nnx.Rngs(0)))
+    graphdef, abs_state = nnx.split(abstract)
+    specs = nnx.get_partition_spec(abs_state)
+    shardings = nnx.get_named_sharding(abs_state, mesh)
+
+    @jax.jit
+    def init():
+      return nnx.state(FF(nnx.Rngs(0)))
+
+    state = jax.jit(init, out_shardings=shardings)()
+    model = nnx.merge(graphdef, state)
+    opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    x = jax.device_put(x_((4, 8)), NamedSharding(mesh, P("data")))
+
+    @nnx.jit
+    def step(model, opt, x):
+      loss, g = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+      opt.update(model, g)
+      return loss
+
+    losses = [step(model, opt, x) for _ in range(2)]
+  return [
+    losses,
+    jax.tree.map(lambda p: tuple(p), nnx.to_pure_dict(specs)),
+    _spec_of(model.up.kernel[...]),
+    _spec_of(model.down.kernel[...]),
+    _spec_of(opt.opt_state[0].mu.up.kernel[...]),
+    pure(nnx, model),
+  ]
+
+
+@program
+def sharded_init_inside_nnx_jit_under_mesh(nnx):
+  FF = _feed_forward(nnx)
+  mesh = _mesh_2x4()
+  rules = (("embed", "data"), ("mlp", "model"))
+
+  @nnx.jit
+  def create():
+    model = FF(nnx.Rngs(1))
+    state = nnx.state(model)
+    nnx.update(model, jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state)))
+    return model
+
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    model = create()
+    y = nnx.jit(lambda m, x: m(x))(model, x_((4, 8)))
+  return [y, _spec_of(model.up.kernel[...]), _spec_of(model.scale[...]), pure(nnx, model)]
+
+
+@program
+def transform_metadata_function(nnx):
+  class Stack(nnx.Module):
+    def __init__(self, rngs):
+      @nnx.split_rngs(splits=3)
+      @nnx.vmap(in_axes=0, out_axes=0)
+      @nnx.transform_metadata(in_axes=0, out_axes=0, partition="layers")
+      def make(rngs):
+        return nnx.Linear(
+          2,
+          2,
+          kernel_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("a", "b")),
+          rngs=rngs,
+        )
+
+      self.layers = make(rngs)
+
+  with nnx.use_eager_sharding(False):
+    s = Stack(nnx.Rngs(0))
+  return [s.layers.kernel.shape, tuple(s.layers.kernel.sharding_names)]
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
