@@ -81,16 +81,11 @@ def transformer_lm_train_and_generate(nnx):
     optimizer.update(model, grads)
     return loss
 
-  @nnx.jit
-  def eval_step(model, batch):
-    return loss_fn(model, batch)
-
   losses = []
   model.train()
   for batch in data:
     losses.append(train_step(model, optimizer, batch))
   model.eval()
-  eval_loss = eval_step(model, data[0])
 
   # greedy generation with a KV cache, one token at a time
   prompt = data[0, :2, :1]
@@ -110,7 +105,6 @@ def transformer_lm_train_and_generate(nnx):
   cache_index = model.blocks[0].attn.cache_index[...]
   return [
     losses,
-    eval_loss,
     jnp.stack(generated, axis=1),
     cache_index,
     optimizer.step[...],
@@ -352,6 +346,151 @@ def gan_two_optimizers(nnx):
     pure(nnx, nnx.state(disc, nnx.Param)),
     disc.drop.rngs.count[...],
   ]
+
+
+# --- a ViT, a mixture of experts, a diffusion UNet ---------------------------------------
+
+
+@program
+def vit_with_cls_token_and_schedule(nnx):
+  class ViT(nnx.Module):
+    def __init__(self, *, patch, dim, heads, classes, rngs):
+      self.patch = nnx.Conv(
+        3, dim, (patch, patch), strides=(patch, patch), padding="VALID", rngs=rngs
+      )
+      self.cls = nnx.Param(jnp.zeros((1, 1, dim)))
+      self.pos = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (1, 5, dim)))
+      self.ln1 = nnx.LayerNorm(dim, rngs=rngs)
+      self.attn = nnx.MultiHeadAttention(
+        heads, dim, num_kv_heads=1, normalize_qk=True, decode=False, rngs=rngs
+      )
+      self.ln2 = nnx.LayerNorm(dim, use_bias=False, rngs=rngs)
+      self.mlp = nnx.Sequential(
+        nnx.Linear(dim, 2 * dim, rngs=rngs), nnx.gelu, nnx.Linear(2 * dim, dim, rngs=rngs)
+      )
+      self.head = nnx.Linear(dim, classes, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+    def __call__(self, img):
+      x = self.patch(img)
+      b = x.shape[0]
+      x = x.reshape(b, -1, x.shape[-1])
+      cls = jnp.broadcast_to(self.cls[...], (b, 1, x.shape[-1]))
+      x = jnp.concatenate([cls, x], axis=1) + self.pos[...]
+      x = x + self.attn(self.ln1(x))
+      x = x + self.mlp(self.ln2(x))
+      return self.head(x[:, 0])
+
+  model = ViT(patch=4, dim=8, heads=2, classes=3, rngs=nnx.Rngs(0))
+  sched = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 6)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched))
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  imgs = x_((2, 3, 8, 8, 3), 1)
+  labels = jnp.array([[0, 1, 2], [2, 1, 0]])
+
+  @nnx.jit
+  def step(model, opt, x, y):
+    def lf(model):
+      return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+    loss, g = nnx.value_and_grad(lf)(model)
+    opt.update(model, g)
+    return loss
+
+  losses = [step(model, opt, x, y) for x, y in zip(imgs, labels)]
+  return [losses, pure(nnx, model), opt.step[...]]
+
+
+@program
+def moe_with_vmapped_experts(nnx):
+  class Expert(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(4, 4, rngs=rngs)
+
+    def __call__(self, x):
+      return nnx.silu(self.l(x))
+
+  class MoE(nnx.Module):
+    def __init__(self, n, rngs):
+      self.router = nnx.Linear(4, n, use_bias=False, rngs=rngs)
+
+      @nnx.split_rngs(splits=n)
+      @nnx.vmap(in_axes=0, out_axes=0)
+      def make(rngs):
+        return Expert(rngs)
+
+      self.experts = make(rngs)
+
+    def __call__(self, x):
+      gates = jax.nn.softmax(self.router(x), axis=-1)
+      top_w, top_i = jax.lax.top_k(gates, 2)
+
+      @nnx.vmap(in_axes=(0, None), out_axes=0)
+      def run_all(expert, x):
+        return expert(x)
+
+      outs = run_all(self.experts, x)  # (n, b, d)
+      picked = jnp.take_along_axis(outs.transpose(1, 0, 2), top_i[..., None], axis=1)
+      return (picked * top_w[..., None]).sum(1)
+
+  model = MoE(4, nnx.Rngs(0))
+  opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+  x = x_((5, 4))
+
+  @nnx.jit
+  def step(model, opt):
+    loss, g = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+    opt.update(model, g)
+    return loss
+
+  return [[step(model, opt) for _ in range(2)], pure(nnx, model)]
+
+
+@program
+def unet_style_diffusion_step(nnx):
+  class TimeEmbed(nnx.Module):
+    def __init__(self, dim, rngs):
+      self.l = nnx.Linear(dim, dim, rngs=rngs)
+      self.dim = dim
+
+    def __call__(self, t):
+      half = self.dim // 2
+      freqs = jnp.exp(-jnp.log(1000.0) * jnp.arange(half) / half)
+      emb = t[:, None] * freqs[None]
+      return self.l(jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], -1))
+
+  class UNet(nnx.Module):
+    def __init__(self, rngs):
+      self.temb = TimeEmbed(4, rngs)
+      self.down = nnx.Conv(1, 4, (3, 3), strides=2, rngs=rngs)
+      self.gn = nnx.GroupNorm(4, num_groups=2, rngs=rngs)
+      self.mid = nnx.Conv(4, 4, (3, 3), kernel_dilation=2, padding="CIRCULAR", rngs=rngs)
+      self.up = nnx.ConvTranspose(4, 1, (3, 3), strides=(2, 2), rngs=rngs)
+
+    def __call__(self, x, t):
+      h = nnx.swish(self.gn(self.down(x)))
+      h = h + self.temb(t)[:, None, None, :]
+      h = nnx.swish(self.mid(h))
+      return self.up(h)
+
+  model = UNet(nnx.Rngs(0))
+  opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+  rngs = nnx.Rngs(noise=3)
+  x0 = x_((2, 8, 8, 1))
+
+  @nnx.jit
+  def step(model, opt, rngs, x0):
+    t = rngs.noise.uniform((x0.shape[0],))
+    eps = rngs.noise.normal(x0.shape)
+    xt = jnp.sqrt(1 - t)[:, None, None, None] * x0 + jnp.sqrt(t)[:, None, None, None] * eps
+
+    def lf(model):
+      return jnp.mean((model(xt, t) - eps) ** 2)
+
+    loss, g = nnx.value_and_grad(lf)(model)
+    opt.update(model, g)
+    return loss
+
+  return [[step(model, opt, rngs, x0) for _ in range(2)], pure(nnx, model)]
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
