@@ -4,6 +4,8 @@ data-parallel ``shard_map`` step, sharded initialization under logical axis rule
 ``flax.nnx`` and ``pynnx`` (helpers in
 ``test_user_snippets.py``)."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -237,6 +239,81 @@ def checkpoint_resume(nnx, ckpt_dir):
   ]
 
 
+def _sharded_bn_model(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(
+        4,
+        8,
+        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model")),
+        rngs=rngs,
+      )
+      self.bn = nnx.BatchNorm(8, rngs=rngs)
+
+    def __call__(self, x):
+      return self.bn(self.l(x))
+
+  return M
+
+
+def checkpoint_manager_sharded_restore(nnx, ckpt_dir):
+  M = _sharded_bn_model(nnx)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
+  with jax.set_mesh(mesh):
+    model = M(nnx.Rngs(0))
+  model(x_((2, 4)))
+  d = ckpt_dir / "ckpt"
+  mngr = ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions(max_to_keep=2))
+  for step in range(3):
+    mngr.save(step, args=ocp.args.StandardSave(nnx.state(model)))
+  mngr.wait_until_finished()
+  gd, abs_state = nnx.get_abstract_model(lambda: M(nnx.Rngs(1)), mesh)
+  restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(abs_state))
+  m2 = nnx.merge(gd, restored)
+  mngr.close()
+  return [
+    sorted(mngr.all_steps()),
+    pure(nnx, m2),
+    tuple(m2.l.kernel[...].sharding.spec),
+    jax.tree.map(lambda a: tuple(a.sharding.spec), nnx.to_pure_dict(abs_state)),
+  ]
+
+
+def pure_dict_checkpoint_with_optimizer(nnx, ckpt_dir):
+  M = _sharded_bn_model(nnx)
+  with nnx.use_eager_sharding(False):
+    model = M(nnx.Rngs(0))
+  opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+  x = x_((4, 4))
+
+  @nnx.jit
+  def step(model, opt):
+    loss, g = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+    opt.update(model, g)
+    return loss
+
+  step(model, opt)
+  d = ckpt_dir
+  ckptr = ocp.PyTreeCheckpointer()
+  ckptr.save(
+    d / "all",
+    {"model": nnx.to_pure_dict(nnx.state(model)), "opt": nnx.to_pure_dict(nnx.state(opt))},
+  )
+  with warnings.catch_warnings():  # orbax: "Sharding info not provided when restoring"
+    warnings.simplefilter("ignore", UserWarning)
+    raw = ckptr.restore(d / "all")
+  with nnx.use_eager_sharding(False):
+    model2 = M(nnx.Rngs(5))
+  opt2 = nnx.Optimizer(model2, optax.adam(1e-2), wrt=nnx.Param)
+  st = nnx.state(model2)
+  nnx.replace_by_pure_dict(st, raw["model"])
+  nnx.update(model2, st)
+  ost = nnx.state(opt2)
+  nnx.replace_by_pure_dict(ost, raw["opt"])
+  nnx.update(opt2, ost)
+  return [step(model, opt), step(model2, opt2), pure(nnx, model2), opt2.step[...]]
+
+
 # --- data-parallel training with shard_map and a sharded model ----------------------------
 
 
@@ -401,6 +478,16 @@ def transform_metadata_function(nnx):
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_program(name):
   f_out, p_out = run_both(PROGRAMS[name])
+  same(f_out, p_out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "fn",
+  [checkpoint_manager_sharded_restore, pure_dict_checkpoint_with_optimizer],
+  ids=lambda f: f.__name__,
+)
+def test_checkpoint_program(fn, tmp_path):
+  f_out, p_out = run_both(lambda nnx: fn(nnx, tmp_path / nnx.__name__))
   same(f_out, p_out, rtol=1e-4, atol=1e-5)
 
 
