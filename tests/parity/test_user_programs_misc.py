@@ -486,8 +486,162 @@ def scan_with_module_carry_and_broadcast(nnx):
   return [h, ys]
 
 
+@program
+def grad_argnums_one_and_aux_state(nnx):
+  m = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.BatchNorm(3, rngs=nnx.Rngs(1)))
+  x = x_((4, 2))
+
+  def loss(x, model):
+    y = model(x)
+    return y.sum(), nnx.state(model, nnx.BatchStat)
+
+  (value, stats), g = nnx.value_and_grad(loss, argnums=1, has_aux=True)(x, m)
+  return [value, pure(nnx, stats), pure(nnx, nnx.state(g, nnx.Param))]
+
+
+@program
+def jit_returns_input_module(nnx):
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+
+  @nnx.jit
+  def f(m, x):
+    m.kernel[...] = m.kernel[...] + 1
+    return m, m(x)
+
+  m2, y = f(m, jnp.ones((1, 2)))
+  return [y, m2.kernel[...], m.kernel[...], pure(nnx, m2)]
+
+
+@program
+def scan_length_only_and_carry_out(nnx):
+  rngs = nnx.Rngs(0)
+  m = nnx.Linear(2, 2, rngs=rngs)
+
+  @nnx.scan(length=4, in_axes=nnx.Carry, out_axes=nnx.Carry)
+  def roll(carry):
+    m, x = carry
+    return m, jnp.tanh(m(x))
+
+  _, x = roll((m, jnp.ones((1, 2))))
+  return [x]
+
+
+@program
+def fori_loop_rngs_in_carry(nnx):
+  rngs = nnx.Rngs(noise=0)
+
+  @nnx.jit
+  def walk(rngs, x):
+    def body(i, carry):
+      rngs, x = carry
+      return rngs, x + rngs.noise.normal(x.shape)
+
+    return nnx.fori_loop(0, 5, body, (rngs, x))[1]
+
+  a = walk(rngs, jnp.zeros(3))
+  b = walk(rngs, jnp.zeros(3))
+  return [a, b, rngs.noise.count[...]]
+
+
+@program
+def vmap_out_axes_none_and_axis_size(nnx):
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+
+  @nnx.vmap(in_axes=(None, 0), out_axes=(0, None))
+  def f(m, x):
+    return m(x), jnp.sum(m.kernel[...])
+
+  ys, s = f(m, x_((3, 2)))
+  return [ys, s]
+
+
+@program
+def eval_mode_training_flag_in_jit_static(nnx):
+  m = nnx.Sequential(
+    nnx.Linear(2, 4, rngs=nnx.Rngs(0)),
+    nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=1)),
+    nnx.BatchNorm(4, rngs=nnx.Rngs(2)),
+  )
+
+  @nnx.jit(static_argnames="train")
+  def f(m, x, train):
+    if train:
+      m.train()
+    else:
+      m.eval()
+    return m(x)
+
+  x = x_((3, 2))
+  a = f(m, x, train=True)
+  b = f(m, x, train=False)
+  return [a, b, pure(nnx, nnx.state(m, nnx.BatchStat))]
+
+
+@program
+def data_annotations_and_list_of_arrays(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.ws = nnx.data([nnx.Param(jnp.ones((2,)) * i) for i in range(3)])
+      self.consts = nnx.data([jnp.arange(2.0), jnp.ones(2)])
+      self.name = "m"
+
+    def __call__(self, x):
+      for w in self.ws:
+        x = x * w[...]
+      return x + sum(self.consts)
+
+  m = M(nnx.Rngs(0))
+  y = nnx.jit(lambda m, x: m(x))(m, jnp.ones(2))
+  g = nnx.grad(lambda m: m(jnp.ones(2)).sum())(m)
+  return [y, paths(nnx, nnx.state(m)), pure(nnx, nnx.state(g, nnx.Param))]
+
+
+@program
+def sow_with_reduce_and_init(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(2, 2, rngs=rngs)
+
+    def __call__(self, x):
+      y = self.l(x)
+      self.sow(
+        nnx.Intermediate, "total", y.sum(), reduce_fn=lambda a, b: a + b, init_fn=lambda: 0.0
+      )
+      return y
+
+  m = M(nnx.Rngs(0))
+  m(jnp.ones((1, 2)))
+  m(jnp.ones((1, 2)))
+  return [pure(nnx, nnx.state(m, nnx.Intermediate))]
+
+
+@program
+def module_hooks_perturb(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.l1 = nnx.Linear(2, 3, rngs=rngs)
+      self.l2 = nnx.Linear(3, 1, rngs=rngs)
+
+    def __call__(self, x):
+      h = self.l1(x)
+      h = self.perturb("h", h)
+      return self.l2(h)
+
+  m = M(nnx.Rngs(0))
+  x = jnp.ones((2, 2))
+  m(x)
+
+  def loss(m):
+    return m(x).sum()
+
+  g = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Any(nnx.Param, nnx.Perturbation)))(m)
+  return [pure(nnx, nnx.state(g, nnx.Perturbation))]
+
+
 GRAPH_MODE_TOO = [
   "cond_and_switch_with_modules",
+  "fori_loop_rngs_in_carry",
+  "jit_returns_input_module",
   "remat_method_and_vmap_method",
   "scan_with_module_carry_and_broadcast",
   "shard_map_model_argument",
