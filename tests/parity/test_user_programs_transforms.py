@@ -310,6 +310,55 @@ def split_merge_under_jax_jit(nnx):
   return [losses, pred, infer_out, pure(nnx, model), type(params).__name__]
 
 
+def _residual_block(nnx):
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(3, 3, rngs=rngs)
+      self.n = nnx.LayerNorm(3, rngs=rngs)
+
+    def __call__(self, x):
+      return x + nnx.gelu(self.l(self.n(x)))
+
+  return Block
+
+
+@program
+def functional_lax_scan_over_split_states(nnx):
+  Block = _residual_block(nnx)
+  keys = jax.random.split(jax.random.key(0), 4)
+
+  @jax.vmap
+  def create(key):
+    return nnx.state(Block(nnx.Rngs(key)))
+
+  states = create(keys)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: Block(nnx.Rngs(0))))
+
+  def forward(states, x):
+    def body(x, s):
+      return nnx.merge(graphdef, s)(x), None
+
+    return jax.lax.scan(jax.checkpoint(body), x, states)[0]
+
+  x = x_((2, 3))
+  y = jax.jit(forward)(states, x)
+  g = jax.grad(lambda s: forward(s, x).sum())(states)
+  tx = optax.sgd(0.1)
+  opt_state = tx.init(states)
+  upd, _ = tx.update(g, opt_state, states)
+  new = optax.apply_updates(states, upd)
+  return [y, pure(nnx, g), pure(nnx, new), paths(nnx, states)]
+
+
+@program
+def jax_vmap_ensemble_via_merge(nnx):
+  Block = _residual_block(nnx)
+  graphdef, state = nnx.split(Block(nnx.Rngs(0)))
+  states = jax.tree.map(lambda a: jnp.stack([a, a * 2]), state)
+  ys = jax.vmap(lambda s, x: nnx.merge(graphdef, s)(x), in_axes=(0, None))(states, x_((2, 3)))
+  return [ys]
+
+
 @program
 def graph_mode_program_with_set_graph_mode(nnx):
   class Tied(nnx.Module):
