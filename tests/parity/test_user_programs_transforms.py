@@ -390,7 +390,81 @@ def graph_mode_program_with_set_graph_mode(nnx):
   return [losses, paths(nnx, state), model.out is model.embed, pure(nnx, state)]
 
 
+def _siamese(nnx):
+  class Encoder(nnx.Module):
+    def __init__(self, rngs):
+      self.l = nnx.Linear(3, 4, rngs=rngs)
+      self.bn = nnx.BatchNorm(4, rngs=rngs)
+
+    def __call__(self, x):
+      return nnx.relu(self.bn(self.l(x)))
+
+  class Siamese(nnx.Module):
+    def __init__(self, rngs):
+      enc = Encoder(rngs)
+      self.left = enc
+      self.right = enc  # the same encoder on both sides
+      self.head = nnx.Linear(4, 1, rngs=rngs)
+
+    def __call__(self, a, b):
+      return self.head(jnp.abs(self.left(a) - self.right(b)))[..., 0]
+
+  return Siamese
+
+
+@program
+def siamese_shared_encoder_graph_mode(nnx):
+  with nnx.set_graph_mode(True):
+    model = _siamese(nnx)(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    a, b, y = x_((6, 3)), x_((6, 3), 1), (x_((6,), 2) > 0).astype(jnp.float32)
+
+    @nnx.jit
+    def step(model, opt):
+      def lf(model):
+        return optax.sigmoid_binary_cross_entropy(model(a, b), y).mean()
+
+      loss, g = nnx.value_and_grad(lf)(model)
+      opt.update(model, g)
+      return loss
+
+    losses = [step(model, opt) for _ in range(3)]
+    st = nnx.state(model)
+  return [
+    losses,
+    model.left is model.right,
+    paths(nnx, st),
+    pure(nnx, st),
+    paths(nnx, nnx.state(opt, nnx.OptState)),
+  ]
+
+
+@program
+def siamese_graph_true_per_call(nnx):
+  model = _siamese(nnx)(nnx.Rngs(0))
+  opt = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param, graph=True)
+  a, b = x_((6, 3)), x_((6, 3), 1)
+
+  @nnx.jit(graph=True)
+  def step(model, opt):
+    loss, g = nnx.value_and_grad(lambda m: jnp.mean(m(a, b) ** 2), graph=True)(model)
+    opt.update(model, g)
+    return loss
+
+  losses = [step(model, opt) for _ in range(3)]
+  return [losses, pure(nnx, nnx.state(model, graph=True))]
+
+
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_program(name):
   f_out, p_out = run_both(PROGRAMS[name])
   same(f_out, p_out, rtol=1e-4, atol=1e-5)
+
+
+def test_siamese_shared_encoder_in_tree_mode_is_the_documented_error():
+  # docs/migrating.md, "Default mode: tree": a Module reachable twice needs graph mode
+  import pynnx as nnx
+
+  model = _siamese(nnx)(nnx.Rngs(0))
+  with pytest.raises(nnx.SharedReferenceError, match="graph=True"):
+    nnx.jit(lambda m, a: m(a, a))(model, jnp.ones((2, 3)))
