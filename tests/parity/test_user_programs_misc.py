@@ -14,7 +14,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from test_user_snippets import paths, pure, run_both, same, x_
+from test_user_snippets import error_name, paths, pure, run_both, same, x_
 
 PROGRAMS = {}
 
@@ -636,6 +636,50 @@ def module_hooks_perturb(nnx):
 
   g = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Any(nnx.Param, nnx.Perturbation)))(m)
   return [pure(nnx, nnx.state(g, nnx.Perturbation))]
+
+
+@program
+def jit_kwargs_kinds(nnx):
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+
+  def apply(m, x, scale=1.0, flag=None):
+    y = m(x) * scale
+    return y if flag is None else -y
+
+  f = nnx.jit(apply)
+
+  x = jnp.ones((1, 2))
+  out = [f(m, x), f(m, x, scale=2.0), f(m, x=x, scale=jnp.float32(3.0))]
+  out.append(error_name(lambda: f(m, x, flag="neg")))
+  g = nnx.jit(apply, static_argnames="flag")
+  out.append(g(m, x, flag="neg"))
+  return out
+
+
+@program
+def load_flat_numpy_weights(nnx):
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.layers = nnx.List([nnx.Linear(2, 3, rngs=rngs), nnx.Linear(3, 1, rngs=rngs)])
+
+  src = M(nnx.Rngs(0))
+  flat = {
+    ".".join(map(str, k)): np.asarray(v)
+    for k, v in nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(src))).items()
+  }
+  dst = M(nnx.Rngs(1))
+  nested = nnx.traversals.unflatten_mapping(
+    {
+      tuple(int(p) if p.isdigit() else p for p in k.split(".")): jnp.asarray(v)
+      for k, v in flat.items()
+    }
+  )
+  st = nnx.state(dst)
+  nnx.replace_by_pure_dict(st, nested)
+  nnx.update(dst, st)
+  flat_paths = sorted(flat)
+  fs = [(tuple(map(str, p)), v.shape) for p, v in nnx.to_flat_state(nnx.state(dst))]
+  return [flat_paths, pure(nnx, dst), fs]
 
 
 GRAPH_MODE_TOO = [
