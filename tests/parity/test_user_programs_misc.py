@@ -707,3 +707,36 @@ def test_program_in_graph_mode(name):
 
   f_out, p_out = run_both(in_graph_mode)
   same(f_out, p_out, rtol=1e-4, atol=1e-5)
+
+
+def _config_module_program(nnx):
+  @dataclasses.dataclass
+  class Config:  # a plain (unfrozen, so unhashable) dataclass, as most configs are written
+    dims: list = dataclasses.field(default_factory=lambda: [3, 4, 2])
+    act: str = "relu"
+
+  class MLP(nnx.Module):
+    def __init__(self, config, rngs):
+      self.config = config
+      self.sizes = list(config.dims)
+      self.layers = nnx.List(
+        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(config.dims[:-1], config.dims[1:])]
+      )
+
+    def __call__(self, x):
+      for layer in self.layers[:-1]:
+        x = getattr(nnx, self.config.act)(layer(x))
+      return self.layers[-1](x)
+
+  model = MLP(Config(), nnx.Rngs(0))
+  return [nnx.jit(lambda m, x: m(x))(model, x_((2, 3))), model.sizes]
+
+
+@pytest.mark.xfail(
+  strict=True,
+  reason="unhashable static attributes (a plain dataclass config, a list of sizes) raise "
+  "StaticAttributeError in pynnx by design (docs/migrating.md, Pytrees); Flax accepts them",
+)
+def test_unhashable_config_attributes_like_flax():
+  f_out, p_out = run_both(_config_module_program)
+  same(f_out, p_out)
