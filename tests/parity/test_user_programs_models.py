@@ -493,6 +493,62 @@ def unet_style_diffusion_step(nnx):
   return [[step(model, opt, rngs, x0) for _ in range(2)], pure(nnx, model)]
 
 
+# --- optax features users reach for --------------------------------------------------
+
+
+@program
+def adamw_weight_decay_mask_and_label_fn(nnx):
+  model = nnx.Sequential(
+    nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+    nnx.LayerNorm(4, rngs=nnx.Rngs(1)),
+    nnx.Linear(4, 1, rngs=nnx.Rngs(2)),
+  )
+
+  def decay_mask(params):
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+      lambda path, p: (
+        "no_decay" if "bias" in jax.tree_util.keystr(path) or p.ndim == 1 else "decay"
+      ),
+      params,
+    )
+
+  tx = optax.chain(
+    optax.adamw(1e-2, weight_decay=0.5, mask=decay_mask),
+    optax.multi_transform({"decay": optax.identity(), "no_decay": optax.scale(0.5)}, labels),
+  )
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  x = x_((4, 3))
+
+  @nnx.jit
+  def step(model, opt):
+    loss, g = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+    opt.update(model, g)
+    return loss
+
+  return [[step(model, opt) for _ in range(3)], pure(nnx, model)]
+
+
+@program
+def inject_hyperparams_lr_set_in_jit(nnx):
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  x = x_((4, 3))
+
+  @nnx.jit
+  def step(model, opt, lr):
+    opt.opt_state.hyperparams["learning_rate"][...] = lr
+    loss, g = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+    opt.update(model, g)
+    return loss
+
+  out = [step(model, opt, jnp.float32(lr)) for lr in (1e-2, 5e-3, 1e-3)]
+  return [out, pure(nnx, model), opt.opt_state.hyperparams["learning_rate"][...]]
+
+
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_program(name):
   f_out, p_out = run_both(PROGRAMS[name])
