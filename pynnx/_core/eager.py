@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from .errors import ConfigError, MeshAxisError, UnsupportedOptionError
+from .errors import AxisSpecError, ConfigError, MeshAxisError, UnsupportedOptionError
 
 
 class _Settings:
@@ -115,10 +115,19 @@ def logical_axis_rules(rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
     _SETTINGS.axis_rules = previous
 
 
-def _apply_rules(names: tuple, extra_rules: Any) -> tuple:
+def apply_axis_rules(names: tuple, extra_rules: Any) -> tuple:
+  """``names`` with logical axis names renamed by the current ``logical_axis_rules`` and
+  ``extra_rules`` (a Variable's ``sharding_rules`` metadata); a name both map differently
+  raises :class:`~pynnx.AxisSpecError` (a ``ValueError``, as in Flax)."""
   rules = dict(_SETTINGS.axis_rules)
-  if extra_rules:
-    rules.update(dict(extra_rules))
+  for name, axes in extra_rules or ():
+    if name in rules and rules[name] != axes:
+      raise AxisSpecError(
+        f"Inconsistent logical axis rules for {name!r}: nnx.logical_axis_rules maps it to "
+        f"{rules[name]!r}, the Variable's sharding_rules metadata to {axes!r}. Drop one of "
+        "the two rules or make them agree."
+      )
+    rules[name] = axes
   return tuple(rules.get(n, n) if isinstance(n, str) else n for n in names)
 
 
@@ -179,7 +188,7 @@ def place(value: Any, metadata: Mapping[str, Any], kind: str = "Variable") -> An
   if mesh is None:
     return value
   given = tuple(names)
-  names = _apply_rules(given, metadata.get("sharding_rules"))
+  names = apply_axis_rules(given, metadata.get("sharding_rules"))
   _check_axes(kind, given, names, mesh, metadata)
   spec = PartitionSpec(*names)
   if isinstance(value, jax.core.Tracer) or isinstance(mesh, jax.sharding.AbstractMesh):

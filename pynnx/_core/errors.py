@@ -57,7 +57,8 @@ class LeakedTracerError(PynnxError, RuntimeError):
 
 
 class AxisSpecError(PynnxError, ValueError):
-  """An in_axes / out_axes / spec prefix does not fit the arguments."""
+  """An in_axes / out_axes / spec prefix does not fit the arguments, or two logical axis
+  rules map one name to different mesh axes."""
 
 
 class StructureChangeError(PynnxError, ValueError):

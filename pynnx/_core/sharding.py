@@ -16,6 +16,7 @@ from typing import Any
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from .eager import apply_axis_rules
 from .errors import ArgumentTypeError
 from .variables import Variable, is_variable
 
@@ -103,12 +104,25 @@ def with_partitioning(
 def _spec(x: Any) -> Any:
   if isinstance(x, Variable):
     names = sharding_names(x)
-    return x.replace(PartitionSpec(*names) if names is not None else PartitionSpec())
+    if names is None:
+      return x.replace(PartitionSpec())
+    names = apply_axis_rules(names, x._metadata.get("sharding_rules"))
+    return x.replace(PartitionSpec(*names))
   return PartitionSpec()
 
 
 def get_partition_spec(tree: Any) -> Any:
-  """``tree`` with each Variable's value replaced by its PartitionSpec (``P()`` if none)."""
+  """``tree`` with each Variable's value replaced by its PartitionSpec (``P()`` if none).
+
+  Logical axis names are renamed to mesh axes by the enclosing ``nnx.logical_axis_rules``
+  block and the Variable's own ``sharding_rules`` metadata, as when the Variable is created.
+
+  Example:
+    >>> p = nnx.Param(jnp.ones((2, 4)), out_sharding=("embed", "mlp"))
+    >>> with nnx.logical_axis_rules([("embed", None), ("mlp", "model")]):
+    ...   nnx.get_partition_spec(p).value
+    P(None, 'model')
+  """
   return jax.tree.map(_spec, tree, is_leaf=is_variable)
 
 

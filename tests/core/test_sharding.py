@@ -56,3 +56,20 @@ def test_eval_shape_uses_sharding_metadata_under_a_mesh():
     abstract = nnx.eval_shape(lambda: nnx.Linear(2, 4, kernel_init=INIT, rngs=nnx.Rngs(0)))
   assert abstract.kernel[...].sharding.spec == P(None, "model")
   assert isinstance(abstract.kernel[...], jax.ShapeDtypeStruct)
+
+
+def test_partition_specs_follow_logical_axis_rules_and_sharding_rules():
+  import jax.numpy as jnp
+
+  p = nnx.Param(jnp.ones((2, 4)), out_sharding=("embed", "mlp"))
+  local = nnx.Param(jnp.ones((2, 4)), out_sharding=("embed", "mlp"), sharding_rules=(("mlp", "x"),))
+  assert nnx.get_partition_spec(p).value == P("embed", "mlp")  # no rules: the names as given
+  assert nnx.get_partition_spec(local).value == P("embed", "x")
+  mesh = jax.make_mesh((2, 4), ("data", "model"))
+  with nnx.logical_axis_rules([("embed", None), ("mlp", "model")]):
+    assert nnx.get_partition_spec(p).value == P(None, "model")
+    assert nnx.get_named_sharding(p, mesh).value.spec == P(None, "model")
+    with pytest.raises(nnx.AxisSpecError, match="Inconsistent logical axis rules for 'mlp'"):
+      nnx.get_partition_spec(local)  # Flax raises a ValueError too
+  with nnx.logical_axis_rules([("embed", None), ("mlp", "x")]):
+    assert nnx.get_partition_spec(local).value == P(None, "x")  # agreeing rules are fine
