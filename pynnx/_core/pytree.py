@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import FrozenModuleError, StaticAttributeError
 from .reprs import block, mapping_repr
+from .statics import same_static, static_key
 from .variables import Variable, bump_structure
 
 _INTERNAL = "_pynnx_"
@@ -233,7 +234,7 @@ class _Meta:
 
   def __hash__(self) -> int:
     if self._hash is None:
-      self._hash = hash((self.data_keys, self.statics))
+      self._hash = hash((self.data_keys, tuple((k, static_key(v)) for k, v in self.statics)))
     return self._hash
 
   def __eq__(self, other: object) -> bool:
@@ -242,7 +243,10 @@ class _Meta:
     return (
       isinstance(other, _Meta)
       and self.data_keys == other.data_keys
-      and self.statics == other.statics
+      and len(self.statics) == len(other.statics)
+      and all(
+        k1 == k2 and same_static(v1, v2) for (k1, v1), (k2, v2) in zip(self.statics, other.statics)
+      )
     )
 
   def __repr__(self) -> str:
@@ -401,20 +405,6 @@ class Pytree(metaclass=_PytreeMeta):
         statics.append((k, v))
     data_keys.sort(key=_sort_key)
     statics.sort(key=lambda kv: _sort_key(kv[0]))
-    for k, v in statics:
-      try:
-        hash(v)
-      except TypeError:
-        item = isinstance(self, (List, Dict))
-        where = f"[{k!r}]" if item else f".{k}"
-        mark = "wrap the item in `nnx.data(...)`" if item else f"mark it `self.{k} = nnx.data(...)`"
-        raise StaticAttributeError(
-          f"{type(self).__name__}{where} is a static {'item' if item else 'attribute'} (it holds "
-          f"no arrays, Variables or Modules) but its value of type {type(v).__name__} is not "
-          "hashable. Static values are part of the compile cache key. Use a hashable value (a "
-          f"tuple instead of a list, a frozenset instead of a set), or {mark} if it should be "
-          "traced."
-        ) from None
     return _Meta(tuple(data_keys), tuple(self._pynnx_key_obj(k) for k in data_keys), tuple(statics))
 
   def _pynnx_freeze(self) -> None:

@@ -2,6 +2,7 @@
 
 import inspect
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -173,23 +174,17 @@ def test_non_variable_where_variable_expected():
     nnx.Cache(nnx.Param(jnp.zeros(())))
 
 
-def test_unhashable_static_attribute():
+def test_unhashable_static_values_are_accepted():
   class Conf(nnx.Module):
     def __init__(self):
       self.w = nnx.Param(jnp.zeros(()))
       self.features = {"a", "b"}
 
-  with pytest.raises(
-    nnx.StaticAttributeError,
-    match=r"Conf\.features is a static attribute.*type set is not hashable.*frozenset",
-  ):
-    Conf()
-  with pytest.raises(
-    nnx.StaticAttributeError, match=r"List\[1\] is a static item.*type list.*nnx\.data\(\.\.\.\)"
-  ):
-    nnx.List([nnx.Param(1.0), [1, 2]])
-  with pytest.raises(nnx.StaticAttributeError, match=r"Dict\['cfg'\] is a static item.*type dict"):
-    nnx.Dict(cfg={"lr": 1}, w=jnp.ones(1))
+  assert jax.tree.structure(Conf()) == jax.tree.structure(Conf())
+  items = nnx.List([nnx.Param(1.0), [1, 2]])
+  assert jax.tree.map(lambda x: x, items)[1] == [1, 2]
+  table = nnx.Dict(cfg={"lr": 1}, w=jnp.ones(1))
+  assert jax.tree.map(lambda x: x, table)["cfg"] == {"lr": 1}
 
 
 def test_replace_by_pure_dict_mismatch():

@@ -20,6 +20,7 @@ CORE_TIERS = {
   "paths": 1,
   "filters": 1,
   "reprs": 1,  # reprs: text layout helpers, imports no pynnx code
+  "statics": 1,  # hashable stand-ins for static values; imports no pynnx code
   "variables": 2,
   "pytree": 3,
   "module": 3,

@@ -1,6 +1,7 @@
 """Modules: freezing, data/static classification, containers, sanctioned updates, reprs."""
 
 import copy
+import dataclasses
 import pickle
 
 import jax
@@ -143,21 +144,56 @@ def test_static_marker_keeps_array_out_of_leaves():
   assert len(jax.tree.leaves(M())) == 1
 
 
-def test_unhashable_static_attribute_raises():
-  class Bad(nnx.Module):
-    def __init__(self):
-      self.sizes = [1, 2]
+def test_unhashable_static_attributes_key_the_cache_by_content():
+  @dataclasses.dataclass
+  class Config:  # a plain (unhashable) dataclass, as Flax users write them
+    depth: int
+    sizes: list
 
-  with pytest.raises(nnx.StaticAttributeError, match=r"Bad\.sizes is a static attribute.*tuple"):
-    Bad()
-  with pytest.raises(TypeError):  # also a TypeError
-    Bad()
+  class M(nnx.Module):
+    def __init__(self, config):
+      self.config = config
+      self.sizes = [1, 2]
+      self.table = {"a": {1, 2}}
+      self.w = nnx.Param(jnp.ones(2))
+
+    def __call__(self, x):
+      return x * self.w[...] * len(self.sizes) * self.config.depth
+
+  a, b, c = M(Config(2, [3])), M(Config(2, [3])), M(Config(5, [3]))
+  ta, tb, tc = (jax.tree.structure(m) for m in (a, b, c))
+  assert ta == tb and hash(ta) == hash(tb) and ta != tc
+  f = jax.jit(lambda m, x: m(x))
+  assert float(f(a, jnp.ones(2))[0]) == 4.0 and float(f(b, jnp.ones(2))[0]) == 4.0
+  assert f._cache_size() == 1  # equal contents share the compiled function
+  assert float(f(c, jnp.ones(2))[0]) == 10.0 and f._cache_size() == 2
+  rebuilt = jax.tree.map(lambda x: x, a)
+  assert rebuilt.sizes == [1, 2] and rebuilt.config == Config(2, [3])
+  a.set_attributes(sizes=[1, 2, 3])  # reassigned, not mutated in place: seen
+  assert float(nnx.jit(lambda m, x: m(x))(a, jnp.ones(2))[0]) == 6.0
+
+
+def test_objects_without_a_hash_key_the_cache_by_identity():
+  class Opaque:
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other):
+      return isinstance(other, Opaque)
+
+  class M(nnx.Module):
+    def __init__(self, o):
+      self.o = o
+
+  a, b = M(Opaque()), M(Opaque())
+  ta, tb = jax.tree.structure(a), jax.tree.structure(b)
+  assert ta == tb  # equal by ==; the hashes may differ (the cache then compiles again)
+  assert jax.tree.structure(a) == ta and hash(jax.tree.structure(a)) == hash(ta)
 
 
 def test_rejected_static_update_rolls_back():
   m = Block(2, 2, rngs=nnx.Rngs(0))
   with pytest.raises(nnx.StaticAttributeError, match=r"Block\.deterministic"):
-    m.set_attributes(deterministic=[True])
+    m.set_attributes(deterministic=nnx.static(jnp.ones(2)))
   assert m.deterministic is False
   assert jax.tree.map(lambda x: x, m).deterministic is False
 

@@ -732,11 +732,6 @@ def _config_module_program(nnx):
   return [nnx.jit(lambda m, x: m(x))(model, x_((2, 3))), model.sizes]
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="unhashable static attributes (a plain dataclass config, a list of sizes) raise "
-  "StaticAttributeError in pynnx by design (docs/migrating.md, Pytrees); Flax accepts them",
-)
 def test_unhashable_config_attributes_like_flax():
   f_out, p_out = run_both(_config_module_program)
   same(f_out, p_out)

@@ -509,16 +509,18 @@ def variable_repr_contains(nnx):
   return ["Param" in repr(p), "Param" in str(nnx.state(nnx.Linear(1, 1, rngs=nnx.Rngs(0))))]
 
 
-def test_unhashable_static_attribute_is_the_documented_error():
-  """docs/migrating.md (Pytrees): flax keeps a plain dict attribute as static; pynnx needs
-  static values to be hashable (they key the compile cache) and names the attribute."""
-
-  class M(pynnx.Module):
+@snippet
+def unhashable_static_attribute(nnx):
+  class M(nnx.Module):
     def __init__(self):
       self.cfg = {"depth": 2}
+      self.w = nnx.Param(jnp.ones(2))
 
-  with pytest.raises(pynnx.StaticAttributeError, match=r"M\.cfg is a static attribute.*hashable"):
-    M()
+    def __call__(self, x):
+      return x * self.w[...] * self.cfg["depth"]
+
+  m = M()
+  return nnx.jit(lambda m, x: m(x))(m, jnp.ones(2)), m.cfg
 
 
 def test_model_eval_inside_jit_reaches_the_caller():
