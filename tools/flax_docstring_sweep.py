@@ -1,0 +1,358 @@
+"""Runs the ``>>>`` examples of Flax NNX's docstrings on flax.nnx and on pynnx, and compares.
+
+Developer tool (not part of the package). The docstrings are read from the installed Flax at
+run time; nothing of them is stored in this repository.
+
+Each docstring with examples is one *case*. A case runs twice in a fresh namespace in a worker
+process: once as written (``nnx`` is ``flax.nnx``) and once with ``nnx`` bound to ``pynnx``
+(``flax.nnx`` imports in the source rewritten to ``pynnx``). Per step it records whether the
+step raised (and the exception class) and what it printed (expression values are printed the
+way doctest does). A hung case is killed after ``--timeout`` seconds and the worker restarted.
+
+Usage (from the repository root)::
+
+  python tools/flax_docstring_sweep.py --out /tmp/sweep.txt
+  python tools/flax_docstring_sweep.py --only Module.sow --out /tmp/one.txt -v
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUBMODULES = ("bridge",)  # public submodules whose public names are swept too
+CATEGORIES = (
+  "pass on both",
+  "differs",
+  "fails only on pynnx",
+  "fails only on flax",
+  "fails on both",
+  "timeout",
+)
+
+
+# ----------------------------------------------------------------------------- collection
+
+
+def collect():
+  """``[(qualname, docstring)]`` for every public flax.nnx name and public class method."""
+  import inspect
+  import types
+
+  from flax import nnx
+
+  roots = [("", nnx)] + [(m + ".", getattr(nnx, m)) for m in SUBMODULES]
+  seen, cases = set(), []
+
+  def add(qualname, obj):
+    if isinstance(obj, (staticmethod, classmethod)):
+      obj = obj.__func__
+    if isinstance(obj, property):
+      obj = obj.fget
+    doc = getattr(obj, "__doc__", None)
+    if not isinstance(doc, str) or ">>>" not in doc or doc in seen:
+      return
+    seen.add(doc)
+    cases.append((qualname, doc))
+
+  for prefix, mod in roots:
+    for name in sorted(dir(mod)):
+      obj = getattr(mod, name)
+      if name.startswith("_") or isinstance(obj, types.ModuleType):
+        continue
+      add(prefix + name, obj)
+      if inspect.isclass(obj):
+        for attr, member in obj.__dict__.items():
+          if attr.startswith("_") and attr not in ("__init__", "__call__"):
+            continue
+          add(f"{prefix}{name}.{attr}", member)
+  return cases
+
+
+# ----------------------------------------------------------------------------- worker
+
+REWRITES = (
+  (re.compile(r"^(\s*)from\s+flax\s+import\s+nnx\b", re.M), r"\1import pynnx as nnx"),
+  (re.compile(r"^(\s*)import\s+flax\.nnx\s+as\s+", re.M), r"\1import pynnx as "),
+  (re.compile(r"\bflax\.nnx\b"), "pynnx"),
+)
+
+
+def to_pynnx(source):
+  for pattern, repl in REWRITES:
+    source = pattern.sub(repl, source)
+  return source
+
+
+def run_case(doc, lib):
+  """Runs the examples of ``doc`` with ``nnx`` = ``lib`` ('flax' or 'pynnx'); list of steps."""
+  import contextlib
+  import doctest
+  import io
+  import traceback
+  import warnings
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  if lib == "flax":
+    from flax import nnx
+  else:
+    import pynnx as nnx
+  ns = {"nnx": nnx, "jax": jax, "jnp": jnp, "np": np, "optax": optax, "__name__": "__main__"}
+  steps, checker = [], doctest.OutputChecker()
+  base_flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE  # Flax's pytest doctest flags
+  for ex in doctest.DocTestParser().get_examples(doc):
+    if ex.options.get(doctest.SKIP):
+      continue
+    source = ex.source if lib == "flax" else to_pynnx(ex.source)
+    buf, err, exc_line = io.StringIO(), None, ""
+    try:
+      with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(source, "<example>", "single"), ns)
+    except BaseException as e:  # noqa: BLE001 - a step may raise anything, even SystemExit
+      if isinstance(e, KeyboardInterrupt):
+        raise
+      exc_line = traceback.format_exception_only(type(e), e)[-1]
+      err = [type(e).__name__, exc_line.strip()[:500]]
+    flags = base_flags
+    for flag, on in ex.options.items():
+      flags = flags | flag if on else flags & ~flag
+    if ex.exc_msg is None:
+      ok = err is None and checker.check_output(ex.want, buf.getvalue(), flags)
+    else:  # doctest compares the last traceback line (the exception) with the expected one
+      ok = err is not None and checker.check_output(ex.exc_msg, exc_line, flags)
+    steps.append(
+      {
+        "src": ex.source.rstrip(),
+        "want": ex.want.rstrip(),
+        "expects_error": ex.exc_msg is not None,
+        "out": buf.getvalue().rstrip()[:4000],
+        "err": err,
+        "doctest_ok": bool(ok),
+      }
+    )
+  return steps
+
+
+def worker():
+  """Reads one JSON task per line on stdin, writes one JSON result per line on fd 3 (stdout is
+  left for the examples' own prints, which are captured anyway)."""
+  sys.path.insert(0, ROOT)
+  import jax  # noqa: F401 - imported once, before any case
+  from flax import nnx  # noqa: F401
+
+  import pynnx  # noqa: F401
+
+  out = os.fdopen(int(os.environ["SWEEP_RESULT_FD"]), "w")
+  for line in sys.stdin:
+    task = json.loads(line)
+    t0 = time.time()
+    result = {"flax": run_case(task["doc"], "flax"), "pynnx": run_case(task["doc"], "pynnx")}
+    result["seconds"] = round(time.time() - t0, 1)
+    out.write(json.dumps(result) + "\n")
+    out.flush()
+
+
+class Worker:
+  def __init__(self):
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+      env["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    self.log = os.path.join(tempfile.gettempdir(), "flax_docstring_sweep_worker.log")
+    read_fd, write_fd = os.pipe()
+    env["SWEEP_RESULT_FD"] = str(write_fd)
+    self.proc = subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), "--worker"],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.DEVNULL,
+      stderr=open(self.log, "w"),
+      env=env,
+      cwd=ROOT,
+      pass_fds=(write_fd,),
+      text=True,
+    )
+    os.close(write_fd)
+    self.results = os.fdopen(read_fd, "r")
+    self.sel = selectors.DefaultSelector()
+    self.sel.register(self.results, selectors.EVENT_READ)
+
+  def run(self, doc, timeout):
+    self.proc.stdin.write(json.dumps({"doc": doc}) + "\n")
+    self.proc.stdin.flush()
+    if not self.sel.select(timeout):
+      return None
+    line = self.results.readline()
+    if not line:
+      raise RuntimeError(f"sweep worker exited with code {self.proc.wait()}; see {self.log}")
+    return json.loads(line)
+
+  def close(self):
+    self.proc.kill()
+    self.proc.wait()
+    self.results.close()
+
+
+# ----------------------------------------------------------------------------- comparison
+
+NUM = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+
+
+def normalise(text):
+  text = re.sub(r"\bflax\.nnx\.[\w.]*?(?=[A-Z_a-z]\w*\b)", "nnx.", text)
+  text = re.sub(r"\bpynnx\.[\w.]*?(?=[A-Z_a-z]\w*\b)", "nnx.", text)
+  text = re.sub(r"\b0x[0-9a-f]+\b", "0x?", text)
+  text = re.sub(r"\s+", " ", text).strip()
+  return text
+
+
+def same_output(a, b, rtol=1e-4, atol=1e-5):
+  a, b = normalise(a), normalise(b)
+  if a == b:
+    return True
+  if NUM.sub("#", a) != NUM.sub("#", b):
+    return False
+  for x, y in zip(NUM.findall(a), NUM.findall(b)):
+    fx, fy = float(x), float(y)
+    if abs(fx - fy) > atol + rtol * abs(fx):
+      return False
+  return True
+
+
+def classify(result):
+  """Category and the first differing step (index, reason) of one case."""
+  f, p = result["flax"], result["pynnx"]
+  f_bad = [i for i, s in enumerate(f) if s["err"] and not s["expects_error"]]
+  p_bad = [i for i, s in enumerate(p) if s["err"] and not s["expects_error"]]
+  if f_bad and p_bad:
+    return "fails on both", f_bad[0], "flax: " + f[f_bad[0]]["err"][1]
+  for i, (fs, ps) in enumerate(zip(f, p)):
+    fe, pe = fs["err"] and fs["err"][0], ps["err"] and ps["err"][0]
+    if fe == pe:
+      continue
+    if pe and not fe:
+      who = "fails only on pynnx"
+    elif fe and not pe and not fs["expects_error"]:
+      who = "fails only on flax"
+    else:  # both raised with different classes, or pynnx misses an error Flax documents
+      who = "differs"
+    return who, i, f"error class: flax={fe} pynnx={pe}"
+  for i, (fs, ps) in enumerate(zip(f, p)):
+    if not same_output(fs["out"], ps["out"]):
+      return "differs", i, "output differs"
+  return "pass on both", None, ""
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def describe(name, result, category, step, reason):
+  lines = [f"=== {name}: {category}" + (f" (step {step}: {reason})" if reason else "")]
+  if result is None:
+    return lines + ["  (killed after the timeout)"]
+  for i, (fs, ps) in enumerate(zip(result["flax"], result["pynnx"])):
+    mark = ">>" if i == step else "  "
+    lines.append(f"{mark} [{i}] " + fs["src"].replace("\n", "\n       "))
+    for lib, s in (("flax", fs), ("pynnx", ps)):
+      if not s["doctest_ok"] and fs["doctest_ok"]:
+        lines.append(f"     {lib:5} does not match the docstring's expected output")
+      if s["err"]:
+        lines.append(f"     {lib:5} raised {s['err'][1]}")
+      elif s["out"] and (i == step or lib == "flax" or not same_output(fs["out"], s["out"])):
+        lines.append(f"     {lib:5} -> " + s["out"][:1500].replace("\n", "\n              "))
+  return lines
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", default="", help="file for the per-case details")
+  ap.add_argument("--timeout", type=float, default=180.0, help="seconds per case (both runs)")
+  ap.add_argument("--only", default="", help="comma-separated name prefixes to run")
+  ap.add_argument("--json", default="", help="also write raw results as JSON here")
+  ap.add_argument("-v", "--verbose", action="store_true", help="print each case as it runs")
+  ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  args = ap.parse_args(argv)
+  if args.worker:
+    return worker()
+  if not args.out:
+    ap.error("--out is required")
+
+  cases = collect()
+  if args.only:
+    prefixes = tuple(p.strip() for p in args.only.split(",") if p.strip())
+    cases = [c for c in cases if c[0].startswith(prefixes)]
+  counts = {c: 0 for c in CATEGORIES}
+  details, raw, w = [], {}, None
+  t0 = time.time()
+  for name, doc in cases:
+    w = w or Worker()
+    result = w.run(doc, args.timeout)
+    if result is None:
+      w.close()
+      w = None
+      category, step, reason = "timeout", None, f"> {args.timeout:.0f}s"
+    else:
+      category, step, reason = classify(result)
+    counts[category] += 1
+    raw[name] = {"category": category, "step": step, "reason": reason, "result": result}
+    if args.verbose:
+      secs = result["seconds"] if result else "-"
+      print(f"{category:20} {secs:>6}s  {name}  {reason}", flush=True)
+    flax_doc_ok = result and all(s["doctest_ok"] for s in result["flax"])
+    pynnx_doc_ok = result and all(s["doctest_ok"] for s in result["pynnx"])
+    if category != "pass on both" or (flax_doc_ok and not pynnx_doc_ok):
+      details += describe(name, result, category, step, reason) + [""]
+  if w is not None:
+    w.close()
+
+  total = len(cases)
+  wants = {"flax": 0, "pynnx": 0, "both": 0}
+  for r in raw.values():
+    if r["result"] is None:
+      continue
+    ok = {lib: all(s["doctest_ok"] for s in r["result"][lib]) for lib in ("flax", "pynnx")}
+    r["doctest_ok"] = ok
+    wants["flax"] += ok["flax"]
+    wants["pynnx"] += ok["pynnx"]
+    wants["both"] += ok["flax"] and ok["pynnx"]
+  table = [f"{'category':22} {'cases':>6}", "-" * 29]
+  table += [f"{c:22} {counts[c]:>6}" for c in CATEGORIES]
+  table += ["-" * 29, f"{'total':22} {total:>6}", f"({time.time() - t0:.0f}s)", ""]
+  table += [
+    "doctest (output matches the docstring, ELLIPSIS + NORMALIZE_WHITESPACE):",
+    f"  flax {wants['flax']}, pynnx {wants['pynnx']}, both {wants['both']} of {total}",
+  ]
+  only_flax = sorted(
+    n
+    for n, r in raw.items()
+    if r.get("doctest_ok", {}).get("flax") and not r["doctest_ok"]["pynnx"]
+  )
+  print("\n".join(table))
+  by_cat = {c: sorted(n for n, r in raw.items() if r["category"] == c) for c in CATEGORIES}
+  with open(args.out, "w") as fh:
+    fh.write("\n".join(table) + "\n\n")
+    for c in CATEGORIES[1:]:
+      fh.write(f"{c}: {', '.join(by_cat[c]) or '-'}\n")
+    fh.write(f"doctest passes on flax only: {', '.join(only_flax) or '-'}\n")
+    fh.write("\n" + "\n".join(details) + "\n")
+  if args.json:
+    with open(args.json, "w") as fh:
+      json.dump(raw, fh, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
