@@ -175,8 +175,8 @@ class Accuracy(Average):
   """
 
   def __init__(self, threshold: float | None = None, *args: Any, **kwargs: Any):
+    self.threshold = threshold  # set first: reprs list attributes in assignment order
     super().__init__(*args, **kwargs)
-    self.threshold = threshold
 
   def update(  # type: ignore[override]
     self,
