@@ -170,3 +170,22 @@ def test_iter_graph_tree_mode_yields_containers():
     return out
 
   assert_same(snippet)
+
+
+# --- view_info ---------------------------------------------------------------------------------
+
+
+def test_view_info_lists_only_set_view_modules():
+  """Modules without a ``set_view`` hook (the model, its Linear projections) are not listed;
+  annotations print as written (``int | Shape | None``)."""
+
+  def snippet(nnx):
+    class Model(nnx.Module):
+      def __init__(self, rngs):
+        self.attn = nnx.MultiHeadAttention(2, 4, 8, rngs=rngs)
+        self.head = nnx.Linear(4, 2, rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=rngs)
+
+    return nnx.view_info(Model(nnx.Rngs(0)))
+
+  assert "Linear" not in assert_same(snippet)
