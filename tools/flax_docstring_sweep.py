@@ -28,7 +28,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBMODULES = ("bridge",)  # public submodules whose public names are swept too
+# public submodules whose own public names (Flax's or JAX's, not numpy's) are swept too
+SUBMODULES = ("bridge", "metrics", "traversals", "initializers")
 CATEGORIES = (
   "pass on both",
   "differs",
@@ -67,6 +68,8 @@ def collect():
     for name in sorted(dir(mod)):
       obj = getattr(mod, name)
       if name.startswith("_") or isinstance(obj, types.ModuleType):
+        continue
+      if prefix and not getattr(obj, "__module__", "").startswith(("flax", "jax")):
         continue
       add(prefix + name, obj)
       if inspect.isclass(obj):

@@ -189,3 +189,21 @@ def test_view_info_lists_only_set_view_modules():
     return nnx.view_info(Model(nnx.Rngs(0)))
 
   assert "Linear" not in assert_same(snippet)
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_welford_rounds_as_flax():
+  """Printed statistics match digit for digit (the standard error is ``sd / sqrt(n)``)."""
+
+  def snippet(nnx):
+    metric = nnx.metrics.Welford()
+    out = []
+    for batch in ([1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0], [0.5, 7.25]):
+      metric.update(values=jnp.array(batch))
+      stats = metric.compute()
+      out.append(repr((stats.mean, stats.standard_error_of_mean, stats.standard_deviation)))
+    return out
+
+  assert_same(snippet)
