@@ -207,3 +207,22 @@ def test_welford_rounds_as_flax():
     return out
 
   assert_same(snippet)
+
+
+# --- Rngs ------------------------------------------------------------------------------------
+
+
+def test_missing_stream_message_is_flax_text():
+  """``print(err)`` shows Flax's text; pynnx's streams-and-fix hint rides along as a note."""
+
+  def snippet(nnx):
+    rngs = nnx.Rngs(params=0, dropout=1)
+    try:
+      rngs.other()
+    except AttributeError as err:
+      return isinstance(err, AttributeError), str(err)
+
+  assert_same(snippet)
+  with pytest.raises(AttributeError) as info:
+    pynnx.Rngs(params=0).other()
+  assert "nnx.Rngs(other=seed, ...)" in info.value.__notes__[0]
