@@ -113,6 +113,7 @@ def run_case(doc, lib):
   else:
     import pynnx as nnx
   ns = {"nnx": nnx, "jax": jax, "jnp": jnp, "np": np, "optax": optax, "__name__": "__main__"}
+  preset = set(ns) | {"__builtins__"}
   steps, checker = [], doctest.OutputChecker()
   base_flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE  # Flax's pytest doctest flags
   for ex in doctest.DocTestParser().get_examples(doc):
@@ -149,7 +150,37 @@ def run_case(doc, lib):
         "doctest_ok": bool(ok),
       }
     )
-  return steps
+  final = {k: fingerprint(v) for k, v in ns.items() if k not in preset and not k.startswith("_")}
+  return steps, {k: v for k, v in final.items() if v}
+
+
+def fingerprint(value):
+  """Sorted ``[shape, dtype, sum, sum of squares]`` of the array leaves of ``value`` (a Module,
+  State, array, ...), so values the example computed but never printed are compared too."""
+  import inspect
+
+  import jax
+  import numpy as np
+
+  if inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value):
+    return None
+  try:
+    leaves = jax.tree.leaves(value)[:200]
+  except Exception:  # noqa: BLE001 - anything jax cannot flatten is not compared
+    return None
+  out = []
+  for leaf in leaves:
+    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+      continue
+    try:
+      if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+      a = np.asarray(leaf, dtype=np.float64)
+      sums = [float(np.nansum(a)), float(np.nansum(a * a))]
+    except Exception:  # noqa: BLE001 - abstract or traced leaves: shape and dtype only
+      sums = []
+    out.append([list(leaf.shape), str(leaf.dtype), *sums])
+  return sorted(out, key=repr)
 
 
 def worker():
@@ -165,7 +196,9 @@ def worker():
   for line in sys.stdin:
     task = json.loads(line)
     t0 = time.time()
-    result = {"flax": run_case(task["doc"], "flax"), "pynnx": run_case(task["doc"], "pynnx")}
+    result = {}
+    for lib in ("flax", "pynnx"):
+      result[lib], result[lib + "_final"] = run_case(task["doc"], lib)
     result["seconds"] = round(time.time() - t0, 1)
     out.write(json.dumps(result) + "\n")
     out.flush()
@@ -238,6 +271,19 @@ def same_output(a, b, rtol=1e-4, atol=1e-5):
   return True
 
 
+def same_final(a, b, rtol=1e-4, atol=1e-5):
+  if a is None or b is None:
+    return a is None and b is None
+  if len(a) != len(b):
+    return False
+  for x, y in zip(a, b):
+    if x[:2] != y[:2] or len(x) != len(y):
+      return False
+    if any(abs(u - v) > atol + rtol * abs(u) for u, v in zip(x[2:], y[2:])):
+      return False
+  return True
+
+
 def classify(result):
   """Category and the first differing step (index, reason) of one case."""
   f, p = result["flax"], result["pynnx"]
@@ -259,6 +305,14 @@ def classify(result):
   for i, (fs, ps) in enumerate(zip(f, p)):
     if not same_output(fs["out"], ps["out"]):
       return "differs", i, "output differs"
+  ff, pf = result["flax_final"], result["pynnx_final"]
+  for name in sorted(set(ff) | set(pf)):
+    if not same_final(ff.get(name), pf.get(name)):
+      return (
+        "differs",
+        None,
+        f"final value of `{name}` differs: flax {ff.get(name)} pynnx {pf.get(name)}"[:600],
+      )
   return "pass on both", None, ""
 
 
