@@ -95,7 +95,7 @@ def to_pynnx(source):
   return source
 
 
-def run_case(doc, lib):
+def run_case(doc, lib, star=False):
   """Runs the examples of ``doc`` with ``nnx`` = ``lib`` ('flax' or 'pynnx'); list of steps."""
   import contextlib
   import doctest
@@ -113,6 +113,8 @@ def run_case(doc, lib):
   else:
     import pynnx as nnx
   ns = {"nnx": nnx, "jax": jax, "jnp": jnp, "np": np, "optax": optax, "__name__": "__main__"}
+  if star:  # `from nnx import *`: some docstrings use bare names (RNN, Variable, ...)
+    ns.update({k: getattr(nnx, k) for k in dir(nnx) if not k.startswith("_")})
   preset = set(ns) | {"__builtins__"}
   steps, checker = [], doctest.OutputChecker()
   base_flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE  # Flax's pytest doctest flags
@@ -154,6 +156,28 @@ def run_case(doc, lib):
   return steps, {k: v for k, v in final.items() if v}
 
 
+def has_cycle(value, path=None, depth=0):
+  """Whether ``value`` reaches itself through attributes, list/tuple items or dict values."""
+  path = set() if path is None else path
+  if id(value) in path:
+    return True
+  if depth > 60 or isinstance(value, (str, bytes, int, float, complex, type(None))):
+    return False
+  if isinstance(value, dict):
+    children = list(value.values())
+  elif isinstance(value, (list, tuple)):
+    children = list(value)
+  elif hasattr(value, "__dict__") and not isinstance(value, type):
+    children = list(vars(value).values())
+  else:
+    return False
+  path.add(id(value))
+  try:
+    return any(has_cycle(c, path, depth + 1) for c in children)
+  finally:
+    path.discard(id(value))
+
+
 def fingerprint(value):
   """Sorted ``[shape, dtype, sum, sum of squares]`` of the array leaves of ``value`` (a Module,
   State, array, ...), so values the example computed but never printed are compared too."""
@@ -163,6 +187,8 @@ def fingerprint(value):
   import numpy as np
 
   if inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value):
+    return None
+  if has_cycle(value):  # flattening a cyclic graph recurses without end (and upsets CPython)
     return None
   try:
     leaves = jax.tree.leaves(value)[:200]
@@ -198,7 +224,12 @@ def worker():
     t0 = time.time()
     result = {}
     for lib in ("flax", "pynnx"):
-      result[lib], result[lib + "_final"] = run_case(task["doc"], lib)
+      try:
+        result[lib], result[lib + "_final"] = run_case(task["doc"], lib, task["star"])
+      except Exception as e:  # noqa: BLE001 - a bug of this tool, reported as a failed step
+        err = [type(e).__name__, f"sweep tool error: {e}"[:500]]
+        step = {"src": "", "want": "", "expects_error": False, "out": "", "doctest_ok": False}
+        result[lib], result[lib + "_final"] = [{**step, "err": err}], {}
     result["seconds"] = round(time.time() - t0, 1)
     out.write(json.dumps(result) + "\n")
     out.flush()
@@ -229,8 +260,8 @@ class Worker:
     self.sel = selectors.DefaultSelector()
     self.sel.register(self.results, selectors.EVENT_READ)
 
-  def run(self, doc, timeout):
-    self.proc.stdin.write(json.dumps({"doc": doc}) + "\n")
+  def run(self, doc, timeout, star=False):
+    self.proc.stdin.write(json.dumps({"doc": doc, "star": star}) + "\n")
     self.proc.stdin.flush()
     if not self.sel.select(timeout):
       return None
@@ -342,6 +373,9 @@ def main(argv=None):
   ap.add_argument("--timeout", type=float, default=180.0, help="seconds per case (both runs)")
   ap.add_argument("--only", default="", help="comma-separated name prefixes to run")
   ap.add_argument("--json", default="", help="also write raw results as JSON here")
+  ap.add_argument(
+    "--star-import", action="store_true", help="also bind every public nnx name, bare"
+  )
   ap.add_argument("-v", "--verbose", action="store_true", help="print each case as it runs")
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
@@ -359,7 +393,7 @@ def main(argv=None):
   t0 = time.time()
   for name, doc in cases:
     w = w or Worker()
-    result = w.run(doc, args.timeout)
+    result = w.run(doc, args.timeout, args.star_import)
     if result is None:
       w.close()
       w = None
