@@ -167,8 +167,8 @@ def has_cycle(value, path=None, depth=0):
     children = list(value.values())
   elif isinstance(value, (list, tuple)):
     children = list(value)
-  elif hasattr(value, "__dict__") and not isinstance(value, type):
-    children = list(vars(value).values())
+  elif hasattr(value, "__dict__") and not isinstance(value, type):  # public attributes only:
+    children = [v for k, v in vars(value).items() if not str(k).startswith("_")]  # not caches
   else:
     return False
   path.add(id(value))
@@ -187,6 +187,8 @@ def fingerprint(value):
   import numpy as np
 
   if inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value):
+    return None
+  if type(value).__module__.startswith("jax._src.checkify"):  # error codes are process-global
     return None
   if has_cycle(value):  # flattening a cyclic graph recurses without end (and upsets CPython)
     return None

@@ -267,3 +267,31 @@ def test_custom_vjp_graph_updates_true_default_mode():
     return round(float(st["a"][...]), 5), round(float(st["b"][...]), 5)
 
   assert_same(snippet)
+
+
+@pytest.mark.xfail(
+  strict=True,
+  reason="lift: tree-mode grad differentiates only Param leaves, so the gradient for the "
+  "Perturbation Variables Module.perturb creates comes back as None (value=None) instead of "
+  "d loss / d intermediate, as in Module.perturb's docstring example",
+)
+def test_grad_of_perturbations():
+  def snippet(nnx):
+    class Scale(nnx.Module):
+      def __init__(self):
+        self.w = nnx.Param(jnp.array(2.0))
+
+      def __call__(self, x):
+        h = self.perturb("hidden", self.w * x)
+        return jnp.sum(h**2)
+
+    model, x = Scale(), jnp.array([1.0, -3.0])
+    _, perturbations = nnx.capture(model, nnx.Perturbation)(x)
+
+    def loss(model, perturbations, x):
+      return nnx.capture(model, nnx.Intermediate, init=perturbations)(x)
+
+    (_, p_grads), _ = nnx.grad(loss, argnums=(0, 1), has_aux=True)(model, perturbations, x)
+    return p_grads["hidden"][...].tolist()
+
+  assert assert_same(snippet) == [4.0, -12.0]
