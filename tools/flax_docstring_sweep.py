@@ -17,27 +17,42 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import re
-import selectors
-import subprocess
-import sys
-import tempfile
-import time
+
+# 8 virtual CPU devices (sharding examples), set before jax is imported here or in the worker
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  )
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import doctest  # noqa: E402
+import inspect  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import selectors  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+import types  # noqa: E402
+import warnings  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # public submodules whose own public names (Flax's or JAX's, not numpy's) are swept too
 SUBMODULES = ("bridge", "metrics", "traversals", "initializers")
-CATEGORIES = (
-  "pass on both",
-  "differs",
-  "fails only on pynnx",
-  "fails only on flax",
-  "fails on both",
-  "timeout",
-)
+LIBS = ("flax", "pynnx")
+CATEGORIES = ("pass on both", "differs", "fails only on pynnx", "fails only on flax")
+CATEGORIES += ("fails on both", "timeout")
 
 
 # ----------------------------------------------------------------------------- collection
@@ -45,19 +60,14 @@ CATEGORIES = (
 
 def collect():
   """``[(qualname, docstring)]`` for every public flax.nnx name and public class method."""
-  import inspect
-  import types
-
   from flax import nnx
 
   roots = [("", nnx)] + [(m + ".", getattr(nnx, m)) for m in SUBMODULES]
   seen, cases = set(), []
 
   def add(qualname, obj):
-    if isinstance(obj, (staticmethod, classmethod)):
-      obj = obj.__func__
-    if isinstance(obj, property):
-      obj = obj.fget
+    obj = obj.__func__ if isinstance(obj, (staticmethod, classmethod)) else obj
+    obj = obj.fget if isinstance(obj, property) else obj
     doc = getattr(obj, "__doc__", None)
     if not isinstance(doc, str) or ">>>" not in doc or doc in seen:
       return
@@ -96,18 +106,8 @@ def to_pynnx(source):
 
 
 def run_case(doc, lib, star=False):
-  """Runs the examples of ``doc`` with ``nnx`` = ``lib`` ('flax' or 'pynnx'); list of steps."""
-  import contextlib
-  import doctest
-  import io
-  import traceback
-  import warnings
-
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  import optax
-
+  """Runs the examples of ``doc`` with ``nnx`` = ``lib`` ('flax' or 'pynnx'): the steps, and
+  the fingerprints of the values the example left in its namespace."""
   if lib == "flax":
     from flax import nnx
   else:
@@ -142,16 +142,9 @@ def run_case(doc, lib, star=False):
       ok = err is None and checker.check_output(ex.want, buf.getvalue(), flags)
     else:  # doctest compares the last traceback line (the exception) with the expected one
       ok = err is not None and checker.check_output(ex.exc_msg, exc_line, flags)
-    steps.append(
-      {
-        "src": ex.source.rstrip(),
-        "want": ex.want.rstrip(),
-        "expects_error": ex.exc_msg is not None,
-        "out": buf.getvalue().rstrip()[:4000],
-        "err": err,
-        "doctest_ok": bool(ok),
-      }
-    )
+    out = buf.getvalue().rstrip()[:4000]
+    steps.append(dict(src=ex.source.rstrip(), want=ex.want.rstrip(), out=out, err=err))
+    steps[-1].update(expects_error=ex.exc_msg is not None, doctest_ok=bool(ok))
   final = {k: fingerprint(v) for k, v in ns.items() if k not in preset and not k.startswith("_")}
   return steps, {k: v for k, v in final.items() if v}
 
@@ -163,12 +156,10 @@ def has_cycle(value, path=None, depth=0):
     return True
   if depth > 60 or isinstance(value, (str, bytes, int, float, complex, type(None))):
     return False
-  if isinstance(value, dict):
-    children = list(value.values())
-  elif isinstance(value, (list, tuple)):
-    children = list(value)
-  elif hasattr(value, "__dict__") and not isinstance(value, type):  # public attributes only:
-    children = [v for k, v in vars(value).items() if not str(k).startswith("_")]  # not caches
+  if isinstance(value, (dict, list, tuple)):
+    children = list(value.values() if isinstance(value, dict) else value)
+  elif hasattr(value, "__dict__") and not isinstance(value, type):  # public attributes only
+    children = [v for k, v in vars(value).items() if not str(k).startswith("_")]
   else:
     return False
   path.add(id(value))
@@ -181,11 +172,6 @@ def has_cycle(value, path=None, depth=0):
 def fingerprint(value):
   """Sorted ``[shape, dtype, sum, sum of squares]`` of the array leaves of ``value`` (a Module,
   State, array, ...), so values the example computed but never printed are compared too."""
-  import inspect
-
-  import jax
-  import numpy as np
-
   if inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value):
     return None
   if type(value).__module__.startswith("jax._src.checkify"):  # error codes are process-global
@@ -215,8 +201,7 @@ def worker():
   """Reads one JSON task per line on stdin, writes one JSON result per line on fd 3 (stdout is
   left for the examples' own prints, which are captured anyway)."""
   sys.path.insert(0, ROOT)
-  import jax  # noqa: F401 - imported once, before any case
-  from flax import nnx  # noqa: F401
+  from flax import nnx  # noqa: F401 - imported once, before any case
 
   import pynnx  # noqa: F401
 
@@ -225,7 +210,7 @@ def worker():
     task = json.loads(line)
     t0 = time.time()
     result = {}
-    for lib in ("flax", "pynnx"):
+    for lib in LIBS:
       try:
         result[lib], result[lib + "_final"] = run_case(task["doc"], lib, task["star"])
       except Exception as e:  # noqa: BLE001 - a bug of this tool, reported as a failed step
@@ -239,24 +224,13 @@ def worker():
 
 class Worker:
   def __init__(self):
-    env = dict(os.environ)
-    flags = env.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-      env["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
-    env.setdefault("JAX_PLATFORMS", "cpu")
+    env = dict(os.environ)  # XLA_FLAGS set at the top of this file
     self.log = os.path.join(tempfile.gettempdir(), "flax_docstring_sweep_worker.log")
     read_fd, write_fd = os.pipe()
     env["SWEEP_RESULT_FD"] = str(write_fd)
-    self.proc = subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__), "--worker"],
-      stdin=subprocess.PIPE,
-      stdout=subprocess.DEVNULL,
-      stderr=open(self.log, "w"),
-      env=env,
-      cwd=ROOT,
-      pass_fds=(write_fd,),
-      text=True,
-    )
+    cmd, log = [sys.executable, os.path.abspath(__file__), "--worker"], open(self.log, "w")
+    pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, pass_fds=(write_fd,), **pipes)
     os.close(write_fd)
     self.results = os.fdopen(read_fd, "r")
     self.sel = selectors.DefaultSelector()
@@ -272,7 +246,7 @@ class Worker:
       raise RuntimeError(f"sweep worker exited with code {self.proc.wait()}; see {self.log}")
     return json.loads(line)
 
-  def close(self):
+  def close(self):  # -> None
     self.proc.kill()
     self.proc.wait()
     self.results.close()
@@ -291,30 +265,20 @@ def normalise(text):
   return text
 
 
-def same_output(a, b, rtol=1e-4, atol=1e-5):
+def close(xs, ys, rtol=1e-4, atol=1e-5):
+  return all(abs(float(x) - float(y)) <= atol + rtol * abs(float(x)) for x, y in zip(xs, ys))
+
+
+def same_output(a, b):
+  """Equal after normalising, numbers compared with a tolerance."""
   a, b = normalise(a), normalise(b)
-  if a == b:
-    return True
-  if NUM.sub("#", a) != NUM.sub("#", b):
-    return False
-  for x, y in zip(NUM.findall(a), NUM.findall(b)):
-    fx, fy = float(x), float(y)
-    if abs(fx - fy) > atol + rtol * abs(fx):
-      return False
-  return True
+  return a == b or (NUM.sub("#", a) == NUM.sub("#", b) and close(NUM.findall(a), NUM.findall(b)))
 
 
-def same_final(a, b, rtol=1e-4, atol=1e-5):
-  if a is None or b is None:
+def same_final(a, b):
+  if a is None or b is None or len(a) != len(b):
     return a is None and b is None
-  if len(a) != len(b):
-    return False
-  for x, y in zip(a, b):
-    if x[:2] != y[:2] or len(x) != len(y):
-      return False
-    if any(abs(u - v) > atol + rtol * abs(u) for u, v in zip(x[2:], y[2:])):
-      return False
-  return True
+  return all(x[:2] == y[:2] and len(x) == len(y) and close(x[2:], y[2:]) for x, y in zip(a, b))
 
 
 def classify(result):
@@ -341,11 +305,8 @@ def classify(result):
   ff, pf = result["flax_final"], result["pynnx_final"]
   for name in sorted(set(ff) | set(pf)):
     if not same_final(ff.get(name), pf.get(name)):
-      return (
-        "differs",
-        None,
-        f"final value of `{name}` differs: flax {ff.get(name)} pynnx {pf.get(name)}"[:600],
-      )
+      why = f"final value of `{name}` differs: flax {ff.get(name)} pynnx {pf.get(name)}"
+      return "differs", None, why[:600]
   return "pass on both", None, ""
 
 
@@ -375,9 +336,7 @@ def main(argv=None):
   ap.add_argument("--timeout", type=float, default=180.0, help="seconds per case (both runs)")
   ap.add_argument("--only", default="", help="comma-separated name prefixes to run")
   ap.add_argument("--json", default="", help="also write raw results as JSON here")
-  ap.add_argument(
-    "--star-import", action="store_true", help="also bind every public nnx name, bare"
-  )
+  ap.add_argument("--star-import", action="store_true", help="bind public nnx names bare too")
   ap.add_argument("-v", "--verbose", action="store_true", help="print each case as it runs")
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
@@ -385,45 +344,33 @@ def main(argv=None):
     return worker()
   if not args.out:
     ap.error("--out is required")
-
   cases = collect()
   if args.only:
     prefixes = tuple(p.strip() for p in args.only.split(",") if p.strip())
     cases = [c for c in cases if c[0].startswith(prefixes)]
-  counts = {c: 0 for c in CATEGORIES}
-  details, raw, w = [], {}, None
-  t0 = time.time()
+  counts, details, raw, w, t0 = dict.fromkeys(CATEGORIES, 0), [], {}, None, time.time()
   for name, doc in cases:
     w = w or Worker()
     result = w.run(doc, args.timeout, args.star_import)
     if result is None:
-      w.close()
-      w = None
+      w = w.close()
       category, step, reason = "timeout", None, f"> {args.timeout:.0f}s"
     else:
       category, step, reason = classify(result)
     counts[category] += 1
-    raw[name] = {"category": category, "step": step, "reason": reason, "result": result}
+    ok = {lib: bool(result) and all(s["doctest_ok"] for s in result[lib]) for lib in LIBS}
+    raw[name] = dict(category=category, step=step, reason=reason, result=result, doctest_ok=ok)
     if args.verbose:
       secs = result["seconds"] if result else "-"
       print(f"{category:20} {secs:>6}s  {name}  {reason}", flush=True)
-    flax_doc_ok = result and all(s["doctest_ok"] for s in result["flax"])
-    pynnx_doc_ok = result and all(s["doctest_ok"] for s in result["pynnx"])
-    if category != "pass on both" or (flax_doc_ok and not pynnx_doc_ok):
+    if category != "pass on both" or (ok["flax"] and not ok["pynnx"]):
       details += describe(name, result, category, step, reason) + [""]
   if w is not None:
     w.close()
 
   total = len(cases)
-  wants = {"flax": 0, "pynnx": 0, "both": 0}
-  for r in raw.values():
-    if r["result"] is None:
-      continue
-    ok = {lib: all(s["doctest_ok"] for s in r["result"][lib]) for lib in ("flax", "pynnx")}
-    r["doctest_ok"] = ok
-    wants["flax"] += ok["flax"]
-    wants["pynnx"] += ok["pynnx"]
-    wants["both"] += ok["flax"] and ok["pynnx"]
+  wants = {lib: sum(r["doctest_ok"][lib] for r in raw.values()) for lib in LIBS}
+  wants["both"] = sum(all(r["doctest_ok"].values()) for r in raw.values())
   table = [f"{'category':22} {'cases':>6}", "-" * 29]
   table += [f"{c:22} {counts[c]:>6}" for c in CATEGORIES]
   table += ["-" * 29, f"{'total':22} {total:>6}", f"({time.time() - t0:.0f}s)", ""]
@@ -431,11 +378,7 @@ def main(argv=None):
     "doctest (output matches the docstring, ELLIPSIS + NORMALIZE_WHITESPACE):",
     f"  flax {wants['flax']}, pynnx {wants['pynnx']}, both {wants['both']} of {total}",
   ]
-  only_flax = sorted(
-    n
-    for n, r in raw.items()
-    if r.get("doctest_ok", {}).get("flax") and not r["doctest_ok"]["pynnx"]
-  )
+  only_flax = sorted(n for n, r in raw.items() if r["doctest_ok"] == {"flax": True, "pynnx": False})
   print("\n".join(table))
   by_cat = {c: sorted(n for n, r in raw.items() if r["category"] == c) for c in CATEGORIES}
   with open(args.out, "w") as fh:
