@@ -206,6 +206,8 @@ def worker():
   import pynnx  # noqa: F401
 
   out = os.fdopen(int(os.environ["SWEEP_RESULT_FD"]), "w")
+  out.write("ready\n")  # the per-case timeout starts after these imports
+  out.flush()
   for line in sys.stdin:
     task = json.loads(line)
     t0 = time.time()
@@ -235,6 +237,8 @@ class Worker:
     self.results = os.fdopen(read_fd, "r")
     self.sel = selectors.DefaultSelector()
     self.sel.register(self.results, selectors.EVENT_READ)
+    if not (self.sel.select(600) and self.results.readline() == "ready\n"):
+      raise RuntimeError(f"the sweep worker did not start; see {self.log}")
 
   def run(self, doc, timeout, star=False):
     self.proc.stdin.write(json.dumps({"doc": doc, "star": star}) + "\n")
@@ -308,9 +312,6 @@ def classify(result):
       why = f"final value of `{name}` differs: flax {ff.get(name)} pynnx {pf.get(name)}"
       return "differs", None, why[:600]
   return "pass on both", None, ""
-
-
-# ----------------------------------------------------------------------------- report
 
 
 def describe(name, result, category, step, reason):
