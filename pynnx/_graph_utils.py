@@ -113,9 +113,10 @@ def find_duplicates(node: Any, /, *, only: Any = ...) -> list[list[Path]]:
 def view_info(node: Any, /, *, only: Any = ..., graph: bool | None = None) -> str:
   """Lists, per Module type in ``node``, what ``nnx.view`` can change.
 
-  For a Module with a ``set_view`` method (Flax's hook) that is its parameters, in signature
-  order, each followed by its description from the method's ``Args:`` section, as Flax prints
-  them; otherwise (a pynnx addition) the static attributes ``nnx.view`` replaces by name.
+  Only Modules with a ``set_view`` method (Flax's hook) are listed: its parameters, in
+  signature order, each followed by its description from the method's ``Args:`` section, as
+  Flax prints them. (``nnx.view`` also replaces static attributes by name; those are listed by
+  ``vars(module)``.)
 
   Example:
     >>> import pynnx as nnx
@@ -128,15 +129,8 @@ def view_info(node: Any, /, *, only: Any = ..., graph: bool | None = None) -> st
   by_type: dict[str, list[str]] = {}
   for path, module in iter_modules(node, graph=graph):
     name = type(module).__qualname__
-    if pred(path, module) and name not in by_type:
-      if hasattr(module, "set_view"):
-        by_type[name] = _set_view_lines(type(module).set_view)
-      else:
-        by_type[name] = [
-          f"  {k}: {type(v).__name__} = {v!r}"
-          for k, v in sorted(module._pynnx_get_meta().statics, key=lambda kv: str(kv[0]))
-          if isinstance(k, str) and not k.startswith("_")
-        ]
+    if pred(path, module) and name not in by_type and hasattr(module, "set_view"):
+      by_type[name] = _set_view_lines(type(module).set_view)
   lines = []
   for name in sorted(by_type):
     lines.append(f"{name}:")

@@ -18,9 +18,9 @@ from . import pytree
 from .config import resolve_graph
 from .errors import AttributeNotFoundError, NotAVariableError
 from .pytree import _CACHE_KEYS, Pytree
-from .reprs import block
+from .reprs import block, format_size, module_context, size_bytes, value_repr
 from .tree import check_no_sharing, flatten_with_paths
-from .variables import Perturbation, Variable, variable_type_from_name
+from .variables import Perturbation, RngState, Variable, variable_type_from_name
 
 Path = tuple[Hashable, ...]
 
@@ -203,11 +203,49 @@ def _iter_modules(node: Any, path: Path, seen: set | None = None) -> Iterator[tu
 
 
 def module_repr(module: Pytree) -> str:
-  items = sorted(
-    ((k, v) for k, v in module._pynnx_items() if not (isinstance(k, str) and k.startswith("_"))),
-    key=lambda kv: str(kv[0]),
-  )
-  return block(f"{type(module).__name__}(", [f"{k}={v!r}" for k, v in items], ")")
+  """Attributes in assignment order, arrays as shapes, and a header comment counting the
+  Variables below by type (``Linear( # Param: 9 (36 B)``), laid out as Flax's."""
+  stats = _variable_stats(module)
+  comment = ", ".join(f"{t.__name__}: {format_size(*sb)}" for t, sb in stats.items())
+  if len(stats) > 1:
+    comment += f", Total: {format_size(*map(sum, zip(*stats.values())))}"
+  items = [
+    (k, v) for k, v in module._pynnx_items() if not (isinstance(k, str) and k.startswith("_"))
+  ]
+  with module_context():
+    entries = [f"{k}={value_repr(v)}" for k, v in items]
+  return block(f"{type(module).__name__}(" + (f" # {comment}" if comment else ""), entries, ")")
+
+
+def _variable_stats(node: Any) -> dict[type, tuple[int, int]]:
+  """``{Variable type: (elements, bytes)}`` over the distinct Variables below ``node``, in
+  the order they are first met; every ``RngState`` subclass counts as ``RngState``."""
+  stats: dict[type, tuple[int, int]] = {}
+  seen: set[int] = set()
+
+  def walk(x: Any) -> None:
+    if id(x) in seen:
+      return
+    if isinstance(x, Variable):
+      seen.add(id(x))
+      size, nbytes = size_bytes(x._raw_value)
+      if size:
+        kind = RngState if isinstance(x, RngState) else type(x)
+        old = stats.get(kind, (0, 0))
+        stats[kind] = (old[0] + size, old[1] + nbytes)
+    elif isinstance(x, Pytree):
+      seen.add(id(x))
+      for _, v in x._pynnx_items():
+        walk(v)
+    elif isinstance(x, (list, tuple)):
+      for v in x:
+        walk(v)
+    elif isinstance(x, dict):
+      for v in x.values():
+        walk(v)
+
+  walk(node)
+  return stats
 
 
 class List(pytree.List, Module):

@@ -221,11 +221,15 @@ class Rngs(Pytree):
     default = d.get("default")
     if isinstance(default, RngStream):
       return default
-    raise RngStreamNotFoundError(
-      f"No RngStream named {name!r} found in Rngs, and it has no 'default' stream to fall back "
-      f"to; its streams are {[k for k, _ in self._streams()]}. Create it with "
-      f"nnx.Rngs({name}=seed, ...) or add a default: nnx.Rngs(seed, ...)."
+    # The message is Flax's, word for word (code prints it); the rule and the fix are a note,
+    # which tracebacks show under it.
+    err = RngStreamNotFoundError(f"No RngStream named {name!r} found in Rngs.")
+    err.add_note(
+      f"It has no 'default' stream to fall back to; its streams are "
+      f"{[k for k, _ in self._streams()]}. Create it with nnx.Rngs({name}=seed, ...) or add a "
+      "default: nnx.Rngs(seed, ...)."
     )
+    raise err
 
   def __getattr__(self, name: str) -> RngStream:
     if name.startswith("_"):

@@ -15,7 +15,7 @@ import jax
 from . import filters as filterlib
 from .errors import ArgumentTypeError, FilterError, StateMismatchError
 from .paths import format_path
-from .reprs import indent, mapping_repr
+from .reprs import indent, nested_mapping_repr
 from .variables import Variable
 
 Path = tuple[Hashable, ...]
@@ -80,7 +80,8 @@ class State(MutableMapping):
     del self[name]
 
   def __repr__(self) -> str:
-    return mapping_repr(type(self).__name__, [(k, self._mapping[k]) for k in self])
+    items = [(k, self._mapping[k]) for k in self]
+    return nested_mapping_repr(type(self).__name__, items, lambda v: isinstance(v, State))
 
   def __eq__(self, other: object) -> bool:
     if not isinstance(other, State):

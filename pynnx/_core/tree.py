@@ -158,23 +158,28 @@ class GraphDef:
 
 
 class ApplyCaller:
-  """What ``GraphDef.apply`` returns: attribute access builds a method path, a call runs it."""
+  """What ``GraphDef.apply`` returns: attribute access and indexing (``caller['b'].f``) build
+  a path to a method, a call runs it."""
 
   __slots__ = ("_graphdef", "_states", "_path", "_graph")
 
-  def __init__(self, graphdef: GraphDef, states: tuple, path: tuple[str, ...], graph: Any):
+  def __init__(self, graphdef: GraphDef, states: tuple, path: tuple, graph: Any):
+    # path: ((is_item, name_or_key), ...)
     self._graphdef, self._states, self._path, self._graph = graphdef, states, path, graph
 
   def __getattr__(self, name: str) -> ApplyCaller:
     if name.startswith("__"):
       raise AttributeError(name)
-    return ApplyCaller(self._graphdef, self._states, (*self._path, name), self._graph)
+    return ApplyCaller(self._graphdef, self._states, (*self._path, (False, name)), self._graph)
+
+  def __getitem__(self, key: Any) -> ApplyCaller:
+    return ApplyCaller(self._graphdef, self._states, (*self._path, (True, key)), self._graph)
 
   def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, tuple[GraphDef, Any]]:
     module = MODE_FUNCTIONS[self._graphdef.graph_mode][0](self._graphdef, *self._states)
     fn = module
-    for name in self._path:
-      fn = getattr(fn, name)
+    for is_item, key in self._path:
+      fn = fn[key] if is_item else getattr(fn, key)
     out = fn(*args, **kwargs)
     graphdef, state = MODE_FUNCTIONS[resolve_graph(self._graph)][1](module)
     return out, (graphdef, state)
@@ -476,7 +481,8 @@ def clone(node: Any) -> Any:
 
 
 def iter_graph(node: Any) -> Iterator[tuple[Path, Any]]:
-  """Yields ``(path, value)`` for every Pytree node and leaf, children before parents."""
+  """Yields ``(path, value)`` for every Pytree node, container (list, tuple, dict) and leaf,
+  children before parents (the root last, as Flax's tree mode)."""
 
   def walk(x: Any, path: Path) -> Iterator[tuple[Path, Any]]:
     if isinstance(x, Variable):
@@ -491,10 +497,16 @@ def iter_graph(node: Any) -> Iterator[tuple[Path, Any]]:
     if isinstance(x, (list, tuple)):
       for i, v in enumerate(x):
         yield from walk(v, (*path, i))
+      yield path, x
       return
     if isinstance(x, dict):
-      for k, v in x.items():
-        yield from walk(v, (*path, k))
+      try:  # keys in the order jax flattens a dict
+        keys = sorted(x)
+      except TypeError:
+        keys = list(x)
+      for k in keys:
+        yield from walk(x[k], (*path, k))
+      yield path, x
       return
     if isinstance(x, State):
       for k in x:

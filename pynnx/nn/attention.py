@@ -23,6 +23,7 @@ from . import initializers
 from .dtypes import InputShapeError, LayerArgumentError, check_rngs, check_size, promote_dtype
 from .linear import LinearGeneral, default_kernel_init
 
+Shape = tuple[int, ...]  # the name Flax annotates with (`nnx.view_info` prints it)
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -597,7 +598,7 @@ class MultiHeadAttention(nnx.Module):
     self,
     deterministic: bool | None = None,
     decode: bool | None = None,
-    batch_size: int | tuple[int, ...] | None = None,
+    batch_size: int | Shape | None = None,
     max_length: int | None = None,
   ) -> None:
     """Sets ``deterministic`` / ``decode``; turning decode on creates a missing cache.

@@ -175,8 +175,8 @@ class Accuracy(Average):
   """
 
   def __init__(self, threshold: float | None = None, *args: Any, **kwargs: Any):
+    self.threshold = threshold  # set first: reprs list attributes in assignment order
     super().__init__(*args, **kwargs)
-    self.threshold = threshold
 
   def update(  # type: ignore[override]
     self,
@@ -269,10 +269,11 @@ class Welford(Metric):
   def compute(self) -> Statistics:
     n = self.count[...].astype(jnp.float32)
     variance = self.m2[...] / n
-    return Statistics(
+    standard_deviation = variance**0.5
+    return Statistics(  # the standard error rounded as Flax rounds it: sd / sqrt(n)
       mean=self.mean[...],
-      standard_error_of_mean=jnp.sqrt(variance / n),
-      standard_deviation=jnp.sqrt(variance),
+      standard_error_of_mean=standard_deviation / n**0.5,
+      standard_deviation=standard_deviation,
     )
 
 

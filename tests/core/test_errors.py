@@ -217,6 +217,6 @@ def test_mutating_a_closed_over_variable_in_a_frame():
 def test_rng_errors():
   with pytest.raises(
     nnx.RngStreamNotFoundError,
-    match=r"No RngStream named 'dropout'.*no 'default' stream.*nnx\.Rngs\(dropout=seed",
+    match=r"(?s)No RngStream named 'dropout'.*no 'default' stream.*nnx\.Rngs\(dropout=seed",
   ):
     _ = nnx.Rngs(params=0).dropout

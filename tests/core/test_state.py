@@ -31,7 +31,7 @@ def test_repr_after_tree_map():
 def test_nested_repr_indents():
   state = nnx.State({"a": {"b": nnx.Param(1.0)}})
   assert repr(state) == (
-    "State({\n  'a': State({\n    'b': Param(\n      value=1.0\n    )\n  })\n})"
+    "State({\n  'a': {\n    'b': Param(\n      value=1.0\n    )\n  }\n})"  # nested: plain braces
   )
 
 
@@ -74,7 +74,7 @@ def test_flat_state_roundtrip(state):
   assert nnx.State.from_flat_state(flat) == state
   assert nnx.State.from_flat_path(dict(flat)) == state
   assert flat.to_nested_state() == state
-  assert repr(flat).startswith("FlatState([\n  (('encoder', 'kernel'), Param(\n    value=")
+  assert repr(flat).startswith("FlatState([\n  (('encoder', 'kernel'), Param( # 6 (24 B)\n    value=")
 
 
 def test_from_flat_path_through_leaf_raises():

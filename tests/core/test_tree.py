@@ -187,7 +187,7 @@ def test_iter_graph(model):
     ((), "Model"),
   ]
   plain = list(nnx.iter_graph([nnx.Param(1.0), {"x": 2}]))
-  assert [p for p, _ in plain] == [(0,), (1, "x")]
+  assert [p for p, _ in plain] == [(0,), (1, "x"), (1,), ()]  # containers too, as Flax
 
 
 def test_as_abstract_adds_shardings_to_abstract_variables(model):

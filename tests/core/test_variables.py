@@ -190,7 +190,7 @@ def test_jnp_functions_accept_variables():
 def test_abstract_values():
   v = nnx.Param(jax.ShapeDtypeStruct((2, 3), jnp.float32))
   assert v.shape == (2, 3) and v.dtype == jnp.float32
-  assert repr(v) == "Param(\n  value=ShapeDtypeStruct(shape=(2, 3), dtype=float32)\n)"
+  assert repr(v) == "Param( # 6 (24 B)\n  value=ShapeDtypeStruct(shape=(2, 3), dtype=float32)\n)"
   concrete = nnx.Param(jnp.ones((2, 3)))
   abstract = jax.eval_shape(lambda p: jax.tree.map(lambda x: x * 2, p), concrete)
   assert isinstance(abstract, nnx.Param)
@@ -293,8 +293,9 @@ def test_repr_layout():
   m = nnx.Param(jnp.zeros(()), sharding_names=("x",))
   # printed under Flax 0.12's key, as Flax prints it
   assert repr(jax.tree.map(jnp.shape, m)) == "Param(\n  value=(),\n  out_sharding=('x',)\n)"
-  big = nnx.Param(jnp.zeros((10, 10)))
-  assert repr(big) == "Param(\n  value=Array(shape=(10, 10), dtype=float32)\n)"
+  # as Flax: a size comment, and the value in full (Module reprs print arrays as shapes)
+  big = nnx.Param(jnp.zeros((10, 10), jnp.int8))
+  assert repr(big) == "Param( # 100 (100 B)\n  value=" + repr(big[...]).replace("\n", "\n  ") + "\n)"
 
 
 def test_subclass_hierarchy():
