@@ -1,9 +1,11 @@
 """``nnx.grad``, ``nnx.value_and_grad``, ``nnx.vjp``, ``nnx.jvp``: Param-aware autodiff.
 
 In tree mode the gradient has the shape of the argument: a Module for a Module. Inexact
-``Param`` values (and inexact plain arrays) are differentiated; every other Variable
-(BatchStat, rng counters, ...) comes back holding ``None``, so models with running
-statistics and dropout just work. Their updates are written back like in any transform.
+``Param`` values (and inexact plain arrays) are differentiated; every other Variable of a
+Module (BatchStat, rng counters, ...) comes back holding ``None``, so models with running
+statistics and dropout just work. Their updates are written back like in any transform. A
+State or a bare Variable argument is the caller's own selection: all of its inexact
+Variables are differentiated (``Call.selected``).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import jax
+
 from .._core.config import GRAPH_MODE, UNSET
 from .._core.errors import (
   BoundMethodError,
@@ -63,6 +65,10 @@ _GRAPH_LOCAL = GRAPH_MODE.local
 
 def _is_param(cell: Any) -> bool:
   return isinstance(cell, Param)
+
+
+def _is_unit(x: Any) -> bool:
+  return isinstance(x, (Variable, Pytree))
 
 
 def _same(tree: Any) -> Any:
@@ -180,11 +186,19 @@ class Call:
     return prefix if self.graph is None else (prefix, empty)
 
   def selected(self, s: int) -> Callable[[Any], bool]:
-    """Which Variables of slot ``s`` are selected for differentiation: Params in tree mode;
-    in graph mode those in each root's first State (the transform's filters choose it)."""
+    """Which Variables of slot ``s`` are selected for differentiation. Tree mode: Params
+    inside Modules, and every Variable outside them (a State or a bare Variable the caller
+    passed, as in Flax); graph mode: those in each root's first State (the transform's
+    filters choose it)."""
+    slot = self.slots[s]
     if self.graph is None:
-      return _is_param
-    ids = graph_adapter.selected_ids(self.slots[s])
+      if isinstance(slot, Pytree):
+        return _is_param
+      free = {
+        id(x) for x in jax.tree_util.tree_leaves(slot, is_leaf=_is_unit) if isinstance(x, Variable)
+      }
+      return lambda cell: id(cell) in free or isinstance(cell, Param)
+    ids = graph_adapter.selected_ids(slot)
     return lambda cell: id(cell) in ids
 
   def user_grad(self) -> Callable[[Any], Any]:

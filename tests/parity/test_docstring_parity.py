@@ -228,16 +228,10 @@ def test_missing_stream_message_is_flax_text():
   assert "nnx.Rngs(other=seed, ...)" in info.value.__notes__[0]
 
 
-# --- gaps in the lift (pynnx/_transforms): strict xfails for the lead --------------------------
+# --- fixed in the lift: explicit graph_updates=True opts into graph mode; tree-mode grad
+# differentiates every Variable of a State argument ---------------------------------------
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="lift: custom_vjp(graph_updates=True) with graph=None runs in tree mode, so the "
-  "state-form bwd (g = (input_updates_g, out_g)) of Flax's docstring fails with 'iteration "
-  "over a 0-d array'; graph_updates=True could opt the call into graph mode (DESIGN 3) or "
-  "raise a clear error",
-)
 def test_custom_vjp_graph_updates_true_default_mode():
   def snippet(nnx):
     class Pair(nnx.Module):
@@ -269,12 +263,6 @@ def test_custom_vjp_graph_updates_true_default_mode():
   assert_same(snippet)
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="lift: tree-mode grad differentiates only Param leaves, so the gradient for the "
-  "Perturbation Variables Module.perturb creates comes back as None (value=None) instead of "
-  "d loss / d intermediate, as in Module.perturb's docstring example",
-)
 def test_grad_of_perturbations():
   def snippet(nnx):
     class Scale(nnx.Module):

@@ -112,3 +112,16 @@ def test_grad_equivalence_property(din, dout, seed):
   graphdef, state = nnx.split(m)
   ref = jax.grad(lambda s: jnp.mean(jnp.sin(nnx.merge(graphdef, s)(x))))(state)
   np.testing.assert_allclose(g.kernel[...], ref["kernel"][...], rtol=1e-5, atol=1e-6)
+
+
+def test_tree_mode_grad_of_a_state_or_bare_variable_differentiates_every_inexact_variable():
+  # As in Flax (both modes): a State argument is the caller's selection; inside a Module only
+  # Params are differentiated.
+  state = nnx.State({"a": nnx.BatchStat(jnp.array(3.0)), "b": nnx.Param(jnp.array(2.0))})
+  g = nnx.grad(lambda s: s["a"][...] * s["b"][...], graph=False)(state)
+  assert float(g["a"][...]) == 2.0 and float(g["b"][...]) == 3.0
+  g = nnx.grad(lambda v: v[...] ** 2, graph=False)(nnx.BatchStat(jnp.array(3.0)))
+  assert float(g[...]) == 6.0
+  bn = nnx.BatchNorm(2, rngs=nnx.Rngs(0))
+  g = nnx.grad(lambda m: jnp.sum(m(jnp.ones((3, 2)))), graph=False)(bn)
+  assert g.mean[...] is None and g.scale[...] is not None
