@@ -4,6 +4,8 @@ Each differential test runs one snippet with ``lib`` = ``flax.nnx`` and ``lib`` 
 compares outputs, state paths, Variable types and values (rng counters included).
 """
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,7 @@ fnnx = pytest.importorskip("flax.nnx")
 nn = pytest.importorskip("flax.linen")
 
 LIBS = pytest.mark.parametrize("lib", [fnnx, pynnx], ids=["flax", "pynnx"])
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 X = jnp.arange(8.0).reshape(2, 4) / 8
 
 
@@ -279,3 +282,33 @@ def test_variables_helper_errors():
   box = v.NNXMeta(pynnx.BatchStat, jnp.ones(1), {})
   with pytest.raises(pynnx.LinenBridgeError, match=r"NNXMeta box of a BatchStat.*'params'"):
     v.to_nnx_var("params", box)
+
+
+def test_pynnx_imports_without_flax_and_the_linen_names_say_what_is_missing():
+  import subprocess
+  import sys
+
+  code = (
+    "import sys; sys.modules['flax'] = None\n"
+    "import pynnx\n"
+    "assert 'ToNNX' in dir(pynnx.bridge) and pynnx.bridge.from_equinox\n"
+    "try:\n"
+    "  pynnx.bridge.ToNNX\n"
+    "except ImportError as e:\n"
+    "  print(e)\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+  )
+  assert "nnx.bridge.ToNNX wraps Flax Linen and needs flax: `pip install flax`." in out.stdout
+
+
+def test_flax_is_loaded_only_by_the_linen_names():
+  import subprocess
+  import sys
+
+  code = "import sys, pynnx; print(sorted(m for m in sys.modules if m.startswith('flax.linen')))"
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+  )
+  assert out.stdout.strip() == "[]"
