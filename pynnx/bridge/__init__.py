@@ -1,8 +1,8 @@
 """Interop with Equinox and Flax Linen (``nnx.bridge``).
 
 Equinox: ``from_equinox``, ``to_equinox``, ``convert_weights``. Linen, under Flax's names:
-``ToNNX``, ``lazy_init``, ``ToLinen``, ``to_linen``, ``with_partitioning``, ``NNXMeta`` and the
-``variables`` helpers. The Linen names load ``flax`` on first use, so pynnx imports without it.
+``ToNNX``, ``lazy_init``, ``ToLinen``, ``to_linen``, ``Module`` / ``compact`` (Linen-style
+pynnx Modules), ``with_partitioning``, ``NNXMeta`` and the ``variables`` helpers. The Linen names load ``flax`` on first use, so pynnx imports without it.
 """
 
 import importlib
@@ -20,6 +20,8 @@ _LINEN = {
   "ToLinen": "linen",
   "lazy_init": "linen",
   "to_linen": "linen",
+  "Module": "linen_module",
+  "compact": "linen_module",
   "NNXMeta": "variables",
   "with_partitioning": "variables",
   "variables": None,
