@@ -102,4 +102,5 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
         continue
       # Pad with newlines so tracebacks point at the page's own line numbers.
       source = "\n" * block.line + block.code
-      exec(compile(source, str(page), "exec"), namespace)
+      # dont_inherit: the page runs as users run it, not under this file's __future__ imports.
+      exec(compile(source, str(page), "exec", dont_inherit=True), namespace)
