@@ -256,7 +256,7 @@ class ToLinen(linen.Module):
     kwargs = dict(self.kwargs)
     if not self.skip_rng:
       assert self.scope is not None
-      streams = {name: self.make_rng(name) for name in self.scope.rngs}
+      streams: dict[str, Any] = {name: self.make_rng(name) for name in self.scope.rngs}
       if not self.is_initializing() and "default" not in streams:
         streams["default"] = 0  # a fixed seed where Linen passed no rngs
       kwargs["rngs"] = nnx.Rngs(**streams)

@@ -18,7 +18,7 @@ import contextvars
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import jax
@@ -66,6 +66,7 @@ def _bound_modules(value: Any, path: tuple) -> list[tuple[tuple, Module]]:
     return [(path, value)]
   if isinstance(value, (nnx.Variable, jax.Array)):
     return []
+  items: Iterable[tuple[Any, Any]]
   if isinstance(value, Mapping):
     items = value.items()
   elif isinstance(value, (list, tuple, nnx.List)):

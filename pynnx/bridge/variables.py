@@ -157,8 +157,8 @@ def linen_vars_to_nnx_attrs(variables: Mapping[str, Any]) -> dict[str, Any]:
   """
   out: dict[tuple, nnx.Variable] = {}
   owner: dict[tuple, str] = {}
-  for (collection, *path), value in _flat(variables, "linen_vars_to_nnx_attrs").items():
-    path = tuple(path)
+  for (collection, *rest), value in _flat(variables, "linen_vars_to_nnx_attrs").items():
+    path = tuple(rest)
     if path in out:
       raise LinenBridgeError(
         f"Linen variable {'/'.join(map(str, path))} is in both collection "
