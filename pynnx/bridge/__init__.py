@@ -8,6 +8,7 @@ pynnx Modules), ``with_partitioning``, ``NNXMeta`` and the ``variables`` helpers
 import importlib
 from typing import Any
 
+from ..nn import initializers as initializers
 from .convert import convert_weights as convert_weights
 from .equinox import Buffer as Buffer
 from .equinox import EquinoxModule as EquinoxModule
@@ -22,12 +23,24 @@ _LINEN = {
   "to_linen": "linen",
   "Module": "linen_module",
   "compact": "linen_module",
+  "current_context": "linen_module",
+  "current_module": "linen_module",
+  "nnx_in_bridge_mdl": "linen_interop",
+  "linen_in_bridge_mdl": "linen_interop",
   "NNXMeta": "variables",
   "with_partitioning": "variables",
   "variables": None,
 }
 
-__all__ = ["convert_weights", "Buffer", "EquinoxModule", "from_equinox", "to_equinox", *_LINEN]
+__all__ = [
+  "initializers",
+  "convert_weights",
+  "Buffer",
+  "EquinoxModule",
+  "from_equinox",
+  "to_equinox",
+  *_LINEN,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -31,6 +31,8 @@ from . import variables as bv
 __all__ = ["ToLinen", "ToNNX", "lazy_init", "to_linen"]
 
 _PREFIX = "to_nnx__"
+# Set (internal attribute) on a ToNNX made by `linen_in_bridge_mdl` inside a bridge `init`.
+_BRIDGE_INIT = "_pynnx_linen_bridge_init"
 # ids of the ToNNX objects inside a running `lazy_init` (they run Linen's `init`).
 _INITIALIZING: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
   "pynnx_linen_initializing", default=frozenset()
@@ -140,6 +142,10 @@ class ToNNX(nnx.Module):
       raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
     return functools.partial(self.__call__, method=method)
 
+  def _set_linen_attrs(self, attrs: Mapping[str, Any]) -> None:
+    for name, tree in attrs.items():
+      self._pynnx_setattr(name, _as_dicts(tree) if isinstance(tree, Mapping) else tree)
+
   def _linen_attrs(self) -> dict[str, Any]:
     return {
       k: v
@@ -157,11 +163,9 @@ class ToNNX(nnx.Module):
   ) -> Any:
     linen_rngs = _linen_rngs(self.to_nnx__rngs if rngs is None else rngs)
     lm = self.to_nnx__module
-    if id(self) in _INITIALIZING.get():
+    if id(self) in _INITIALIZING.get() or self.__dict__.get(_BRIDGE_INIT, False):
       out, updates = lm.init_with_output(linen_rngs, *args, method=method, **kwargs)
-      for name, tree in bv.linen_vars_to_nnx_attrs(updates).items():
-        value = _as_dicts(tree) if isinstance(tree, Mapping) else tree
-        self._pynnx_setattr(name, value)
+      self._set_linen_attrs(bv.linen_vars_to_nnx_attrs(updates))
       return out
     attrs = self._linen_attrs()
     mutable = False if mutable is None else mutable

@@ -29,8 +29,9 @@ import pynnx as nnx
 from pynnx._core.errors import LinenBridgeError
 
 from . import variables as bv
+from .linen import ToNNX
 
-__all__ = ["Module", "compact"]
+__all__ = ["Module", "compact", "current_context", "current_module"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _SCOPE = "_pynnx_bridge_scope"  # internal attribute (pytree machinery ignores `_pynnx_*`)
@@ -48,12 +49,36 @@ class _Scope:
 class _Frame:
   module: Module
   in_compact: bool
-  counts: dict[type, int] = dataclasses.field(default_factory=dict)
+  type_counter: dict[type, int] = dataclasses.field(default_factory=dict)
 
 
 _STACK: contextvars.ContextVar[tuple[_Frame, ...]] = contextvars.ContextVar(
   "pynnx_bridge_module_stack", default=()
 )
+
+
+def current_context() -> _Frame | None:
+  """The innermost running bridge-Module method: ``.module``, ``.in_compact``,
+  ``.type_counter`` (None outside ``init`` / ``apply``).
+
+  Example:
+    >>> nnx.bridge.current_context() is None
+    True
+  """
+  frames = _STACK.get()
+  return frames[-1] if frames else None
+
+
+def current_module() -> Module | None:
+  """The bridge Module whose method is running (None outside ``init`` / ``apply``)."""
+  frame = current_context()
+  return None if frame is None else frame.module
+
+
+def _auto_name(frame: _Frame, cls: type) -> str:
+  index = frame.type_counter.get(cls, 0)
+  frame.type_counter[cls] = index + 1
+  return f"{cls.__name__}_{index}"
 
 
 def _push(frame: _Frame) -> contextvars.Token:
@@ -80,7 +105,14 @@ def _bound_modules(value: Any, path: tuple) -> list[tuple[tuple, Module]]:
 
 def _load(value: Any, path: tuple, store: dict[tuple, nnx.Variable]) -> None:
   """Loads the stored values of the Variables found in ``value`` (a pynnx layer built in
-  ``setup`` starts from its own random init; the input variables win, as in Linen)."""
+  ``setup`` starts from its own random init; the input variables win, as in Linen). A
+  :class:`~pynnx.bridge.ToNNX` with no Variables yet gets the stored ones under its path."""
+  if isinstance(value, ToNNX) and not value._linen_attrs():
+    n = len(path)
+    mine = {p[n:]: v for p, v in store.items() if p[:n] == path and len(p) > n}
+    if mine:
+      value._set_linen_attrs(nnx.traversals.unflatten_mapping(mine))
+    return
   if isinstance(value, nnx.Variable):
     found = [((), value)]
   elif isinstance(value, nnx.Module) and not isinstance(value, Module):
@@ -122,9 +154,7 @@ class _ModuleMeta(type(nnx.Module)):  # type: ignore[misc]
     if frame is None or parent is None or parent.__dict__.get(_SCOPE) is None:
       return module
     if name is None and frame.in_compact:
-      index = frame.counts.get(cls, 0)
-      frame.counts[cls] = index + 1
-      name = f"{cls.__name__}_{index}"
+      name = _auto_name(frame, cls)
     if name is not None:
       setattr(parent, name, module)
     return module

@@ -203,3 +203,59 @@ def test_bad_names_methods_and_variables():
 
   with pytest.raises(pynnx.LinenBridgeError, match=r"belong to an nnx.bridge.Module, got Linear"):
     pynnx.bridge.compact(lambda self, x: x)(pynnx.Linear(2, 2, rngs=pynnx.Rngs(0)), X)
+
+
+def test_pynnx_and_linen_submodules_inside_a_bridge_module_match_flax():
+  linen = pytest.importorskip("flax.linen")
+
+  def run(lib):
+    bridge = lib.bridge
+
+    class Compact(bridge.Module):
+      @bridge.compact
+      def __call__(self, x):
+        x = bridge.nnx_in_bridge_mdl(lambda rngs: lib.Linear(3, 4, rngs=rngs))(x)
+        return bridge.linen_in_bridge_mdl(linen.Dense(2), name="dense")(x)
+
+    class Setup(bridge.Module):
+      def setup(self):
+        self.lin = bridge.nnx_in_bridge_mdl(lambda rngs: lib.Linear(3, 4, rngs=rngs))
+        self.dense = bridge.linen_in_bridge_mdl(linen.Dense(2))
+
+      def __call__(self, x):
+        return self.dense(self.lin(x))
+
+    out = []
+    for cls in (Compact, Setup):
+      variables = cls().init(jax.random.key(0), X)
+      bumped = jax.tree.map(lambda a: a + 1.0, variables)  # apply must load these
+      out += [variables, cls().apply(bumped, X)]
+    return out
+
+  f, p = run(fnnx), run(pynnx)
+  for a, b in zip(f, p):
+    assert_same_tree(a, b)
+  assert set(p[0]["params"]) == {"Linear_0", "dense"}
+
+
+def test_current_module_and_context():
+  seen = []
+
+  class Probe(pynnx.bridge.Module):
+    @pynnx.bridge.compact
+    def __call__(self, x):
+      ctx = pynnx.bridge.current_context()
+      seen.append((pynnx.bridge.current_module() is self, ctx.in_compact))
+      return x
+
+  Probe().apply({}, X)
+  assert seen == [(True, True)]
+  assert pynnx.bridge.current_module() is None and pynnx.bridge.current_context() is None
+
+
+def test_interop_helpers_outside_a_bridge_module():
+  with pytest.raises(pynnx.LinenBridgeError, match=r"nnx_in_bridge_mdl\(\) runs inside a bridge"):
+    pynnx.bridge.nnx_in_bridge_mdl(lambda rngs: pynnx.Linear(2, 2, rngs=rngs))
+  linen = pytest.importorskip("flax.linen")
+  with pytest.raises(pynnx.LinenBridgeError, match=r"linen_in_bridge_mdl\(\) runs inside"):
+    pynnx.bridge.linen_in_bridge_mdl(linen.Dense(2))
