@@ -31,8 +31,9 @@ from . import variables as bv
 __all__ = ["ToLinen", "ToNNX", "lazy_init", "to_linen"]
 
 _PREFIX = "to_nnx__"
-# Set (internal attribute) on a ToNNX made by `linen_in_bridge_mdl` inside a bridge `init`.
-_BRIDGE_INIT = "_pynnx_linen_bridge_init"
+# Internal attribute of a ToNNX made by `linen_in_bridge_mdl`: the bridge Module call's scope
+# (`.initializing`, `.mutable`), which the ToNNX follows as Flax's does.
+_BRIDGE_SCOPE = "_pynnx_linen_bridge_scope"
 # ids of the ToNNX objects inside a running `lazy_init` (they run Linen's `init`).
 _INITIALIZING: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
   "pynnx_linen_initializing", default=frozenset()
@@ -163,12 +164,14 @@ class ToNNX(nnx.Module):
   ) -> Any:
     linen_rngs = _linen_rngs(self.to_nnx__rngs if rngs is None else rngs)
     lm = self.to_nnx__module
-    if id(self) in _INITIALIZING.get() or self.__dict__.get(_BRIDGE_INIT, False):
+    bridge_scope = self.__dict__.get(_BRIDGE_SCOPE)
+    if id(self) in _INITIALIZING.get() or getattr(bridge_scope, "initializing", False):
       out, updates = lm.init_with_output(linen_rngs, *args, method=method, **kwargs)
       self._set_linen_attrs(bv.linen_vars_to_nnx_attrs(updates))
       return out
     attrs = self._linen_attrs()
-    mutable = False if mutable is None else mutable
+    if mutable is None:
+      mutable = False if bridge_scope is None else bridge_scope.mutable
     try:
       out = lm.apply(
         bv.nnx_attrs_to_linen_vars(attrs),

@@ -15,7 +15,7 @@ from typing import Any
 import pynnx as nnx
 from pynnx._core.errors import LinenBridgeError
 
-from .linen import _BRIDGE_INIT, ToNNX
+from .linen import _BRIDGE_SCOPE, ToNNX
 from .linen_module import _auto_name, _Frame, current_context
 
 __all__ = ["linen_in_bridge_mdl", "nnx_in_bridge_mdl"]
@@ -74,6 +74,5 @@ def linen_in_bridge_mdl(linen_module: Any, name: str | None = None) -> ToNNX:
   scope = frame.module.__dict__["_pynnx_bridge_scope"]
   rngs = scope.rngs if isinstance(scope.rngs, nnx.Rngs) else None
   module = ToNNX(linen_module, rngs=rngs)
-  if scope.initializing:
-    module.__dict__[_BRIDGE_INIT] = True
+  module.__dict__[_BRIDGE_SCOPE] = scope
   return _attach(frame, module, name, type(linen_module))

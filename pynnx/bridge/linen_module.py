@@ -43,6 +43,7 @@ class _Scope:
   rngs: Any  # nnx.Rngs, or _NoRngs when the call got none
   initializing: bool
   store: dict[tuple, nnx.Variable]  # input (and superseded) Variables by attribute path
+  mutable: Any = False  # the call's `mutable`; a Linen submodule (ToNNX) applies with it
 
 
 @dataclasses.dataclass
@@ -394,7 +395,7 @@ def _run(module, variables, args, kwargs, rngs, method, mutable, *, initializing
     bv.linen_vars_to_nnx_attrs(variables), is_leaf=lambda _, x: isinstance(x, nnx.Variable)
   )
   clone = nnx.clone(module)
-  scope = _Scope(_as_rngs(rngs), initializing, dict(flat))
+  scope = _Scope(_as_rngs(rngs), initializing, dict(flat), mutable)
   token = _push(_Frame(clone, in_compact=False))
   try:
     _bind(clone, scope, ())

@@ -259,3 +259,23 @@ def test_interop_helpers_outside_a_bridge_module():
   linen = pytest.importorskip("flax.linen")
   with pytest.raises(pynnx.LinenBridgeError, match=r"linen_in_bridge_mdl\(\) runs inside"):
     pynnx.bridge.linen_in_bridge_mdl(linen.Dense(2))
+
+
+def test_a_linen_submodule_follows_the_calls_mutable_as_in_flax():
+  linen = pytest.importorskip("flax.linen")
+
+  def run(lib):
+    class Norm(lib.bridge.Module):
+      @lib.bridge.compact
+      def __call__(self, x, train):
+        bn = linen.BatchNorm(use_running_average=not train)
+        return lib.bridge.linen_in_bridge_mdl(bn)(x)
+
+    variables = Norm().init(jax.random.key(0), X, False)
+    y, updates = Norm().apply(variables, X, True, mutable=["batch_stats"])
+    return variables, y, updates["batch_stats"], Norm().apply(variables, X, False)
+
+  f, p = run(fnnx), run(pynnx)
+  for a, b in zip(f, p):
+    assert_same_tree(a, b)
+  assert float(p[2]["BatchNorm_0"]["mean"][0]) > 0  # the running mean moved
