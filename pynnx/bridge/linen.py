@@ -85,6 +85,37 @@ def _linen_rngs(rngs: Any) -> dict[str, Any]:
   return out
 
 
+class _LinenRef:
+  """The Linen module as a static attribute. A Linen module with a list field
+  (``nn.Sequential([...])``) is unhashable; such a one is keyed by identity, so the compile
+  cache still works (one entry per module object)."""
+
+  __slots__ = ("module",)
+
+  def __init__(self, module: linen.Module):
+    self.module = module
+
+  def _key(self) -> Any:
+    try:
+      return hash(self.module), self.module
+    except TypeError:
+      return id(self.module), None
+
+  def __hash__(self) -> int:
+    return hash(self._key()[0])
+
+  def __eq__(self, other: object) -> bool:
+    if not isinstance(other, _LinenRef):
+      return NotImplemented
+    if self.module is other.module:
+      return True
+    mine, theirs = self._key(), other._key()
+    return mine[1] is not None and theirs[1] is not None and mine[1] == theirs[1]
+
+  def __repr__(self) -> str:
+    return repr(self.module)
+
+
 def _as_dicts(tree: Mapping) -> nnx.Dict:
   return nnx.Dict({k: _as_dicts(v) if isinstance(v, Mapping) else v for k, v in tree.items()})
 
@@ -128,8 +159,13 @@ class ToNNX(nnx.Module):
         f"nnx.bridge.ToNNX(rngs=...) takes an nnx.Rngs, a key or None, got "
         f"{type(rngs).__name__}; pass `rngs=nnx.Rngs({rngs!r})` for an integer seed."
       )
-    self.to_nnx__module = module
+    self.to_nnx__module_ref = _LinenRef(module)
     self.to_nnx__rngs = rngs
+
+  @property
+  def to_nnx__module(self) -> linen.Module:
+    """The wrapped Linen module."""
+    return self.to_nnx__module_ref.module
 
   def lazy_init(self, *args: Any, **kwargs: Any) -> ToNNX:
     """``nnx.bridge.lazy_init(self, *args, **kwargs)``: creates the Variables, returns self."""
@@ -137,7 +173,8 @@ class ToNNX(nnx.Module):
 
   def __getattr__(self, name: str) -> Any:
     # Only reached when normal lookup fails: Linen methods by name (`model.encode(x)`).
-    module = self.__dict__.get("to_nnx__module")
+    ref = self.__dict__.get("to_nnx__module_ref")
+    module = None if ref is None else ref.module
     method = getattr(type(module), name, None) if not name.startswith("_") else None
     if module is None or not callable(method):
       raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")

@@ -312,3 +312,18 @@ def test_flax_is_loaded_only_by_the_linen_names():
     [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
   )
   assert out.stdout.strip() == "[]"
+
+
+def test_unhashable_linen_module_works_under_jit():
+  # nn.Sequential holds a list: unhashable, yet it must be a static attribute.
+  def run(lib):
+    seq = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
+    model = lib.bridge.ToNNX(seq, rngs=lib.Rngs(0)).lazy_init(X)
+    step = lib.jit(lambda m, x: m(x))
+    return [step(model, X), step(model, X)], flat(lib, lib.state(model)), model.to_nnx__module
+
+  (yf, sf, mf), (yp, sp, mp) = both(run)
+  for a, b in zip(yf, yp):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  same(sf, sp)
+  assert mp == mf and isinstance(mp, nn.Sequential)
