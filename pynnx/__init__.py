@@ -20,6 +20,7 @@ from ._core.errors import AttributeNotFoundError as AttributeNotFoundError
 from ._core.errors import AxisSpecError as AxisSpecError
 from ._core.errors import BoundMethodError as BoundMethodError
 from ._core.errors import BridgeError as BridgeError
+from ._core.errors import LinenBridgeError as LinenBridgeError
 from ._core.errors import CheckpointArgumentError as CheckpointArgumentError
 from ._core.errors import CloneArgumentError as CloneArgumentError
 from ._core.errors import ConfigError as ConfigError

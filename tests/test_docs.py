@@ -123,7 +123,8 @@ def run_page(page: pathlib.Path) -> None:
       marker = _MarkHandlers()
       tree = ast.fix_missing_locations(marker.visit(tree))
       tries += marker.tries
-      exec(compile(tree, str(page), "exec"), namespace)
+      # dont_inherit: the page runs as users run it, not under this file's __future__ imports.
+      exec(compile(tree, str(page), "exec", dont_inherit=True), namespace)
   silent = sorted(set(tries) - namespace["__docs_excepted__"])
   assert not silent, f"{page.name}: the try: at line(s) {silent} raised nothing"
 

@@ -123,6 +123,11 @@ class BridgeError(PynnxError, TypeError):
   """``nnx.bridge`` was given an object it cannot convert (not an eqx.Module, a bad State...)."""
 
 
+class LinenBridgeError(PynnxError, ValueError):
+  """The Linen bridge (``nnx.bridge.ToNNX`` / ``ToLinen``) was misused: a call before
+  ``lazy_init``, a value with no collection name, two collections at one path..."""
+
+
 class TransformArgumentError(PynnxError, ValueError):
   """An argument or option a transform cannot accept in that place (e.g. a Variable among
   ``jit_partial``'s runtime arguments, ``sow`` of a new Variable inside a tree-mode transform)."""

@@ -35,6 +35,7 @@ BUILTINS = {
   "CloneArgumentError": ValueError,
   "UnsupportedOptionError": ValueError,
   "BridgeError": TypeError,
+  "LinenBridgeError": ValueError,
   "TransformArgumentError": ValueError,
   "UpdateContextError": ValueError,
   "PathConflictError": TypeError,
