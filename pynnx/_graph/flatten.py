@@ -6,13 +6,15 @@ once, at the first path it is reached by; later paths hold a :class:`NodeRef`. `
 the State leaves (first-seen Variables and directly held arrays) with their paths.
 
 For a frozen root the Plan is cached on the root as
-``__dict__['_pynnx_graph_plan'] = (STRUCTURE.epoch, plan)``: a built Module's structure only
-changes through sanctioned setters, which bump the epoch.
+``__dict__['_pynnx_graph_plan'] = (STRUCTURE.epoch, weakref to the root, plan without the
+root)``: a built Module's structure only changes through sanctioned setters, which bump the
+epoch, and the cache holds no strong reference back to its root.
 """
 
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Hashable
 from typing import Any, NamedTuple
 
@@ -136,21 +138,25 @@ def plan(node: Any, outer: dict[int, tuple[int, int]] | None = None) -> Plan:
   changes.
   """
   if not outer and isinstance(node, Pytree):
-    d = node.__dict__
-    cached = d.get(CACHE_KEY)
-    # objects[0] is node: a copied __dict__ (copy.copy, pickling, view) must not reuse it.
-    if cached is not None and cached[0] == STRUCTURE.epoch and cached[1].objects[0] is node:
-      return cached[1]
+    cached = node.__dict__.get(CACHE_KEY)
+    # The cache names its root by a weak reference (no node -> cache -> node cycle, so a
+    # dropped model is freed at once), which also rejects a copied __dict__ (copy.copy,
+    # pickling, view): its cache belongs to another object.
+    if cached is not None and cached[0] == STRUCTURE.epoch and cached[1]() is node:
+      graphdef, flat, rest = cached[2]
+      return Plan(graphdef, flat, (node, *rest))
   walker = _Walker(outer)
   root = walker.walk(node, ())
   graphdef = GraphDef(root, walker.cacheable)
   result = Plan(graphdef, tuple(walker.flat), tuple(walker.objects))
   if not outer and walker.cacheable and isinstance(node, Pytree):
-    node.__dict__[CACHE_KEY] = (STRUCTURE.epoch, result)
+    store_plan(node, result)
   return result
 
 
 def store_plan(node: Any, result: Plan) -> None:
-  """Seeds the cache of a freshly rebuilt root (``merge``) with the Plan it came from."""
+  """Caches ``result`` (whose ``objects[0]`` is ``node``) on the root ``node``; ``merge``
+  seeds a freshly rebuilt root with the Plan it came from."""
   if isinstance(node, Pytree) and result.graphdef.cacheable:
-    node.__dict__[CACHE_KEY] = (STRUCTURE.epoch, result)
+    entry = (result.graphdef, result.flat, result.objects[1:])
+    node.__dict__[CACHE_KEY] = (STRUCTURE.epoch, weakref.ref(node), entry)

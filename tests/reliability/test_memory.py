@@ -118,3 +118,24 @@ def test_failed_construction_is_freed():
     del rngs
   gc.collect()
   assert all(r() is None for r in refs)
+
+
+def test_graph_walks_leave_no_reference_cycle():
+  # The graph plan cached on a root must not point back at it: with the cycle collector off,
+  # a model dropped after graph-mode split / transforms / merge is freed at once.
+  gc.collect()
+  gc.disable()
+  try:
+    m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(m, graph=True)
+    nnx.jit(lambda m: m(jnp.ones((1, 2))), graph=True)(m)
+    ref = weakref.ref(m)
+    del m
+    assert ref() is None
+    merged = nnx.merge(graphdef, state)
+    nnx.split(merged, graph=True)
+    ref = weakref.ref(merged)
+    del merged
+    assert ref() is None
+  finally:
+    gc.enable()
