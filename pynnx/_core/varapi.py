@@ -10,7 +10,7 @@ metadata) and ``_pynnx_put_metadata`` (store metadata, a structure change).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import eager
 from .errors import (
@@ -22,6 +22,8 @@ from .errors import (
 from .varhooks import run_axis_hooks
 from .varmeta import REPORTED_DEFAULTS, merged_metadata, reported_metadata
 from .varvalue import MISSING
+
+V = TypeVar("V", bound="VariableMetadataMethods")
 
 
 class VariableMetadataMethods:
@@ -35,7 +37,7 @@ class VariableMetadataMethods:
     required_metadata: ClassVar[frozenset[str]]
 
     @classmethod
-    def _pynnx_build(cls, value: Any, metadata: dict) -> Self: ...
+    def _pynnx_build(cls: type[V], value: Any, metadata: dict) -> V: ...
     def _pynnx_put_metadata(self, metadata: dict) -> None: ...
     def get_raw_value(self) -> Any: ...
     def get_value(self, *, index: Any = MISSING) -> Any: ...
@@ -132,7 +134,7 @@ class VariableMetadataMethods:
     eager.check_var_options("Variable.set_metadata", new.get("hijax"), new.get("ref"))
     self._pynnx_put_metadata(new)
 
-  def replace(self, value: Any = MISSING, **metadata: Any) -> Self:
+  def replace(self: V, value: Any = MISSING, **metadata: Any) -> V:
     """A new Variable of the same type with ``value`` and/or metadata replaced.
 
     Example:
@@ -151,7 +153,7 @@ class VariableMetadataMethods:
     raw = self._raw_value if value is MISSING else value
     return type(self)._pynnx_build(raw, merged_metadata(self._metadata, metadata))
 
-  def copy(self, value: Any = MISSING, **updates: Any) -> Self:
+  def copy(self: V, value: Any = MISSING, **updates: Any) -> V:
     return self.replace(value, **updates)  # Flax's name and signature for `replace`
 
   def has_metadata(self, name: str) -> bool:
@@ -168,7 +170,7 @@ class VariableMetadataMethods:
   def var_type(self) -> type:
     return type(self)
 
-  def copy_from(self, other: Self) -> None:
+  def copy_from(self, other: VariableMetadataMethods) -> None:
     """Takes ``other``'s value and metadata (``other`` must be of the same Variable type).
 
     Example:
@@ -241,7 +243,7 @@ class VariableMetadataMethods:
     self._pynnx_put_metadata(meta)
 
   @classmethod
-  def from_metadata(cls, value: Any, attributes: dict[str, Any]) -> Self:
+  def from_metadata(cls: type[V], value: Any, attributes: dict[str, Any]) -> V:
     """A new Variable of this type with ``value`` and the metadata dict ``attributes``
     (as returned by ``get_metadata()``); the constructor (and its sharding) is not run.
 
@@ -261,7 +263,7 @@ class VariableMetadataMethods:
     }
     return cls._pynnx_build(value, meta)
 
-  def to_state(self, value: Any = MISSING, **updates: Any) -> Self:
+  def to_state(self: V, value: Any = MISSING, **updates: Any) -> V:
     """A copy of this Variable (same type, value and metadata), as Flax's ``to_state``.
 
     Example:
@@ -270,7 +272,7 @@ class VariableMetadataMethods:
     """
     return self.copy(value, **updates)
 
-  def update_from_state(self, variable_state: Self) -> None:
+  def update_from_state(self, variable_state: VariableMetadataMethods) -> None:
     """Takes the value and metadata of ``variable_state`` (the inverse of ``to_state``).
 
     Example:

@@ -24,9 +24,9 @@ from .tracebacks import hide_frames
 hide_frames(__file__)
 
 # slot descriptors: the hot path bypasses __setattr__ (mypy does not model slot members)
-_RAW = Variable._raw_value  # type: ignore[attr-defined]
-_META = Variable._metadata  # type: ignore[attr-defined]
-_FRAME = Variable._frame  # type: ignore[attr-defined]
+_RAW: Any = Variable.__dict__["_raw_value"]  # the slots' member descriptors
+_META: Any = Variable.__dict__["_metadata"]
+_FRAME: Any = Variable.__dict__["_frame"]
 _get_raw = _RAW.__get__
 
 
