@@ -446,7 +446,7 @@ def reseed(
   streams = _streams(node, "pynnx.reseed", graph)
   if not stream_keys:
     return
-  fresh = Rngs(**stream_keys)
+  fresh = Rngs(stream_keys)
   for path, stream in streams:
     tag = getattr(stream.key, "tag", stream.tag)
     if tag in stream_keys:

@@ -269,7 +269,7 @@ class Rngs(Pytree):
     for name, stream in self._streams():
       hit, n = _first_match(_per_stream(k, "split"), stream)
       out[name] = stream.split(n) if hit and n is not None else stream
-    return Rngs(**out)
+    return Rngs(out)  # a mapping: a stream named "default" is not a keyword here
 
   def broadcast(self, k: SplitSpec | SplitMap | None) -> Rngs:
     """A new Rngs whose matching streams hold their next key repeated into shape ``k``.
@@ -284,7 +284,7 @@ class Rngs(Pytree):
     for name, stream in self._streams():
       hit, n = _first_match(_per_stream(k, "broadcast"), stream)
       out[name] = stream.broadcast(n) if hit and n is not None else stream
-    return Rngs(**out)
+    return Rngs(out)  # a mapping: a stream named "default" is not a keyword here
 
   def fork(self, /, *, split: SplitSpec | SplitMap | None = None) -> Rngs:
     """A new Rngs whose streams are seeded with the next key of each of these streams.
@@ -305,7 +305,7 @@ class Rngs(Pytree):
       _, n = _first_match(rules, stream)
       key = stream()
       out[name] = key if n is None else jax.random.split(key, n)
-    return Rngs(**out)
+    return Rngs(out)  # a mapping: a stream named "default" is not a keyword here
 
   def __repr__(self) -> str:
     return f"Rngs({', '.join(k for k, _ in self._streams())})"

@@ -303,7 +303,7 @@ class ToLinen(linen.Module):
       streams: dict[str, Any] = {name: self.make_rng(name) for name in self.scope.rngs}
       if not self.is_initializing() and "default" not in streams:
         streams["default"] = 0  # a fixed seed where Linen passed no rngs
-      kwargs["rngs"] = nnx.Rngs(**streams)
+      kwargs["rngs"] = nnx.Rngs(streams)
     return self.nnx_class(*self.args, **kwargs)
 
   @linen.compact

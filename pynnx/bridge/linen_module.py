@@ -366,7 +366,7 @@ def _as_rngs(rngs: Any) -> Any:
   if isinstance(rngs, nnx.Rngs):
     return rngs
   if isinstance(rngs, Mapping):
-    return nnx.Rngs(**rngs)
+    return nnx.Rngs(rngs)
   if isinstance(rngs, (int, jax.Array)):
     return nnx.Rngs(rngs)
   raise LinenBridgeError(
