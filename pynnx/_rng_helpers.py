@@ -212,7 +212,7 @@ def fork_rngs(
   node: Any = _MISSING,
   /,
   *,
-  split: Mapping[Any, int | tuple[int, ...] | None] | int | None = None,
+  split: Mapping[Any, int | tuple[int, ...] | None] | int | tuple[int, ...] | None = None,
   graph: bool | None = None,
   graph_updates: bool | None = None,
 ) -> Any:
