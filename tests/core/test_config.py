@@ -73,6 +73,7 @@ def test_decorator(setting, default, resolve):
   assert setting.current_value() is default
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 @pytest.mark.parametrize("setting", [nnx.set_graph_mode, nnx.set_graph_updates])
 def test_non_bool_raises(setting):
   name = setting.__name__

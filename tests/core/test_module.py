@@ -235,6 +235,7 @@ def test_list_in_module_tracks_structure():
   assert sorted(state["items"].keys()) == [0, 1]
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_dict_operations():
   d = nnx.Dict({"a": nnx.Param(jnp.zeros(()))}, b=nnx.Param(jnp.ones(())))
   d["c"] = nnx.BatchStat(jnp.ones(()))
@@ -262,6 +263,7 @@ def test_dict_items_named_like_methods():
   assert "'values': Cache(" in repr(cache)
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_sequential():
   model = nnx.Sequential(
     nnx.Linear(2, 4, rngs=nnx.Rngs(0)), jax.nn.relu, nnx.Linear(4, 1, rngs=nnx.Rngs(1))

@@ -141,6 +141,7 @@ def test_stream_fork_split_broadcast():
     assert rngs.params.fork(split=4).key.shape == (4,)
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_rngs_split_broadcast_fork():
   rngs = nnx.Rngs(params=0, dropout=1)
   forked = rngs.fork()
@@ -235,6 +236,7 @@ def test_split_rngs_decorator(graph):
   assert m.rngs.params.key[...].shape == () and m.rngs.params.count[...] == 1
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_fork_rngs():
   m = Holder(nnx.Rngs(params=0, dropout=1))
   original = m.rngs.params.key[...]
@@ -278,6 +280,7 @@ def test_with_rngs_in_place():
   assert m.rngs.params.key.shape == ()
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_reseed():
   m = Holder(nnx.Rngs(params=0, dropout=1))
   m.rngs.params()

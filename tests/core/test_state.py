@@ -74,7 +74,9 @@ def test_flat_state_roundtrip(state):
   assert nnx.State.from_flat_state(flat) == state
   assert nnx.State.from_flat_path(dict(flat)) == state
   assert flat.to_nested_state() == state
-  assert repr(flat).startswith("FlatState([\n  (('encoder', 'kernel'), Param( # 6 (24 B)\n    value=")
+  assert repr(flat).startswith(
+    "FlatState([\n  (('encoder', 'kernel'), Param( # 6 (24 B)\n    value="
+  )
 
 
 def test_from_flat_path_through_leaf_raises():

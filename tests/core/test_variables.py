@@ -295,7 +295,9 @@ def test_repr_layout():
   assert repr(jax.tree.map(jnp.shape, m)) == "Param(\n  value=(),\n  out_sharding=('x',)\n)"
   # as Flax: a size comment, and the value in full (Module reprs print arrays as shapes)
   big = nnx.Param(jnp.zeros((10, 10), jnp.int8))
-  assert repr(big) == "Param( # 100 (100 B)\n  value=" + repr(big[...]).replace("\n", "\n  ") + "\n)"
+  assert (
+    repr(big) == "Param( # 100 (100 B)\n  value=" + repr(big[...]).replace("\n", "\n  ") + "\n)"
+  )
 
 
 def test_subclass_hierarchy():

@@ -48,6 +48,7 @@ def test_dropout_under_jit_returns_updated_stream():
   assert int(drop.rngs.count[...]) == 2
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_dropout_errors():
   with pytest.raises(nnx.RngError, match="pass rngs=nnx.Rngs\\(dropout=...\\) at construction"):
     nnx.Dropout(0.5)(jnp.ones(3))

@@ -60,6 +60,7 @@ def test_linear_shape_error():
     layer(jnp.ones((4, 5)))
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 @pytest.mark.parametrize("bad", [0, -1, 2.5])
 def test_linear_bad_size(bad):
   with pytest.raises(nnx.LayerArgumentError, match="Linear: in_features must be an integer >= 1"):

@@ -72,6 +72,7 @@ def test_train_only_the_adapter_with_jax_grad():
   np.testing.assert_allclose(full.lora.lora_b[...], g_b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_lora_errors():
   layer = nnx.LoRA(3, 2, 4, rngs=nnx.Rngs(0))
   with pytest.raises(nnx.ShapeError, match=r"LoRA expects inputs with 3 features.*\(5, 2\)"):

@@ -227,6 +227,7 @@ def test_rnn_random_carry_uses_its_stream():
   _close(c1, c2)
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_rnn_errors():
   cell = nnx.GRUCell(IN, HID, rngs=nnx.Rngs(0))
   rnn = nnx.RNN(cell)

@@ -346,6 +346,7 @@ def test_graphdef_apply_and_call(graph):
   assert ours == theirs
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_call_rejects_a_bad_pair():
   with pytest.raises(pynnx.StateMismatchError, match=r"one `\(graphdef, state\)` pair"):
     pynnx.call([1, 2, 3])
@@ -353,6 +354,7 @@ def test_call_rejects_a_bad_pair():
     pynnx.call((1, 2))
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_graph_state_rejects_non_graphdefs():
   with pytest.raises(pynnx.StateMismatchError, match="needs a GraphDef"):
     pynnx.GraphState(1, pynnx.State({}))
@@ -433,6 +435,7 @@ def test_pytree_valued_variables():
   assert ours == theirs == (2, 1, ["a", "b"], [5, 2])
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_variable_type_from_name_base():
   class Base(pynnx.Variable):
     pass
@@ -488,6 +491,7 @@ def test_eager_sharding_without_a_mesh_keeps_the_value_unsharded():
   assert pynnx.get_partition_spec(v)[...] == PartitionSpec("x")
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_eager_sharding_settings_reject_bad_values():
   with pytest.raises(pynnx.ConfigError, match="True or False"):
     pynnx.use_eager_sharding("yes")
@@ -545,6 +549,7 @@ def test_pytree_false_objects():
   assert ours == theirs
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_pytree_false_error_and_object_cannot_be_a_pytree():
   class Foo(pynnx.Pytree, pytree=False):
     def __init__(self):

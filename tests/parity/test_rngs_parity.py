@@ -431,7 +431,15 @@ def test_reseed_two_streams_same_tag(graph):
   compare(snippet)
 
 
-@pytest.mark.parametrize("policy", ["scalars_only", "match_shape", "callable", "bogus"])
+@pytest.mark.parametrize(
+  "policy",
+  [
+    "scalars_only",
+    "match_shape",
+    "callable",
+    pytest.param("bogus", marks=pytest.mark.no_typecheck("passes mistyped arguments on purpose")),
+  ],
+)
 def test_reseed_policies(graph, policy):
   def snippet(nnx):
     m = holder_class(nnx)(nnx.Rngs(params=0, dropout=1))

@@ -569,7 +569,19 @@ def test_copy_from_another_variable_type_raises_like_flax():
     pynnx.Param(jnp.ones(2)).copy_from(pynnx.BatchStat(jnp.ones(2)))
 
 
-@pytest.mark.parametrize("name", sorted(SNIPPETS))
+# int rngs / NumPy inputs work at run time (as in Flax) but are outside the annotations.
+MISTYPED = {"int_rngs_argument_error", "numpy_inputs"}
+
+
+@pytest.mark.parametrize(
+  "name",
+  [
+    pytest.param(n, marks=pytest.mark.no_typecheck("passes arguments outside the annotations"))
+    if n in MISTYPED
+    else n
+    for n in sorted(SNIPPETS)
+  ],
+)
 def test_snippet(name):
   f_out, p_out = run_both(SNIPPETS[name])
   same(f_out, p_out)

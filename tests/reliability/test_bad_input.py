@@ -144,7 +144,30 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# Cases whose bad input also breaks pynnx's annotations: the runtime checker of
+# `nox -s typecheck` rejects them before pynnx's own check can.
+MISTYPED = {
+  "cell_rngs_int",
+  "conv_rngs_stream",
+  "layer_rngs_none",
+  "linear_string_input",
+  "oftype_not_a_class",
+  "optimizer_tx_learning_rate",
+  "optimizer_tx_none",
+  "rngs_stream_split_float",
+  "to_pure_dict_none",
+}
+
+
+@pytest.mark.parametrize(
+  "name",
+  [
+    pytest.param(n, marks=pytest.mark.no_typecheck("passes mistyped arguments on purpose"))
+    if n in MISTYPED
+    else n
+    for n in sorted(CASES)
+  ],
+)
 def test_bad_input_raises_a_clear_error_of_flax_builtin_class(name, graph):
   snippet, error, match = CASES[name]
   with nnx.set_graph_mode(graph):
@@ -154,6 +177,7 @@ def test_bad_input_raises_a_clear_error_of_flax_builtin_class(name, graph):
     assert isinstance(info.value, builtin), (name, builtin)
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_checkpoint_rejects_what_it_cannot_save_or_restore(tmp_path):
   model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
   with pytest.raises(nnx.CheckpointArgumentError, match=r"NoneType None has no arrays"):
@@ -189,6 +213,7 @@ def _pair(snippet, graph):
   return snippet(fnnx, graph), snippet(nnx, graph)
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_linear_takes_a_list_like_flax():
   f, p = _pair(lambda nnx, g: nnx.Linear(2, 3, rngs=nnx.Rngs(0))([1.0, 2.0]), False)
   np.testing.assert_allclose(p, f, rtol=1e-6)

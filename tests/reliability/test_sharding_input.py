@@ -38,6 +38,7 @@ def test_unknown_names_without_eager_sharding_stay_metadata(mesh):
   )
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_get_named_sharding_needs_a_mesh():
   state = nnx.state(_linear(nnx, ("data", "model")))
   with pytest.raises(nnx.ArgumentTypeError, match=r"needs a jax.sharding.Mesh, got NoneType"):

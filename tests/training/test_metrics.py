@@ -202,6 +202,7 @@ def test_error_accuracy_shapes_and_dtypes():
     metrics.Accuracy().update(logits=jnp.ones((4, 2)), labels=jnp.ones(4))
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_error_multimetric_arguments():
   with pytest.raises(TypeError, match="is not a Metric"):
     nnx.MultiMetric(loss=3.0)

@@ -673,6 +673,7 @@ def test_deep_chain_raises_in_tree_mode_and_interpreter_survives():
   assert as_float(nnx.jit(lambda m: m.w[...] + m.child.child.w[...])(shallow)) == 2.0
 
 
+@pytest.mark.no_typecheck("the checker's wrappers deepen the stack this test measures")
 def test_deep_chain_in_graph_mode_has_a_clear_limit():
   # graph mode walks, hashes and rebuilds graphs recursively: about a quarter of the
   # recursion limit, with an error naming the path beyond it instead of a RecursionError
@@ -811,11 +812,13 @@ def test_modules_built_by_a_transform_inside_a_constructor(graph):
   ],
   ids=["jit", "grad", "vmap", "scan", "remat", "eval_shape", "custom_vjp"],
 )
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_transforming_a_non_function_raises(make):
   with pytest.raises(nnx.ConfigError, match=r"pynnx\.\w+ transforms a function, got"):
     make()
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_cached_partial_of_a_non_function_raises():
   with pytest.raises(nnx.ConfigError, match=r"cached_partial binds arguments to a transformed"):
     nnx.cached_partial(None, Model())
