@@ -162,6 +162,7 @@ def test_stored_shape_mismatch():
     dense(4).apply(variables, X)
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_missing_rngs():
   dense, _, _ = families(pynnx)
   with pytest.raises(pynnx.LinenBridgeError, match=r"make_rng\('params'\) needs a key"):

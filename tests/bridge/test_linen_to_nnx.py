@@ -243,6 +243,7 @@ def test_variables_helpers_match_flax():
 # --- errors -----------------------------------------------------------------------------------
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_bad_constructor_arguments():
   with pytest.raises(pynnx.BridgeError, match=r"expects a flax.linen Module instance, got Linear"):
     pynnx.bridge.ToNNX(pynnx.Linear(2, 2, rngs=pynnx.Rngs(0)))
@@ -269,6 +270,7 @@ def test_unknown_attribute():
     model.nope  # noqa: B018
 
 
+@pytest.mark.no_typecheck("passes mistyped arguments on purpose")
 def test_variables_helper_errors():
   v = pynnx.bridge.variables
   with pytest.raises(pynnx.LinenBridgeError, match=r"a/w is in both collection 'params' and"):
