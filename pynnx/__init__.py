@@ -20,7 +20,6 @@ from ._core.errors import AttributeNotFoundError as AttributeNotFoundError
 from ._core.errors import AxisSpecError as AxisSpecError
 from ._core.errors import BoundMethodError as BoundMethodError
 from ._core.errors import BridgeError as BridgeError
-from ._core.errors import LinenBridgeError as LinenBridgeError
 from ._core.errors import CheckpointArgumentError as CheckpointArgumentError
 from ._core.errors import CloneArgumentError as CloneArgumentError
 from ._core.errors import ConfigError as ConfigError
@@ -29,6 +28,7 @@ from ._core.errors import FrozenModuleError as FrozenModuleError
 from ._core.errors import GraphModeRequiredError as GraphModeRequiredError
 from ._core.errors import LayerArgumentError as LayerArgumentError
 from ._core.errors import LeakedTracerError as LeakedTracerError
+from ._core.errors import LinenBridgeError as LinenBridgeError
 from ._core.errors import MeshAxisError as MeshAxisError
 from ._core.errors import MetadataNotFoundError as MetadataNotFoundError
 from ._core.errors import MetricArgumentError as MetricArgumentError
