@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import FrozenModuleError, StaticAttributeError
 from .reprs import block, mapping_repr
-from .statics import same_static, static_key
+from .statics import static_key
 from .variables import Variable, bump_structure
 
 _INTERNAL = "_pynnx_"
@@ -240,14 +240,12 @@ class _Meta:
   def __eq__(self, other: object) -> bool:
     if self is other:
       return True
-    return (
-      isinstance(other, _Meta)
-      and self.data_keys == other.data_keys
-      and len(self.statics) == len(other.statics)
-      and all(
-        k1 == k2 and same_static(v1, v2) for (k1, v1), (k2, v2) in zip(self.statics, other.statics)
-      )
-    )
+    if not isinstance(other, _Meta):
+      return False
+    try:  # tuples compare items by identity, then by ==: unhashable statics included
+      return self.data_keys == other.data_keys and self.statics == other.statics
+    except Exception:  # a static whose __eq__ gives no truth value: not the same
+      return False
 
   def __repr__(self) -> str:
     return f"Meta(data={self.data_keys}, static={dict(self.statics)})"

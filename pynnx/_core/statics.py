@@ -3,7 +3,7 @@
 A Pytree's static attributes (values holding no arrays, Variables or Modules) are part of its
 flattening's static half, which JAX hashes and compares to find a compiled function. Flax
 accepts unhashable ones (a list of sizes, a plain dataclass config); so does pynnx, through a
-hashable stand-in for each (:func:`static_key`), compared by ``==`` (:func:`same_static`).
+hashable stand-in for each (:func:`static_key`); equality is the values' own ``==``.
 """
 
 from __future__ import annotations
@@ -35,11 +35,3 @@ def static_key(value: Any) -> Hashable:
     return (type(value), tuple(static_key(getattr(value, f.name)) for f in fields))
   return (type(value), id(value))
 
-
-def same_static(a: Any, b: Any) -> bool:
-  if a is b:
-    return True
-  try:
-    return bool(a == b)
-  except Exception:  # an __eq__ that does not give a truth value: not the same
-    return False
